@@ -1,0 +1,89 @@
+"""create_app(settings): the composition root."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.errors import error
+from api.http import BodyLimit, NormalizePath
+from api.routes import collections, points, search, service
+from engine.catalog import Catalog
+from gpu import xp
+
+log = logging.getLogger("quiver")
+
+
+def build_catalog(settings: dict[str, Any]) -> Catalog:
+    st = settings["storage"]
+    flush = st.get("flush") or {}
+    return Catalog(
+        st["storage_path"],
+        wal_fsync=bool((st.get("wal") or {}).get("fsync", True)),
+        flush_wal_bytes=int(flush.get("wal_bytes_mb", 32)) << 20,
+        flush_idle_s=float(flush.get("idle_seconds", 5)),
+    )
+
+
+def create_app(settings: dict[str, Any], catalog: Catalog | None = None) -> FastAPI:
+    gpu = settings.get("gpu") or {}
+    xp.configure(gpu.get("enabled", "auto"), int(gpu.get("device_id", 0)))
+    owns_catalog = catalog is None
+    if catalog is None:
+        catalog = build_catalog(settings)
+        catalog.load()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if owns_catalog:
+            catalog.start_flusher()
+        try:
+            yield
+        finally:
+            if owns_catalog:
+                catalog.close()
+
+    app = FastAPI(title="Quiver", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.catalog = catalog
+    app.state.settings = settings
+    app.state.started_at = time.time()
+    app.state.node_id = _node_id(catalog.root)
+    for r in service.routes + collections.routes + search.routes + points.routes \
+            + points.tail_routes:
+        app.router.routes.append(r)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error(f"Not found: no such endpoint {request.method} {request.url.path}", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return error(f"Method not allowed: {request.method} {request.url.path}", 405)
+
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, not_allowed)
+    max_mb = settings["service"].get("max_request_size_mb") or 32
+    app.add_middleware(BodyLimit, max_bytes=int(max_mb * (1 << 20)),
+                       exempt=("/snapshots/upload",))
+    app.add_middleware(NormalizePath)
+    return app
+
+
+def _node_id(root: str) -> int:
+    """A stable per-storage node id (Qdrant's peer id appears in snapshot names)."""
+    path = os.path.join(root, "node_id")
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        nid = uuid.uuid4().int & ((1 << 53) - 1)
+        from engine.durable import write_atomic  # noqa: PLC0415
+        write_atomic(path, str(nid).encode())
+        return nid

@@ -1,0 +1,52 @@
+"""`quiver serve`: start the REST server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from api.settings import load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quiver", description="Quiver vector search engine")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the Qdrant-compatible REST server")
+    s.add_argument("--config-path", help="YAML config file (default: embedded defaults)")
+    s.add_argument("--host", help="listen address (service.host)")
+    s.add_argument("--port", type=int, help="listen port (service.http_port)")
+    s.add_argument("--storage-path", help="storage directory (storage.storage_path)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides: dict = {"service": {}, "storage": {}}
+    if args.host:
+        overrides["service"]["host"] = args.host
+    if args.port:
+        overrides["service"]["http_port"] = args.port
+    if args.storage_path:
+        overrides["storage"]["storage_path"] = args.storage_path
+    try:
+        settings = load_settings(args.config_path, overrides=overrides)
+    except (OSError, ValueError) as exc:
+        print(f"quiver: cannot load configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, str(settings.get("log_level", "INFO")).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn  # noqa: PLC0415 - keep `quiver --help` fast
+
+    from api.app import create_app  # noqa: PLC0415
+
+    app = create_app(settings)
+    svc = settings["service"]
+    uvicorn.run(app, host=svc["host"], port=int(svc["http_port"]), log_level="warning",
+                access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Service endpoints: version info, health probes, telemetry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from functools import lru_cache
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from api.errors import JSONResponse
+from api.http import QDRANT_API_VERSION, QUIVER_VERSION, endpoint
+from gpu.xp import backend_name
+
+
+@lru_cache(maxsize=1)
+def commit_hash() -> str:
+    """The git commit Quiver runs from, or 40 zeros (clients only check the length)."""
+    env = os.environ.get("QUIVER_COMMIT", "")
+    if len(env) == 40:
+        return env
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=2, cwd=os.path.dirname(os.path.abspath(__file__)))
+        h = out.stdout.strip()
+        if out.returncode == 0 and len(h) == 40:
+            return h
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "0" * 40
+
+
+async def root(request: Request) -> Response:
+    return JSONResponse({"title": "quiver - vector search engine", "version": QDRANT_API_VERSION,
+                         "commit": commit_hash()})
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("healthz check passed")
+
+
+async def readyz(request: Request) -> Response:
+    return PlainTextResponse("all shards are ready")
+
+
+def telemetry(request: Request, body: Any) -> dict[str, Any]:
+    catalog = request.app.state.catalog
+    started = request.app.state.started_at
+    collections = []
+    for name in catalog.names():
+        coll = catalog.collections.get(name)
+        if coll is None:
+            continue
+        collections.append({"id": name, "points": coll.points_count(),
+                            "segments": len(coll.segments), "device": backend_name()})
+    return {
+        "id": request.app.state.node_id,
+        "app": {"name": "quiver", "version": QUIVER_VERSION,
+                "qdrant_api_version": QDRANT_API_VERSION, "commit": commit_hash(),
+                "startup": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))},
+        "uptime_s": time.time() - started,
+        "device": backend_name(),
+        "collections": {"number_of_collections": len(collections), "collections": collections},
+    }
+
+
+routes = [
+    Route("/", root, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/livez", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/telemetry", endpoint(telemetry, read_body=False), methods=["GET"]),
+]

@@ -1,0 +1,76 @@
+"""Settings: embedded defaults → YAML file → QUIVER__SECTION__KEY environment variables."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "log_level": "INFO",
+    "service": {
+        "host": "0.0.0.0",
+        "http_port": 6333,
+        "max_request_size_mb": 32,
+        "api_key": None,
+        "read_only_api_key": None,
+        "enable_cors": True,
+    },
+    "storage": {
+        "storage_path": "./storage",
+        "snapshots_path": "./snapshots",
+        "temp_path": None,
+        "wal": {"fsync": True},
+        "flush": {"wal_bytes_mb": 32, "idle_seconds": 5},
+    },
+    "gpu": {"enabled": "auto", "device_id": 0, "memory_limit": None},
+}
+
+ENV_PREFIX = "QUIVER__"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _coerce(text: str) -> Any:
+    """Env values are YAML scalars: 7000 → int, true → bool, null → None."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_settings(config_path: str | None = None, env: dict[str, str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings = copy.deepcopy(DEFAULTS)
+    if config_path:
+        with open(config_path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_path}: top level must be a mapping")
+        settings = _merge(settings, data)
+    env = os.environ if env is None else env
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        node = settings
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: {p} is not a section")
+        node[path[-1]] = _coerce(value)
+    if overrides:
+        settings = _merge(settings, overrides)
+    return settings

@@ -1,0 +1,214 @@
+"""The catalog: collection name → Collection, aliases, and the storage directory layout.
+
+    <storage>/collections/<name>/   one directory per collection (config, state, wal, segments)
+    <storage>/aliases.json          alias → collection name
+    <storage>/.trash-*              collections being deleted (removed at start-up)
+
+Creation builds the collection in a temp directory and renames it into place; deletion
+renames it away first. Either way a crash leaves the catalog as before or as after.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import uuid
+from typing import Any
+
+import orjson
+
+from engine.collection import Collection
+from engine.durable import fsync_dir, write_atomic
+from engine.errors import AlreadyExists, BadRequest, NotFound
+
+log = logging.getLogger("quiver.catalog")
+
+_FORBIDDEN = set('<>:"/\\|?*\0')
+MAX_NAME = 255
+
+
+def validate_name(name: Any, what: str = "collection") -> str:
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"{what} name must be a non-empty string")
+    if len(name.encode()) > MAX_NAME:
+        raise BadRequest(f"{what} name is too long (max {MAX_NAME} bytes)")
+    bad = _FORBIDDEN.intersection(name)
+    if bad or name in (".", "..") or name.startswith(".") or any(ord(c) < 32 for c in name):
+        raise BadRequest(f"{what} name {name!r} is invalid: it must not start with '.', or "
+                         "contain any of < > : \" / \\ | ? * or control characters")
+    return name
+
+
+def not_found(name: str) -> NotFound:
+    return NotFound(f"Collection `{name}` doesn't exist!")
+
+
+class Catalog:
+    def __init__(self, storage_path: str, wal_fsync: bool = True,
+                 flush_wal_bytes: int = 32 << 20, flush_idle_s: float = 5.0) -> None:
+        self.root = os.path.abspath(storage_path)
+        self.coll_root = os.path.join(self.root, "collections")
+        os.makedirs(self.coll_root, exist_ok=True)
+        self.wal_fsync = wal_fsync
+        self.flush_wal_bytes = flush_wal_bytes
+        self.flush_idle_s = flush_idle_s
+        self.lock = threading.RLock()
+        self.collections: dict[str, Collection] = {}
+        self.aliases: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    # ---- start-up --------------------------------------------------------------------------
+
+    def load(self) -> None:
+        for name in os.listdir(self.root):
+            if name.startswith((".trash-", ".tmp-")):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        for name in sorted(os.listdir(self.coll_root)):
+            path = os.path.join(self.coll_root, name)
+            if name.startswith(".") or not os.path.exists(os.path.join(path, "config.json")):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            self.collections[name] = Collection.load(name, path, self.wal_fsync)
+            log.info("loaded collection %s (%d points)", name,
+                     self.collections[name].points_count())
+        alias_file = os.path.join(self.root, "aliases.json")
+        if os.path.exists(alias_file):
+            with open(alias_file, "rb") as f:
+                self.aliases = {a: c for a, c in orjson.loads(f.read()).items()
+                                if c in self.collections}
+
+    def start_flusher(self) -> None:
+        self._flusher = threading.Thread(target=self._flush_loop, name="quiver-flusher",
+                                         daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            for coll in list(self.collections.values()):
+                try:
+                    if coll.needs_flush(self.flush_wal_bytes, self.flush_idle_s):
+                        coll.flush()
+                except Exception:  # noqa: BLE001 - keep flushing others; the WAL is intact
+                    log.exception("background flush of %s failed", coll.name)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=30)
+        for coll in list(self.collections.values()):
+            coll.close()
+
+    # ---- collections -------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str:
+        if name in self.collections:
+            return name
+        target = self.aliases.get(name)
+        if target is not None and target in self.collections:
+            return target
+        raise not_found(name)
+
+    def get(self, name: str) -> Collection:
+        try:
+            return self.collections[name]
+        except KeyError:
+            return self.collections[self.resolve(name)]
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.resolve(name)
+            return True
+        except NotFound:
+            return False
+
+    def create(self, name: str, body: dict[str, Any]) -> Collection:
+        validate_name(name)
+        with self.lock:
+            if name in self.collections or name in self.aliases:
+                raise AlreadyExists(f"Collection `{name}` already exists!")
+            tmp = os.path.join(self.root, f".tmp-{uuid.uuid4().hex}")
+            try:
+                coll = Collection.create(name, tmp, body, self.wal_fsync)
+                coll.close(flush=False)
+                final = os.path.join(self.coll_root, name)
+                os.rename(tmp, final)
+                fsync_dir(self.coll_root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            coll = Collection.load(name, final, self.wal_fsync)
+            self.collections[name] = coll
+            return coll
+
+    def delete(self, name: str) -> bool:
+        with self.lock:
+            try:
+                real = self.resolve(name)
+            except NotFound:
+                return False
+            if real != name and name in self.aliases:
+                return False  # deleting by alias is not allowed in Qdrant: it is a no-op
+            coll = self.collections.pop(real)
+            coll.close(flush=False)
+            trash = os.path.join(self.root, f".trash-{uuid.uuid4().hex}")
+            os.rename(coll.path, trash)
+            fsync_dir(self.coll_root)
+            stale = [a for a, c in self.aliases.items() if c == real]
+            if stale:
+                for a in stale:
+                    del self.aliases[a]
+                self._save_aliases()
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def names(self) -> list[str]:
+        return list(self.collections)
+
+    # ---- aliases -------------------------------------------------------------------------------
+
+    def _save_aliases(self) -> None:
+        write_atomic(os.path.join(self.root, "aliases.json"), orjson.dumps(self.aliases))
+
+    def update_aliases(self, actions: Any) -> None:
+        if not isinstance(actions, list):
+            raise BadRequest("`actions` must be a list")
+        with self.lock:
+            new = dict(self.aliases)
+            for action in actions:
+                if not isinstance(action, dict) or len(action) != 1:
+                    raise BadRequest(f"invalid alias action: {action!r}")
+                (kind, body), = action.items()
+                if not isinstance(body, dict):
+                    raise BadRequest(f"invalid alias action: {action!r}")
+                if kind == "create_alias":
+                    coll = body.get("collection_name")
+                    alias = validate_name(body.get("alias_name"), "alias")
+                    if coll not in self.collections:
+                        raise not_found(str(coll))
+                    if alias in self.collections:
+                        raise AlreadyExists(f"Alias `{alias}` clashes with a collection name")
+                    new[alias] = coll  # re-pointing an existing alias is allowed, as in Qdrant
+                elif kind == "delete_alias":
+                    alias = body.get("alias_name")
+                    if alias not in new:
+                        raise NotFound(f"Alias {alias} does not exists!")
+                    del new[alias]
+                elif kind == "rename_alias":
+                    old, to = body.get("old_alias_name"), body.get("new_alias_name")
+                    if old not in new:
+                        raise NotFound(f"Alias {old} does not exists!")
+                    validate_name(to, "alias")
+                    if to in self.collections:
+                        raise AlreadyExists(f"Alias `{to}` clashes with a collection name")
+                    new[to] = new.pop(old)
+                else:
+                    raise BadRequest(f"unknown alias action {kind!r}")
+            self.aliases = new
+            self._save_aliases()
+
+    def list_aliases(self, collection: str | None = None) -> list[dict[str, str]]:
+        return [{"alias_name": a, "collection_name": c} for a, c in self.aliases.items()
+                if collection is None or c == collection]

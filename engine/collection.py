@@ -1,0 +1,517 @@
+"""A collection: config + segments + WAL. Every write is WAL-append → apply, under one lock.
+
+`apply(op, seq)` is shared by live writes and WAL replay, so replay after a crash rebuilds
+exactly the acknowledged state. Filter-selected writes are resolved to explicit ids before
+they are logged, which keeps replay deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine import payload as payload_ops
+from engine.config import CollectionConfig, apply_update, from_state, parse_create
+from engine.durable import fsync_dir, write_atomic
+from engine.errors import BadInput, BadRequest, NotFound
+from engine.filters import parse_filter
+from engine.ids import PointId, ids_to_records, parse_ids, records_to_ids
+from engine.points_input import parse_points, parse_vector_updates
+from engine.segment import Segment
+from engine.segment_store import prune_generations, read_segment, write_segment
+from engine.wal import Wal
+from gpu.xp import get_xp, to_device
+
+log = logging.getLogger("quiver.collection")
+
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
+SEGMENT_MAX_BYTES = 256 << 20  # seal the appendable segment past this much vector data
+SEGMENT_MAX_ROWS = 1 << 22
+INDEX_TYPES = {"keyword", "integer", "float", "geo", "text", "bool", "datetime", "uuid"}
+
+
+def handle(seg_id: int, row: int) -> int:
+    return (seg_id << ROW_BITS) | row
+
+
+class Collection:
+    def __init__(self, name: str, path: str, config: CollectionConfig,
+                 payload_schema: dict[str, Any], wal_fsync: bool = True) -> None:
+        self.name = name
+        self.path = path
+        self.config = config
+        self.payload_schema = payload_schema
+        self.xp = get_xp()
+        self.write_lock = threading.RLock()
+        self.flush_lock = threading.Lock()
+        self.segments: list[Segment] = []
+        self.seg_by_id: dict[int, Segment] = {}
+        self.id_map: dict[PointId, int] = {}
+        self.next_segment_id = 0
+        self.flushed_seq = 0
+        self.gen = 0
+        self.seg_meta: dict[int, dict[str, Any]] = {}  # last committed per-segment metadata
+        self.wal = Wal(os.path.join(path, "wal"), fsync=wal_fsync)
+        self.last_write = time.monotonic()
+        self.created_at = time.time()
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, path: str, body: dict[str, Any], wal_fsync: bool = True
+               ) -> Collection:
+        config = parse_create(body)
+        os.makedirs(os.path.join(path, "segments"), exist_ok=True)
+        coll = cls(name, path, config, {}, wal_fsync)
+        coll._write_config()
+        coll._write_state([])
+        coll.wal.open_for_append()
+        coll._new_appendable()
+        return coll
+
+    @classmethod
+    def load(cls, name: str, path: str, wal_fsync: bool = True) -> Collection:
+        with open(os.path.join(path, "config.json"), "rb") as f:
+            cfg = orjson.loads(f.read())
+        coll = cls(name, path, from_state(cfg["config"]), cfg.get("payload_schema") or {},
+                   wal_fsync)
+        coll.created_at = cfg.get("created_at", coll.created_at)
+        with open(os.path.join(path, "state.json"), "rb") as f:
+            state = orjson.loads(f.read())
+        coll.flushed_seq = state["flushed_seq"]
+        coll.next_segment_id = state["next_segment_id"]
+        coll.gen = state.get("gen", 0)
+        for meta in state["segments"]:
+            coll._load_segment(meta)
+        coll._remove_stray_segments()
+        if not coll.segments or coll.segments[-1].sealed:
+            coll._new_appendable()
+        replayed = 0
+        for seq, op in coll.wal.replay(coll.flushed_seq):
+            coll.apply(op, seq)
+            replayed += 1
+        coll.wal.open_for_append()
+        if replayed:
+            log.info("collection %s: replayed %d WAL records", name, replayed)
+        return coll
+
+    def _load_segment(self, meta: dict[str, Any]) -> None:
+        seg_dir = os.path.join(self.path, "segments", str(meta["id"]))
+        data = read_segment(seg_dir, meta, self.config.vectors)
+        n = int(meta["n"])
+        seg = Segment(meta["id"], self.config.vectors, self.xp, capacity=max(n, 16))
+        for name, arr in data["vectors"].items():
+            if n:
+                seg.vectors[name][:n] = to_device(arr, self.xp)  # one large copy per name
+                if name in seg.sq_norms:
+                    f32 = arr.astype(np.float32, copy=False)
+                    seg.sq_norms[name][:n] = to_device(np.einsum("ij,ij->i", f32, f32), self.xp)
+            seg.present[name][:n] = data["present"][name]
+        seg.id_recs[:n] = data["id_recs"]
+        seg.deleted[:n] = data["deleted"]
+        seg.versions[:n] = data["versions"]
+        seg.payloads = data["payloads"]
+        seg.ids = records_to_ids(data["id_recs"])
+        seg.n = n
+        seg.sealed = bool(meta.get("sealed"))
+        seg.flushed_n = n
+        seg.dirty = seg.payloads_dirty = False
+        live = ~seg.deleted[:n]
+        rows = np.flatnonzero(live)
+        base = seg.seg_id << ROW_BITS
+        self.id_map.update(zip([seg.ids[r] for r in rows.tolist()], (rows + base).tolist(),
+                               strict=True))
+        self.segments.append(seg)
+        self.seg_by_id[seg.seg_id] = seg
+        self.seg_meta[seg.seg_id] = dict(meta)
+
+    def _remove_stray_segments(self) -> None:
+        seg_root = os.path.join(self.path, "segments")
+        for name in os.listdir(seg_root):
+            if not name.isdigit() or int(name) not in self.seg_by_id:
+                shutil.rmtree(os.path.join(seg_root, name), ignore_errors=True)
+        for seg_id, meta in self.seg_meta.items():
+            prune_generations(os.path.join(seg_root, str(seg_id)), meta["gen"],
+                              meta["payload_gen"])
+
+    def _new_appendable(self) -> Segment:
+        seg = Segment(self.next_segment_id, self.config.vectors, self.xp)
+        self.next_segment_id += 1
+        self.segments.append(seg)
+        self.seg_by_id[seg.seg_id] = seg
+        return seg
+
+    @property
+    def appendable(self) -> Segment:
+        return self.segments[-1]
+
+    def _write_config(self) -> None:
+        data = {"name": self.name, "config": self.config.to_state(),
+                "payload_schema": self.payload_schema, "created_at": self.created_at}
+        write_atomic(os.path.join(self.path, "config.json"), orjson.dumps(data))
+
+    def _write_state(self, metas: list[dict[str, Any]]) -> None:
+        state = {"flushed_seq": self.flushed_seq, "next_segment_id": self.next_segment_id,
+                 "gen": self.gen, "segments": metas}
+        write_atomic(os.path.join(self.path, "state.json"), orjson.dumps(state))
+
+    # ---- write path ------------------------------------------------------------------------
+
+    def _log_and_apply(self, op: dict[str, Any]) -> int:
+        """Caller holds write_lock. Durable first, then visible."""
+        seq = self.wal.append(op)
+        self.apply(op, seq)
+        self.last_write = time.monotonic()
+        return seq
+
+    def apply(self, op: dict[str, Any], seq: int) -> None:
+        kind = op["op"]
+        ids = op.get("ids") or []
+        if kind == "upsert":
+            vectors = {name[2:]: (op["arrays"].get("p:" + name[2:]), arr)
+                       for name, arr in op["arrays"].items() if name.startswith("v:")}
+            for name, (pos, arr) in list(vectors.items()):
+                if pos is None:
+                    vectors[name] = (np.arange(len(ids), dtype=np.int64), arr)
+            self._upsert_rows(ids, vectors, op["payloads"], seq)
+        elif kind == "delete":
+            self._delete_ids(ids)
+        elif kind in ("set_payload", "overwrite_payload", "delete_payload", "clear_payload"):
+            self._payload_op(kind, ids, op, seq)
+        elif kind == "update_vectors":
+            self._update_vectors(ids, op, seq)
+        elif kind == "delete_vectors":
+            self._delete_vectors(ids, op["names"], seq)
+        else:
+            raise ValueError(f"unknown WAL op {kind}")
+
+    def _locate(self, ids: list[PointId]) -> tuple[np.ndarray, list[PointId]]:
+        """ids → handles of existing points (and the missing ids)."""
+        found = [self.id_map.get(i) for i in ids]
+        missing = [i for i, h in zip(ids, found, strict=True) if h is None]
+        handles = np.array([h for h in found if h is not None], dtype=np.int64)
+        return handles, missing
+
+    def _by_segment(self, handles: np.ndarray) -> list[tuple[Segment, np.ndarray, np.ndarray]]:
+        """Group handles by segment → [(segment, rows, positions in `handles`)]."""
+        if len(handles) == 0:
+            return []
+        seg_ids = handles >> ROW_BITS
+        rows = handles & ROW_MASK
+        out = []
+        for sid in np.unique(seg_ids).tolist():
+            sel = np.flatnonzero(seg_ids == sid)
+            out.append((self.seg_by_id[sid], rows[sel], sel))
+        return out
+
+    def _upsert_rows(self, ids: list[PointId], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+                     payloads: list[dict[str, Any]], seq: int) -> None:
+        if not ids:
+            return
+        old, _ = self._locate(ids)
+        for seg, rows, _ in self._by_segment(old):
+            seg.delete_rows(rows)
+        seg = self.appendable
+        rows = seg.append(ids, ids_to_records(ids), vectors, payloads, seq)
+        self.id_map.update(zip(ids, (rows + (seg.seg_id << ROW_BITS)).tolist(), strict=True))
+        self._warm_indexes(seg)
+        if self._segment_full(seg):
+            seg.sealed = True
+            seg.dirty = True
+            self._new_appendable()
+
+    def _segment_full(self, seg: Segment) -> bool:
+        row_bytes = sum(s.size * 4 for s in self.config.vectors.values()) or 4
+        max_kb = self.config.optimizer_config.get("max_segment_size")
+        limit = max_kb * 1024 if isinstance(max_kb, int) and max_kb > 0 else SEGMENT_MAX_BYTES
+        return seg.n * row_bytes >= limit or seg.n >= SEGMENT_MAX_ROWS
+
+    def _delete_ids(self, ids: list[PointId]) -> None:
+        handles, _ = self._locate(ids)
+        for seg, rows, _ in self._by_segment(handles):
+            seg.delete_rows(rows)
+        for i in ids:
+            self.id_map.pop(i, None)
+
+    def _payload_op(self, kind: str, ids: list[PointId], op: dict[str, Any], seq: int) -> None:
+        handles, _ = self._locate(ids)
+        for seg, rows, _ in self._by_segment(handles):
+            olds = [seg.payloads[r] for r in rows.tolist()]
+            if kind == "set_payload":
+                new = [payload_ops.set_payload(p, op["payload"], op.get("key")) for p in olds]
+            elif kind == "overwrite_payload":
+                new = [dict(op["payload"]) for _ in olds]
+            elif kind == "delete_payload":
+                new = [payload_ops.delete_keys(p, op["keys"]) for p in olds]
+            else:
+                new = [{} for _ in olds]
+            seg.set_payloads(rows, new, seq)
+            self._warm_indexes(seg)
+
+    def _update_vectors(self, ids: list[PointId], op: dict[str, Any], seq: int) -> None:
+        """A point whose vectors change moves to the appendable segment (rows are immutable)."""
+        handles, _ = self._locate(ids)
+        updates = {name[2:]: (op["arrays"]["p:" + name[2:]], arr)
+                   for name, arr in op["arrays"].items() if name.startswith("v:")}
+        merged: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        order: list[int] = []
+        payloads: list[dict[str, Any]] = []
+        for seg, rows, pos in self._by_segment(handles):
+            for name in self.config.vectors:
+                has = seg.present[name][rows]
+                if has.any():
+                    m = merged.setdefault(name, ([], []))
+                    m[0].append(pos[has])
+                    m[1].append(seg.vectors_of(name, rows[has]))
+            order.extend(pos.tolist())
+            payloads.extend(seg.payloads[r] for r in rows.tolist())
+        # positions are indices into `ids`; rebuild per-name arrays in `ids` order
+        final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in self.config.vectors:
+            pos_parts, arr_parts = merged.get(name, ([], []))
+            cur_pos = np.concatenate(pos_parts) if pos_parts else np.empty(0, np.int64)
+            cur_arr = (np.concatenate(arr_parts) if arr_parts
+                       else np.empty((0, self.config.vectors[name].size), np.float32))
+            if name in updates:
+                upos, uarr = updates[name]
+                keep = ~np.isin(cur_pos, upos)
+                cur_pos = np.concatenate([cur_pos[keep], upos])
+                cur_arr = np.concatenate([cur_arr[keep], uarr])
+            final[name] = (cur_pos, cur_arr)
+        ord_arr = np.array(order, dtype=np.int64)
+        inv = np.empty(len(ids), dtype=np.int64)
+        inv[ord_arr] = np.arange(len(ord_arr))
+        for name, (p, a) in final.items():
+            final[name] = (inv[p], a)
+        self._upsert_rows([ids[i] for i in order], final, payloads, seq)
+
+    def _delete_vectors(self, ids: list[PointId], names: list[str], seq: int) -> None:
+        handles, _ = self._locate(ids)
+        for seg, rows, _ in self._by_segment(handles):
+            seg.drop_vectors(rows, names, seq)
+
+    def _warm_indexes(self, seg: Segment) -> None:
+        """Indexed fields keep their columns current at write time, so reads never rebuild."""
+        for field in self.payload_schema:
+            seg.column(field)
+
+    # ---- public write operations ---------------------------------------------------------
+
+    def upsert(self, body: dict[str, Any]) -> int:
+        ids, vectors, payloads = parse_points(self.config, body)
+        arrays: dict[str, np.ndarray] = {}
+        for name, (pos, arr) in vectors.items():
+            arrays["v:" + name] = arr
+            if len(pos) != len(ids):
+                arrays["p:" + name] = pos
+        op = {"op": "upsert", "ids": ids, "payloads": payloads, "arrays": arrays}
+        with self.write_lock:
+            return self._log_and_apply(op)
+
+    def _select_ids(self, body: dict[str, Any], field: str = "points",
+                    require_existing: bool = False) -> list[PointId]:
+        """Points chosen by an id list or a filter (under write_lock)."""
+        sel = body.get(field)
+        flt = body.get("filter")
+        if isinstance(sel, dict) and ("points" in sel or "filter" in sel):  # PointsSelector
+            flt = sel.get("filter", flt)
+            sel = sel.get("points")
+        if sel is not None:
+            ids = parse_ids(sel)
+            if require_existing:
+                _, missing = self._locate(ids)
+                if missing:
+                    raise NotFound(f"No point with id {missing[0]} found")
+            return ids
+        if flt is not None:
+            from engine.query import filtered_ids  # noqa: PLC0415 - avoid an import cycle
+            return filtered_ids(self, parse_filter(flt))
+        raise BadRequest(f"request needs `{field}` or `filter`")
+
+    def delete_points(self, body: dict[str, Any]) -> int:
+        with self.write_lock:
+            ids = self._select_ids(body)
+            return self._log_and_apply({"op": "delete", "ids": ids})
+
+    def payload_write(self, kind: str, body: dict[str, Any]) -> int:
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        op: dict[str, Any] = {"op": kind}
+        if kind in ("set_payload", "overwrite_payload"):
+            pl = body.get("payload")
+            if not isinstance(pl, dict):
+                raise BadRequest("`payload` must be an object")
+            op["payload"] = pl
+            if kind == "set_payload" and body.get("key") is not None:
+                if not isinstance(body["key"], str):
+                    raise BadRequest("`key` must be a string")
+                payload_ops.parse_path(body["key"])
+                op["key"] = body["key"]
+        elif kind == "delete_payload":
+            keys = body.get("keys")
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise BadRequest("`keys` must be a list of strings")
+            for k in keys:
+                payload_ops.parse_path(k)
+            op["keys"] = keys
+        with self.write_lock:
+            op["ids"] = self._select_ids(body, require_existing=True)
+            return self._log_and_apply(op)
+
+    def update_vectors(self, body: dict[str, Any]) -> int:
+        ids, vectors = parse_vector_updates(self.config, body)
+        arrays: dict[str, np.ndarray] = {}
+        for name, (pos, arr) in vectors.items():
+            arrays["v:" + name] = arr
+            arrays["p:" + name] = pos
+        with self.write_lock:
+            _, missing = self._locate(ids)
+            if missing:
+                raise NotFound(f"No point with id {missing[0]} found")
+            return self._log_and_apply({"op": "update_vectors", "ids": ids, "arrays": arrays})
+
+    def delete_vectors(self, body: dict[str, Any]) -> int:
+        names = body.get("vector") if isinstance(body, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest("`vector` must be a list of vector names")
+        for n in names:
+            self.config.vector(n)
+        with self.write_lock:
+            ids = self._select_ids(body, require_existing=True)
+            return self._log_and_apply({"op": "delete_vectors", "ids": ids, "names": names})
+
+    # ---- config & indexes --------------------------------------------------------------------
+
+    def update_config(self, body: dict[str, Any]) -> None:
+        with self.write_lock:
+            self.config = apply_update(self.config, body)
+            self._write_config()
+
+    def create_index(self, field: str, schema: Any) -> None:
+        if not isinstance(field, str) or not field:
+            raise BadRequest("`field_name` must be a non-empty string")
+        payload_ops.parse_path(field)
+        type_name = schema.get("type") if isinstance(schema, dict) else schema
+        if type_name not in INDEX_TYPES:
+            raise BadRequest(f"unknown field_schema {schema!r}")
+        with self.write_lock:
+            self.payload_schema[field] = {"type": type_name,
+                                          "params": schema if isinstance(schema, dict) else None}
+            self._write_config()
+            for seg in self.segments:
+                seg.column(field)
+
+    def delete_index(self, field: str) -> None:
+        with self.write_lock:
+            if self.payload_schema.pop(field, None) is not None:
+                self._write_config()
+
+    def index_type(self, field: str) -> str | None:
+        entry = self.payload_schema.get(field)
+        return entry["type"] if entry else None
+
+    # ---- flush -------------------------------------------------------------------------------
+
+    def needs_flush(self, wal_limit: int, idle_s: float) -> bool:
+        if self.wal.last_seq <= self.flushed_seq:
+            return False
+        return (self.wal.bytes_since_rotate >= wal_limit
+                or time.monotonic() - self.last_write >= idle_s)
+
+    def flush(self) -> None:
+        """Persist segments as of one WAL seq, then drop the WAL files it covers."""
+        with self.flush_lock:
+            with self.write_lock:
+                if self._closed:
+                    return
+                seq = self.wal.rotate()
+                frozen = []
+                for seg in self.segments:
+                    if seg.dirty or seg.seg_id not in self.seg_meta:
+                        frozen.append((seg, seg.freeze(), seg.flushed_n, seg.payloads_dirty))
+                        seg.dirty = seg.payloads_dirty = False
+                order = [s.seg_id for s in self.segments]
+            gen = self.gen + 1
+            metas = dict(self.seg_meta)
+            try:
+                for seg, fz, flushed_n, pay_dirty in frozen:
+                    old = self.seg_meta.get(seg.seg_id)
+                    pgen = gen if (pay_dirty or old is None) else old["payload_gen"]
+                    write_segment(os.path.join(self.path, "segments", str(seg.seg_id)), fz,
+                                  flushed_n, gen, pgen if (pay_dirty or old is None) else None)
+                    metas[seg.seg_id] = {"id": seg.seg_id, "n": fz.n, "gen": gen,
+                                         "payload_gen": pgen, "sealed": fz.sealed}
+                fsync_dir(os.path.join(self.path, "segments"))
+                prev_seq, prev_gen = self.flushed_seq, self.gen
+                self.flushed_seq, self.gen = seq, gen
+                try:
+                    self._write_state([metas[s] for s in order if s in metas])
+                except Exception:
+                    self.flushed_seq, self.gen = prev_seq, prev_gen
+                    raise
+            except Exception:
+                for seg, *_ in frozen:
+                    seg.dirty = seg.payloads_dirty = True
+                raise
+            for seg, fz, _, _ in frozen:
+                seg.flushed_n = fz.n
+            self.seg_meta = metas
+            self.wal.drop_before(seq)
+            for seg, *_ in frozen:
+                m = metas[seg.seg_id]
+                prune_generations(os.path.join(self.path, "segments", str(seg.seg_id)),
+                                  m["gen"], m["payload_gen"])
+
+    def close(self, flush: bool = True) -> None:
+        if flush and not self._closed:
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the WAL still holds everything
+                log.exception("flush on close failed for %s", self.name)
+        with self.write_lock:
+            self._closed = True
+            self.wal.close()
+
+    # ---- info --------------------------------------------------------------------------------
+
+    def points_count(self) -> int:
+        return sum(seg.live_count() for seg in self.segments)
+
+    def info(self) -> dict[str, Any]:
+        schema = {}
+        for field, entry in self.payload_schema.items():
+            count = 0
+            for seg in self.segments:
+                n = seg.n
+                col = seg.column(field)
+                count += int(np.count_nonzero(col.non_empty(n) & ~seg.deleted[:n]))
+            item: dict[str, Any] = {"data_type": entry["type"], "points": count}
+            if isinstance(entry.get("params"), dict):
+                item["params"] = entry["params"]
+            schema[field] = item
+        return {
+            "status": "green",
+            "optimizer_status": "ok",
+            "indexed_vectors_count": 0,
+            "points_count": self.points_count(),
+            "segments_count": len(self.segments),
+            "config": self.config.to_json(),
+            "payload_schema": schema,
+        }
+
+    def check_vector_name(self, name: str | None) -> str:
+        spec = self.config.vector(name)
+        return spec.name
+
+
+def unknown_vector(name: str) -> BadInput:
+    return BadInput(f"Not existing vector name error: {name}")

@@ -1,0 +1,212 @@
+"""Columnar views of payload fields, so filters run as numpy operations, not per-point Python.
+
+A `Column` flattens one key path over a table of payload rows into parallel entry arrays:
+row number, kind, numeric value and dictionary-encoded string code. Building a column walks
+the payloads once (that is indexing, not filtering); afterwards it is kept in sync
+incrementally: appended rows and rows whose payload changed are re-extracted, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.payload import raw_values_at
+
+KIND_NULL, KIND_BOOL, KIND_INT, KIND_FLOAT, KIND_STR, KIND_OBJ = range(6)
+_STRDT = np.dtypes.StringDType()
+
+
+class PayloadSource(Protocol):
+    """What a column needs from its table (a segment, or a nested view)."""
+
+    def payload_rows(self) -> int: ...
+    def payload_at(self, row: int) -> dict[str, Any]: ...
+    def payload_changes_since(self, version: int) -> np.ndarray | None: ...
+    @property
+    def payload_version(self) -> int: ...
+
+
+def parse_datetime(s: str) -> float:
+    """RFC 3339 / ISO 8601 (date, naive = UTC, 'Z', offsets) → epoch seconds, NaN if invalid."""
+    try:
+        text = s.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        dt = datetime.fromisoformat(text)
+    except (ValueError, AttributeError):
+        return float("nan")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+class Vocab:
+    """Dictionary encoding of string values, with lazily derived per-code arrays."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self.index: dict[str, int] = {}
+        self._arr: Any = None
+        self._dates: np.ndarray | None = None
+        self._tokens: list[frozenset[str]] = []
+        self._token_lists: list[list[str]] = []
+
+    def code(self, s: str) -> int:
+        c = self.index.get(s)
+        if c is None:
+            c = len(self.values)
+            self.index[s] = c
+            self.values.append(s)
+            self._arr = None
+        return c
+
+    def strings(self) -> np.ndarray:
+        if self._arr is None or len(self._arr) != len(self.values):
+            self._arr = np.array(self.values, dtype=_STRDT)
+        return self._arr
+
+    def token_sets(self) -> list[frozenset[str]]:
+        """Token sets per distinct string, computed once per new vocabulary entry."""
+        for s in self.values[len(self._tokens):]:
+            self._tokens.append(frozenset(tokenize(s)))
+        return self._tokens
+
+    def token_lists(self) -> list[list[str]]:
+        for s in self.values[len(self._token_lists):]:
+            self._token_lists.append(tokenize(s))
+        return self._token_lists
+
+    def datetimes(self) -> np.ndarray:
+        done = 0 if self._dates is None else len(self._dates)
+        if done < len(self.values):
+            new = np.array([parse_datetime(s) for s in self.values[done:]], dtype=np.float64)
+            self._dates = new if self._dates is None else np.concatenate([self._dates, new])
+        return self._dates if self._dates is not None else np.empty(0)
+
+
+def _classify(v: Any, vocab: Vocab) -> tuple[int, float, int]:
+    if v is None:
+        return KIND_NULL, np.nan, -1
+    if isinstance(v, bool):
+        return KIND_BOOL, float(v), -1
+    if isinstance(v, int):
+        return KIND_INT, float(v), -1
+    if isinstance(v, float):
+        return KIND_FLOAT, v, -1
+    if isinstance(v, str):
+        return KIND_STR, np.nan, vocab.code(v)
+    return KIND_OBJ, np.nan, -1
+
+
+class Column:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.vocab = Vocab()
+        self.rows = np.empty(0, np.int64)
+        self.kinds = np.empty(0, np.int8)
+        self.nums = np.empty(0, np.float64)
+        self.codes = np.empty(0, np.int32)
+        # values_count semantics: one count per value the path reaches (lists whole).
+        self.count_rows = np.empty(0, np.int64)
+        self.counts = np.empty(0, np.int64)
+        self.n_rows = 0
+        self.version = -1
+
+    def _extract(self, src: PayloadSource, rows: np.ndarray) -> None:
+        r_list: list[int] = []
+        k_list: list[int] = []
+        n_list: list[float] = []
+        c_list: list[int] = []
+        cr_list: list[int] = []
+        cn_list: list[int] = []
+        path, vocab = self.path, self.vocab
+        for row in rows.tolist():
+            for raw in raw_values_at(src.payload_at(row), path):
+                if isinstance(raw, list):
+                    cr_list.append(row)
+                    cn_list.append(len(raw))
+                    leaves = raw
+                else:
+                    cr_list.append(row)
+                    cn_list.append(0 if raw is None else 1)
+                    leaves = (raw,)
+                for v in leaves:
+                    k, num, code = _classify(v, vocab)
+                    r_list.append(row)
+                    k_list.append(k)
+                    n_list.append(num)
+                    c_list.append(code)
+        if cr_list:
+            self.count_rows = np.concatenate([self.count_rows, np.array(cr_list, np.int64)])
+            self.counts = np.concatenate([self.counts, np.array(cn_list, np.int64)])
+        if r_list:
+            self.rows = np.concatenate([self.rows, np.array(r_list, np.int64)])
+            self.kinds = np.concatenate([self.kinds, np.array(k_list, np.int8)])
+            self.nums = np.concatenate([self.nums, np.array(n_list, np.float64)])
+            self.codes = np.concatenate([self.codes, np.array(c_list, np.int32)])
+
+    def sync(self, src: PayloadSource) -> Column:
+        """Bring the column up to date with `src`; cheap when nothing changed."""
+        n, version = src.payload_rows(), src.payload_version
+        if n == self.n_rows and version == self.version:
+            return self
+        with self.lock:
+            n, version = src.payload_rows(), src.payload_version
+            if n == self.n_rows and version == self.version:
+                return self
+            changed = src.payload_changes_since(self.version) if self.version >= 0 else None
+            if changed is None and self.version >= 0 and version != self.version:
+                self._reset()  # change history too old: rebuild from scratch
+            if changed is not None and len(changed):
+                changed = changed[changed < self.n_rows]
+                if len(changed):
+                    keep = ~np.isin(self.rows, changed)
+                    self.rows, self.kinds = self.rows[keep], self.kinds[keep]
+                    self.nums, self.codes = self.nums[keep], self.codes[keep]
+                    keep = ~np.isin(self.count_rows, changed)
+                    self.count_rows, self.counts = self.count_rows[keep], self.counts[keep]
+                    self._extract(src, np.unique(changed))
+            if n > self.n_rows:
+                self._extract(src, np.arange(self.n_rows, n, dtype=np.int64))
+            self.n_rows, self.version = n, version
+        return self
+
+    # ---- per-row aggregates ----------------------------------------------------------------
+
+    def rows_where(self, sel: np.ndarray, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        rows = self.rows[sel]
+        out[rows[rows < n]] = True  # the column may run ahead of a query's frozen row count
+        return out
+
+    def rows_where_counts(self, sel: np.ndarray, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        rows = self.count_rows[sel]
+        out[rows[rows < n]] = True
+        return out
+
+    def has_values(self, n: int) -> np.ndarray:
+        """Rows where the path resolves to at least one value (null included)."""
+        out = np.zeros(n, dtype=bool)
+        out[self.count_rows[self.count_rows < n]] = True
+        return out
+
+    def non_empty(self, n: int) -> np.ndarray:
+        """Rows with some resolved value that is neither null nor []."""
+        return self.rows_where_counts(self.counts > 0, n)
+
+
+_TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def tokenize(s: str) -> list[str]:
+    return _TOKEN_RE.findall(s.lower())

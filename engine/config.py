@@ -1,0 +1,232 @@
+"""Collection configuration: validated, and echoed back exactly as the user gave it.
+
+Qdrant's clients compare `config.params.vectors` with `==` against what they sent, and
+`VectorParams` forbids unknown keys, so the echo is the user's own dict (validated), never
+a re-serialised model with added defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.distance import Distance, get_distance
+from engine.errors import BadInput, BadRequest
+
+MAX_DIM = 65536
+VECTOR_PARAM_KEYS = {
+    "size", "distance", "hnsw_config", "quantization_config", "on_disk", "datatype",
+    "multivector_config",
+}
+DATATYPES = {"float32", "float16", "uint8"}
+
+DEFAULT_HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000,
+                "max_indexing_threads": 0, "on_disk": False}
+DEFAULT_OPTIMIZER = {"deleted_threshold": 0.2, "vacuum_min_vector_number": 1000,
+                     "default_segment_number": 0, "max_segment_size": None,
+                     "memmap_threshold": None, "indexing_threshold": 10000,
+                     "flush_interval_sec": 5, "max_optimization_threads": None}
+DEFAULT_WAL = {"wal_capacity_mb": 32, "wal_segments_ahead": 0}
+DEFAULT_PARAMS = {"shard_number": 1, "replication_factor": 1, "write_consistency_factor": 1,
+                  "on_disk_payload": True}
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    name: str
+    size: int
+    distance: Distance
+    datatype: str = "float32"
+
+
+@dataclass
+class CollectionConfig:
+    vectors_echo: Any  # exactly as given: dict (single) or dict of dicts (named)
+    named: bool
+    vectors: dict[str, VectorSpec]
+    params: dict[str, Any] = field(default_factory=dict)  # shard_number, ... (no vectors)
+    hnsw_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_HNSW))
+    optimizer_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPTIMIZER))
+    wal_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_WAL))
+    sparse_vectors: dict[str, Any] = field(default_factory=dict)
+    quantization_config: Any = None
+    strict_mode_config: Any = None
+    metadata: dict[str, Any] | None = None
+
+    def vector(self, name: str | None) -> VectorSpec:
+        name = name or ""
+        spec = self.vectors.get(name)
+        if spec is None:
+            if name == "" and self.named and len(self.vectors) == 0:
+                raise BadInput("Collection has no dense vectors")
+            raise BadInput(f"Not existing vector name error: {name}")
+        return spec
+
+    def to_json(self) -> dict[str, Any]:
+        """CollectionConfig as Qdrant's GET /collections/{c} shows it."""
+        params: dict[str, Any] = {"vectors": copy.deepcopy(self.vectors_echo)}
+        params.update(self.params)
+        if self.sparse_vectors:
+            params["sparse_vectors"] = copy.deepcopy(self.sparse_vectors)
+        out: dict[str, Any] = {
+            "params": params,
+            "hnsw_config": dict(self.hnsw_config),
+            "optimizer_config": dict(self.optimizer_config),
+            "wal_config": dict(self.wal_config),
+        }
+        if self.quantization_config is not None:
+            out["quantization_config"] = self.quantization_config
+        if self.strict_mode_config is not None:
+            out["strict_mode_config"] = self.strict_mode_config
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "vectors": self.vectors_echo,
+            "params": self.params,
+            "hnsw_config": self.hnsw_config,
+            "optimizers_config": self.optimizer_config,
+            "wal_config": self.wal_config,
+            "sparse_vectors": self.sparse_vectors,
+            "quantization_config": self.quantization_config,
+            "strict_mode_config": self.strict_mode_config,
+            "metadata": self.metadata,
+        }
+
+
+def _parse_vector_params(name: str, raw: Any) -> VectorSpec:
+    if not isinstance(raw, dict):
+        raise BadRequest(f"vector params for {name!r} must be an object")
+    unknown = set(raw) - VECTOR_PARAM_KEYS
+    if unknown:
+        raise BadRequest(f"unknown field(s) in vector params: {', '.join(sorted(unknown))}")
+    size = raw.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_DIM:
+        raise BadRequest(f"vector size must be an integer in 1..{MAX_DIM}, got {size!r}")
+    dist = get_distance(raw.get("distance"))
+    datatype = raw.get("datatype") or "float32"
+    if datatype not in DATATYPES:
+        raise BadRequest(f"unknown datatype {datatype!r}")
+    if raw.get("multivector_config") is not None:
+        raise BadRequest("multivector_config is not supported by Quiver")
+    return VectorSpec(name, size, dist, datatype)
+
+
+def _merge_section(base: dict[str, Any], given: Any, section: str) -> dict[str, Any]:
+    if given is None:
+        return base
+    if not isinstance(given, dict):
+        raise BadRequest(f"{section} must be an object")
+    out = dict(base)
+    out.update({k: v for k, v in given.items()})
+    return out
+
+
+def parse_create(body: dict[str, Any]) -> CollectionConfig:
+    if not isinstance(body, dict):
+        raise BadRequest("collection config must be a JSON object")
+    raw_vectors = body.get("vectors")
+    if raw_vectors is None:
+        raw_vectors = {}
+    if not isinstance(raw_vectors, dict):
+        raise BadRequest("`vectors` must be an object")
+    if "size" in raw_vectors or "distance" in raw_vectors:
+        named = False
+        specs = {"": _parse_vector_params("", raw_vectors)}
+    else:
+        named = True
+        specs = {n: _parse_vector_params(n, p) for n, p in raw_vectors.items()}
+    params = dict(DEFAULT_PARAMS)
+    for key in DEFAULT_PARAMS:
+        if body.get(key) is not None:
+            params[key] = body[key]
+    sparse = body.get("sparse_vectors") or {}
+    if not isinstance(sparse, dict):
+        raise BadRequest("`sparse_vectors` must be an object")
+    overlap = set(sparse) & set(specs)
+    if overlap:
+        raise BadInput(f"vector name(s) used for both dense and sparse vectors: {sorted(overlap)}")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequest("`metadata` must be an object")
+    return CollectionConfig(
+        vectors_echo=copy.deepcopy(raw_vectors),
+        named=named,
+        vectors=specs,
+        params=params,
+        hnsw_config=_merge_section(dict(DEFAULT_HNSW), body.get("hnsw_config"), "hnsw_config"),
+        optimizer_config=_merge_section(
+            dict(DEFAULT_OPTIMIZER), body.get("optimizers_config"), "optimizers_config"
+        ),
+        wal_config=_merge_section(dict(DEFAULT_WAL), body.get("wal_config"), "wal_config"),
+        sparse_vectors=copy.deepcopy(sparse),
+        quantization_config=body.get("quantization_config"),
+        strict_mode_config=body.get("strict_mode_config"),
+        metadata=metadata,
+    )
+
+
+def from_state(state: dict[str, Any]) -> CollectionConfig:
+    body = {
+        "vectors": state.get("vectors"),
+        "sparse_vectors": state.get("sparse_vectors"),
+        "hnsw_config": state.get("hnsw_config"),
+        "optimizers_config": state.get("optimizers_config"),
+        "wal_config": state.get("wal_config"),
+        "quantization_config": state.get("quantization_config"),
+        "strict_mode_config": state.get("strict_mode_config"),
+        "metadata": state.get("metadata"),
+        **(state.get("params") or {}),
+    }
+    return parse_create(body)
+
+
+def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfig:
+    """PATCH /collections/{c}: returns an updated copy; vector sizes/distances are immutable."""
+    if not isinstance(body, dict):
+        raise BadRequest("update body must be a JSON object")
+    state = copy.deepcopy(cfg.to_state())
+    if body.get("optimizers_config") is not None:
+        state["optimizers_config"] = _merge_section(
+            state["optimizers_config"], body["optimizers_config"], "optimizers_config")
+    if body.get("hnsw_config") is not None:
+        state["hnsw_config"] = _merge_section(state["hnsw_config"], body["hnsw_config"],
+                                              "hnsw_config")
+    if body.get("params") is not None:
+        if not isinstance(body["params"], dict):
+            raise BadRequest("`params` must be an object")
+        for k, v in body["params"].items():
+            if k in DEFAULT_PARAMS and v is not None:
+                state["params"][k] = v
+    if body.get("vectors") is not None:
+        vec_updates = body["vectors"]
+        if not isinstance(vec_updates, dict):
+            raise BadRequest("`vectors` must be an object")
+        for name, upd in vec_updates.items():
+            if name not in cfg.vectors:
+                raise BadInput(f"Not existing vector name error: {name}")
+            target = state["vectors"] if not cfg.named else state["vectors"][name]
+            for k, v in (upd or {}).items():
+                if k in ("hnsw_config", "quantization_config", "on_disk") and v is not None:
+                    target[k] = v
+                elif k not in ("hnsw_config", "quantization_config", "on_disk"):
+                    raise BadRequest(f"vector param {k!r} cannot be updated")
+    if "quantization_config" in body and body["quantization_config"] is not None:
+        state["quantization_config"] = body["quantization_config"]
+    if body.get("strict_mode_config") is not None:
+        state["strict_mode_config"] = body["strict_mode_config"]
+    if body.get("metadata") is not None:
+        meta = dict(state.get("metadata") or {})
+        meta.update(body["metadata"])
+        state["metadata"] = meta
+    if body.get("sparse_vectors") is not None:
+        sv = dict(state.get("sparse_vectors") or {})
+        for name, upd in body["sparse_vectors"].items():
+            if name not in sv:
+                raise BadInput(f"Not existing vector name error: {name}")
+            sv[name] = {**(sv[name] or {}), **(upd or {})}
+        state["sparse_vectors"] = sv
+    return from_state(state)

@@ -1,0 +1,446 @@
+"""Read paths: search (query), scroll, count, retrieve — and how points are rendered.
+
+Each read takes a consistent view of the segment list and row counts under the write lock
+(microseconds), then computes without it. Filters become per-segment masks; vectors are
+scored by gpu.flat (one GEMM per segment per query batch, masked top-k); per-segment
+results merge on the host; payloads and vectors are looked up for the final k only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine import payload as payload_ops
+from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column
+from engine.errors import BadInput, BadRequest, NotFound
+from engine.filters import Predicate, parse_filter
+from engine.ids import PointId, id_order_key, parse_id, parse_ids
+from engine.segment import Segment
+from gpu import flat
+from gpu.topk import merge
+
+if TYPE_CHECKING:
+    from engine.collection import Collection
+
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
+
+
+# ---- filter tables ----------------------------------------------------------------------------
+
+
+class SegmentTable:
+    """A segment's first `n` rows as a FilterTable."""
+
+    def __init__(self, coll: Collection, seg: Segment, n: int) -> None:
+        self.coll, self.seg, self.n = coll, seg, n
+
+    def column(self, path: str) -> Column:
+        return self.seg.column(path)
+
+    def nested(self, path: str) -> tuple[Any, np.ndarray]:
+        elems, parents = self.seg.nested_elements(path, self.n)
+        return ElementTable(elems, self.coll), parents
+
+    def id_rows(self, ids: list[PointId]) -> np.ndarray:
+        sid = self.seg.seg_id
+        hs = [h for h in (self.coll.id_map.get(i) for i in ids) if h is not None and h >> ROW_BITS == sid]
+        rows = np.array(hs, dtype=np.int64) & ROW_MASK
+        return rows[rows < self.n]
+
+    def vector_mask(self, name: str) -> np.ndarray:
+        p = self.seg.present.get(name)
+        return p[: self.n].copy() if p is not None else np.zeros(self.n, dtype=bool)
+
+    def index_type(self, path: str) -> str | None:
+        return self.coll.index_type(path)
+
+
+class ElementTable:
+    """Array elements under a `nested` key, one row per dict element (built per payload version)."""
+
+    def __init__(self, elems: list[dict[str, Any]], coll: Collection) -> None:
+        self.elems = elems
+        self.n = len(elems)
+        self.coll = coll
+        self._cols: dict[str, Column] = {}
+
+    payload_version = 0
+
+    def payload_rows(self) -> int:
+        return self.n
+
+    def payload_at(self, row: int) -> dict[str, Any]:
+        return self.elems[row]
+
+    def payload_changes_since(self, version: int) -> np.ndarray | None:
+        return np.empty(0, np.int64)
+
+    def column(self, path: str) -> Column:
+        col = self._cols.get(path)
+        if col is None:
+            col = self._cols[path] = Column(path)
+        return col.sync(self)
+
+    def nested(self, path: str) -> tuple[Any, np.ndarray]:
+        elems: list[dict[str, Any]] = []
+        parents: list[int] = []
+        for row, e in enumerate(self.elems):
+            for v in payload_ops.raw_values_at(e, path):
+                if isinstance(v, list):
+                    for x in v:
+                        if isinstance(x, dict):
+                            elems.append(x)
+                            parents.append(row)
+        return ElementTable(elems, self.coll), np.array(parents, dtype=np.int64)
+
+    def id_rows(self, ids: list[PointId]) -> np.ndarray:
+        return np.empty(0, np.int64)  # has_id never matches inside `nested` (as in Qdrant)
+
+    def vector_mask(self, name: str) -> np.ndarray:
+        return np.zeros(self.n, dtype=bool)
+
+    def index_type(self, path: str) -> str | None:
+        return None
+
+
+@dataclass
+class View:
+    segments: list[tuple[Segment, int]]
+
+
+def take_view(coll: Collection) -> View:
+    with coll.write_lock:
+        return View([(s, s.n) for s in coll.segments])
+
+
+def segment_mask(coll: Collection, seg: Segment, n: int, pred: Predicate | None,
+                 vector: str | None = None) -> np.ndarray:
+    mask = seg.live_mask(n, vector)
+    if pred is not None and mask.any():
+        mask &= pred(SegmentTable(coll, seg, n))
+    return mask
+
+
+def filtered_ids(coll: Collection, pred: Predicate | None) -> list[PointId]:
+    out: list[PointId] = []
+    for seg, n in take_view(coll).segments:
+        rows = np.flatnonzero(segment_mask(coll, seg, n, pred))
+        out.extend(seg.ids[r] for r in rows.tolist())
+    return out
+
+
+# ---- rendering --------------------------------------------------------------------------------
+
+
+def _with_vector_names(coll: Collection, selector: Any) -> list[str] | None:
+    if selector is None or selector is False:
+        return None
+    if selector is True:
+        return list(coll.config.vectors)
+    if isinstance(selector, list) and all(isinstance(n, str) for n in selector):
+        return [n for n in selector if n in coll.config.vectors]
+    raise BadRequest(f"invalid with_vector selector: {selector!r}")
+
+
+def render(coll: Collection, seg: Segment, rows: list[int], with_payload: Any,
+           with_vector: Any, scores: list[float] | None = None) -> list[dict[str, Any]]:
+    names = _with_vector_names(coll, with_vector)
+    out: list[dict[str, Any]] = []
+    vecs: dict[str, list[Any]] = {}
+    if names:
+        r = np.asarray(rows, dtype=np.int64)
+        for name in names:
+            present = seg.present[name][r] if len(r) else np.zeros(0, bool)
+            values = seg.vectors_of(name, r).tolist()
+            vecs[name] = [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
+    bare = (with_vector is True and not coll.config.named)
+    versions = seg.versions[np.asarray(rows, dtype=np.int64)].tolist() if rows else []
+    for i, row in enumerate(rows):
+        rec: dict[str, Any] = {"id": seg.ids[row]}
+        if scores is not None:
+            rec["version"] = versions[i]
+            rec["score"] = scores[i]
+        pl = payload_ops.select(seg.payloads[row], with_payload)
+        if pl is not None:
+            rec["payload"] = pl
+        if names is not None:
+            if bare:
+                v = vecs[""][i]
+                rec["vector"] = v if v is not None else {}
+            else:
+                rec["vector"] = {n: vecs[n][i] for n in names if vecs[n][i] is not None}
+        out.append(rec)
+    return out
+
+
+def render_handles(coll: Collection, handles: list[int], with_payload: Any, with_vector: Any,
+                   scores: list[float] | None = None) -> list[dict[str, Any]]:
+    """Render points given by handles, keeping their order."""
+    out: list[dict[str, Any] | None] = [None] * len(handles)
+    by_seg: dict[int, list[int]] = {}
+    for i, h in enumerate(handles):
+        by_seg.setdefault(h >> ROW_BITS, []).append(i)
+    for sid, positions in by_seg.items():
+        seg = coll.seg_by_id[sid]
+        rows = [handles[p] & ROW_MASK for p in positions]
+        sc = [scores[p] for p in positions] if scores is not None else None
+        for p, rec in zip(positions, render(coll, seg, rows, with_payload, with_vector, sc),
+                          strict=True):
+            out[p] = rec
+    return [r for r in out if r is not None]
+
+
+# ---- retrieve / count ---------------------------------------------------------------------
+
+
+def retrieve(coll: Collection, ids: list[Any], with_payload: Any = True,
+             with_vector: Any = False) -> list[dict[str, Any]]:
+    parsed: list[PointId] = []
+    for i in ids:
+        try:
+            parsed.append(parse_id(i))
+        except BadRequest:
+            continue
+    handles = [h for h in (coll.id_map.get(i) for i in parsed) if h is not None]
+    return render_handles(coll, handles, with_payload, with_vector)
+
+
+def get_point(coll: Collection, raw_id: Any) -> dict[str, Any]:
+    pid = parse_id(raw_id)
+    h = coll.id_map.get(pid)
+    if h is None:
+        raise NotFound(f"No point with id {pid} found")
+    return render_handles(coll, [h], True, True)[0]
+
+
+def count(coll: Collection, flt: Any) -> int:
+    pred = parse_filter(flt)
+    total = 0
+    for seg, n in take_view(coll).segments:
+        if pred is None:
+            total += int(n - np.count_nonzero(seg.deleted[:n]))
+        else:
+            total += int(np.count_nonzero(segment_mask(coll, seg, n, pred)))
+    return total
+
+
+# ---- search -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchSpec:
+    vector: np.ndarray  # (d,) float32, not yet prepared
+    using: str
+    pred: Predicate | None
+    limit: int
+    offset: int
+    score_threshold: float | None
+    with_payload: Any
+    with_vector: Any
+    exclude_ids: tuple[PointId, ...] = ()
+    filter_key: str = ""  # searches with equal (using, filter_key) share one GEMM
+
+
+def search_batch(coll: Collection, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
+    """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
+    results: list[list[dict[str, Any]] | None] = [None] * len(specs)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, s in enumerate(specs):
+        groups.setdefault((s.using, s.filter_key), []).append(i)
+    view = take_view(coll)
+    for idx in groups.values():
+        for i, res in zip(idx, _search_group(coll, view, [specs[i] for i in idx]), strict=True):
+            results[i] = res
+    return [r or [] for r in results]
+
+
+def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
+    spec0 = specs[0]
+    vspec = coll.config.vector(spec0.using)
+    dist = vspec.distance
+    queries = np.stack([s.vector for s in specs]).astype(np.float32, copy=False)
+    if queries.shape[1] != vspec.size:
+        raise BadInput(f"Vector dimension error: expected dim: {vspec.size}, got {queries.shape[1]}")
+    if not np.isfinite(queries).all():
+        raise BadInput("Query vector must not contain NaN or infinite values")
+    queries = dist.prepare(queries)
+    k = max(s.limit + s.offset + len(s.exclude_ids) for s in specs)
+    parts = []
+    for seg, n in view.segments:
+        if n == 0:
+            continue
+        mask = segment_mask(coll, seg, n, spec0.pred, vspec.name)
+        allowed = int(np.count_nonzero(mask))
+        if allowed == 0:
+            continue
+        vals, rows = flat.search(seg.vectors[vspec.name][:n], queries, k, dist.metric,
+                                 None if allowed == n else mask,
+                                 seg.sq_norms[vspec.name][:n] if vspec.name in seg.sq_norms else None)
+        keys = np.where(rows >= 0, rows + (seg.seg_id << ROW_BITS), -1)
+        parts.append((vals, keys))
+    vals, keys = merge(parts, k) if parts else (np.empty((len(specs), 0), np.float32),
+                                                 np.empty((len(specs), 0), np.int64))
+    out = []
+    for qi, s in enumerate(specs):
+        v, h = vals[qi], keys[qi]
+        ok = (h >= 0) & np.isfinite(v)
+        if s.score_threshold is not None:
+            ok &= v > dist.threshold_to_sim(s.score_threshold)  # strict, as Qdrant
+        v, h = v[ok], h[ok]
+        if s.exclude_ids:
+            ex = {coll.id_map.get(e) for e in s.exclude_ids}
+            keep = np.array([x not in ex for x in h.tolist()], dtype=bool)
+            v, h = v[keep], h[keep]
+        v, h = v[s.offset : s.offset + s.limit], h[s.offset : s.offset + s.limit]
+        scores = dist.to_score(v.astype(np.float64)).tolist()
+        out.append(render_handles(coll, h.tolist(), s.with_payload, s.with_vector, scores))
+    return out
+
+
+def vector_of_point(coll: Collection, raw_id: Any, using: str) -> np.ndarray:
+    pid = parse_id(raw_id)
+    h = coll.id_map.get(pid)
+    if h is None:
+        raise NotFound(f"No point with id {pid} found")
+    seg = coll.seg_by_id[h >> ROW_BITS]
+    row = h & ROW_MASK
+    name = coll.config.vector(using).name
+    if not seg.present[name][row]:
+        raise BadInput(f"Vector with name {name!r} for point {pid} not found")
+    return seg.vectors_of(name, np.array([row]))[0]
+
+
+# ---- scroll -----------------------------------------------------------------------------------
+
+
+def scroll(coll: Collection, flt: Any, limit: int, offset: Any, with_payload: Any,
+           with_vector: Any, order_by: Any = None) -> tuple[list[dict[str, Any]], PointId | None]:
+    pred = parse_filter(flt)
+    if order_by is not None:
+        if offset is not None:
+            raise BadRequest("Offset is not supported in conjunction with `order_by` scroll parameter")
+        return _scroll_ordered(coll, pred, limit, order_by, with_payload, with_vector), None
+    start = id_order_key(parse_id(offset)) if offset is not None else None
+    kinds, his, los, handles = [], [], [], []
+    for seg, n in take_view(coll).segments:
+        rows = np.flatnonzero(segment_mask(coll, seg, n, pred))
+        if len(rows) == 0:
+            continue
+        rec = seg.id_recs[rows]
+        kinds.append(rec["kind"])
+        his.append(rec["hi"])
+        los.append(rec["lo"])
+        handles.append(rows + (seg.seg_id << ROW_BITS))
+    if not handles:
+        return [], None
+    kind = np.concatenate(kinds)
+    hi = np.concatenate(his)
+    lo = np.concatenate(los)
+    hs = np.concatenate(handles)
+    if start is not None:
+        sk, sv = start
+        s_hi, s_lo = (0, sv) if sk == 0 else (sv >> 64, sv & ((1 << 64) - 1))
+        ge = (kind > sk) | ((kind == sk) & ((hi > s_hi) | ((hi == s_hi) & (lo >= s_lo))))
+        kind, hi, lo, hs = kind[ge], hi[ge], lo[ge], hs[ge]
+    take = limit + 1
+    if len(hs) > take * 4 and not kind.any():
+        cand = np.argpartition(lo, take - 1)[:take]  # select, then sort only the page
+        order = cand[np.argsort(lo[cand], kind="stable")]
+    else:
+        order = np.lexsort((lo, hi, kind))[:take]
+    page = hs[order].tolist()
+    nxt = None
+    if len(page) > limit:
+        last = page[limit]
+        nxt = coll.seg_by_id[last >> ROW_BITS].ids[last & ROW_MASK]
+        page = page[:limit]
+    return render_handles(coll, page, with_payload, with_vector), nxt
+
+
+def parse_order_by(order_by: Any) -> tuple[str, bool, float | None]:
+    if isinstance(order_by, str):
+        return order_by, False, None
+    if not isinstance(order_by, dict) or not isinstance(order_by.get("key"), str):
+        raise BadRequest("`order_by` needs a `key`")
+    direction = order_by.get("direction") or "asc"
+    if direction not in ("asc", "desc"):
+        raise BadRequest("`order_by.direction` must be asc or desc")
+    start = order_by.get("start_from")
+    start_v = None
+    if start is not None:
+        if isinstance(start, int | float) and not isinstance(start, bool):
+            start_v = float(start)
+        elif isinstance(start, str):
+            from engine.columns import parse_datetime  # noqa: PLC0415
+            ts = parse_datetime(start)
+            if np.isnan(ts):
+                raise BadRequest(f"invalid `start_from`: {start!r}")
+            start_v = ts * 1e6
+        else:
+            raise BadRequest("`start_from` must be a number or datetime")
+    return order_by["key"], direction == "desc", start_v
+
+
+def ordered_entries(coll: Collection, pred: Predicate | None, key: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(values, handles): one entry per numeric/datetime value of `key` on matching points."""
+    vals, hs = [], []
+    for seg, n in take_view(coll).segments:
+        mask = segment_mask(coll, seg, n, pred)
+        col = seg.column(key)
+        num = (col.kinds == KIND_INT) | (col.kinds == KIND_FLOAT)
+        v = np.where(num, col.nums, np.nan)
+        is_str = col.kinds == KIND_STR
+        if is_str.any():
+            dates = col.vocab.datetimes()
+            if len(dates):
+                v = np.where(is_str, dates[np.maximum(col.codes, 0)] * 1e6, v)
+        rows = col.rows
+        ok = ~np.isnan(v) & (rows < n)
+        ok[ok] &= mask[rows[ok]]
+        vals.append(v[ok])
+        hs.append(rows[ok] + (seg.seg_id << ROW_BITS))
+    if not vals:
+        return np.empty(0), np.empty(0, np.int64)
+    return np.concatenate(vals), np.concatenate(hs)
+
+
+def _scroll_ordered(coll: Collection, pred: Predicate | None, limit: int, order_by: Any,
+                    with_payload: Any, with_vector: Any) -> list[dict[str, Any]]:
+    key, desc, start = parse_order_by(order_by)
+    values, hs = ordered_entries(coll, pred, key)
+    if start is not None:
+        keep = values <= start if desc else values >= start
+        values, hs = values[keep], hs[keep]
+    # dedupe exact (value, point) pairs, then a stable sort by value (ties keep row order)
+    if len(hs):
+        pair = np.unique(np.stack([values, hs.astype(np.float64)]), axis=1, return_index=True)[1]
+        values, hs = values[np.sort(pair)], hs[np.sort(pair)]
+    order = np.argsort(-values if desc else values, kind="stable")[:limit]
+    recs = render_handles(coll, hs[order].tolist(), with_payload, with_vector)
+    for rec, v in zip(recs, values[order].tolist(), strict=True):
+        rec["order_value"] = int(v) if float(v).is_integer() else v
+    return recs
+
+
+def parse_limit(v: Any, default: int = 10) -> int:
+    if v is None:
+        return default
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise BadRequest(f"limit value {v} is invalid. Must be 1 or larger.")
+    return v
+
+
+def parse_offset(v: Any) -> int:
+    if v is None:
+        return 0
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise BadRequest(f"offset value {v} is invalid. Must be 0 or larger.")
+    return v
+
+
+__all__ = ["parse_ids", "SearchSpec", "search_batch", "scroll", "count", "retrieve"]

@@ -1,0 +1,233 @@
+"""A segment: ids + vectors (device-resident via xp) + payloads + deleted mask.
+
+Rows are append-only: once written, a row's id and vectors never change (an upsert of an
+existing id deletes the old row and appends a new one). Only the deleted mask, the
+vector-present masks, versions and the payload list entries change in place, and payload
+dicts themselves are replaced, never mutated. That is what lets a flush or a snapshot freeze
+a segment by recording its row count and copying a few small host arrays.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.columns import Column
+from engine.config import VectorSpec
+from engine.ids import ID_DTYPE, PointId
+from engine.payload import raw_values_at
+from gpu.xp import to_device, to_host
+
+CHANGE_LOG_LIMIT = 256
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+
+
+@dataclass
+class FrozenSegment:
+    """A consistent, immutable view of a segment's first `n` rows (for flush and snapshots)."""
+
+    seg_id: int
+    n: int
+    sealed: bool
+    id_recs: np.ndarray
+    vectors: dict[str, Any]  # name → xp array (n rows; rows are immutable so no copy)
+    present: dict[str, np.ndarray]
+    deleted: np.ndarray
+    versions: np.ndarray
+    payloads: list[dict[str, Any]]
+    payloads_changed: bool
+
+
+class Segment:
+    def __init__(self, seg_id: int, specs: dict[str, VectorSpec], xp: Any,
+                 capacity: int = 1024) -> None:
+        self.seg_id = seg_id
+        self.specs = specs
+        self.xp = xp
+        self.capacity = 0
+        self.n = 0
+        self.sealed = False
+        self.ids: list[PointId] = []
+        self.id_recs = np.zeros(0, ID_DTYPE)
+        self.vectors: dict[str, Any] = {}
+        self.sq_norms: dict[str, Any] = {}
+        self.present: dict[str, np.ndarray] = {}
+        self.deleted = np.zeros(0, bool)
+        self.versions = np.zeros(0, np.uint64)
+        self.payloads: list[dict[str, Any]] = []
+        self.payload_version = 0
+        self._changes: list[tuple[int, np.ndarray]] = []
+        self._columns: dict[str, Column] = {}
+        self._nested: dict[str, tuple[int, int, Any]] = {}
+        self.lock = threading.Lock()  # guards column/nested caches only
+        # persistence bookkeeping
+        self.flushed_n = 0
+        self.dirty = True
+        self.payloads_dirty = True
+        self._grow(capacity)
+
+    # ---- storage growth (capacity doubling; old arrays stay valid for readers) ---------------
+
+    def _grow(self, need: int) -> None:
+        if need <= self.capacity:
+            return
+        cap = max(need, self.capacity * 2, 16)
+        xp = self.xp
+        for name, spec in self.specs.items():
+            dt = STORAGE_DTYPES[spec.datatype]
+            arr = xp.zeros((cap, spec.size), dtype=dt)
+            if name in self.vectors and self.n:
+                arr[: self.n] = self.vectors[name][: self.n]
+            self.vectors[name] = arr
+            if spec.distance.metric == "l2":
+                norms = xp.zeros(cap, dtype=xp.float32)
+                if name in self.sq_norms and self.n:
+                    norms[: self.n] = self.sq_norms[name][: self.n]
+                self.sq_norms[name] = norms
+            pres = np.zeros(cap, bool)
+            if name in self.present:
+                pres[: self.n] = self.present[name][: self.n]
+            self.present[name] = pres
+        self.id_recs = _grown(self.id_recs, cap, self.n)
+        self.deleted = _grown(self.deleted, cap, self.n)
+        self.versions = _grown(self.versions, cap, self.n)
+        self.capacity = cap
+
+    # ---- writes (caller holds the collection write lock) --------------------------------------
+
+    def append(self, ids: list[PointId], id_recs: np.ndarray,
+               vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+               payloads: list[dict[str, Any]], version: int) -> np.ndarray:
+        """Append rows. `vectors[name] = (batch positions that have it, (r, dim) array)`."""
+        m = len(ids)
+        start = self.n
+        self._grow(start + m)
+        rows = np.arange(start, start + m, dtype=np.int64)
+        for name, (pos, arr) in vectors.items():
+            dev = self.vectors[name]
+            dest = rows[pos]
+            if len(dest) == 0:
+                continue
+            host = arr.astype(dev.dtype, copy=False)
+            block = to_device(host, self.xp)
+            if len(dest) == m:
+                dev[start : start + m] = block  # one contiguous host→device copy
+            else:
+                dev[self.xp.asarray(dest)] = block
+            if name in self.sq_norms:
+                f32 = arr.astype(np.float32, copy=False)
+                self.sq_norms[name][self.xp.asarray(dest)] = to_device(
+                    np.einsum("ij,ij->i", f32, f32), self.xp)
+            self.present[name][dest] = True
+        self.id_recs[start : start + m] = id_recs
+        self.versions[start : start + m] = version
+        self.ids.extend(ids)
+        self.payloads.extend(payloads)
+        self.n = start + m  # publish last: readers never see rows before their data
+        self.dirty = self.payloads_dirty = True
+        return rows
+
+    def delete_rows(self, rows: np.ndarray) -> None:
+        self.deleted[rows] = True
+        self.dirty = True
+
+    def set_payloads(self, rows: np.ndarray, payloads: list[dict[str, Any]], version: int) -> None:
+        for r, p in zip(rows.tolist(), payloads, strict=True):
+            self.payloads[r] = p
+        self.versions[rows] = version
+        self.payload_version += 1
+        self._changes.append((self.payload_version, rows.copy()))
+        if len(self._changes) > CHANGE_LOG_LIMIT:
+            del self._changes[: len(self._changes) - CHANGE_LOG_LIMIT]
+        self.dirty = self.payloads_dirty = True
+
+    def drop_vectors(self, rows: np.ndarray, names: list[str], version: int) -> None:
+        for name in names:
+            self.present[name][rows] = False
+        self.versions[rows] = version
+        self.dirty = True
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def live_mask(self, n: int, vector: str | None = None) -> np.ndarray:
+        mask = ~self.deleted[:n]
+        if vector is not None:
+            mask &= self.present[vector][:n]
+        return mask
+
+    def vectors_of(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Host float32 copies of some rows' vectors (for responses)."""
+        dev = self.vectors[name]
+        sel = dev[self.xp.asarray(rows)] if len(rows) else dev[:0]
+        return to_host(sel).astype(np.float32, copy=False)
+
+    def payload_changes_since(self, version: int) -> np.ndarray | None:
+        if version == self.payload_version:
+            return np.empty(0, np.int64)
+        if not self._changes or self._changes[0][0] > version + 1:
+            return None
+        parts = [rows for v, rows in self._changes if v > version]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def payload_rows(self) -> int:
+        return self.n
+
+    def payload_at(self, row: int) -> dict[str, Any]:
+        return self.payloads[row]
+
+    def column(self, path: str) -> Column:
+        col = self._columns.get(path)
+        if col is None:
+            with self.lock:
+                col = self._columns.setdefault(path, Column(path))
+        return col.sync(self)
+
+    def drop_column(self, path: str) -> None:
+        self._columns.pop(path, None)
+
+    def nested_elements(self, path: str, n: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+        key = f"{path}"
+        cached = self._nested.get(key)
+        if cached and cached[0] == self.payload_version and cached[1] == n:
+            return cached[2]
+        elems: list[dict[str, Any]] = []
+        parents: list[int] = []
+        for row in range(n):  # nested views are built once per payload version, then cached
+            for v in raw_values_at(self.payloads[row], path):
+                items = v if isinstance(v, list) else [v]
+                for e in items:
+                    if isinstance(e, dict):
+                        elems.append(e)
+                        parents.append(row)
+        result = (elems, np.array(parents, dtype=np.int64))
+        self._nested[key] = (self.payload_version, n, result)
+        return result
+
+    def freeze(self) -> FrozenSegment:
+        """Caller holds the collection write lock: O(small arrays + one list copy)."""
+        n = self.n
+        return FrozenSegment(
+            seg_id=self.seg_id, n=n, sealed=self.sealed,
+            id_recs=self.id_recs[:n].copy(),
+            vectors={name: arr[:n] for name, arr in self.vectors.items()},
+            present={name: p[:n].copy() for name, p in self.present.items()},
+            deleted=self.deleted[:n].copy(),
+            versions=self.versions[:n].copy(),
+            payloads=self.payloads[:n],
+            payloads_changed=self.payloads_dirty,
+        )
+
+    def live_count(self) -> int:
+        return int(self.n - np.count_nonzero(self.deleted[: self.n]))
+
+    def host_vectors(self, name: str, n: int) -> np.ndarray:
+        return to_host(self.vectors[name][:n])
+
+
+def _grown(a: np.ndarray, cap: int, n: int) -> np.ndarray:
+    out = np.zeros(cap, a.dtype)
+    out[:n] = a[:n]
+    return out

@@ -1,0 +1,102 @@
+"""On-disk form of a segment, written from a frozen view.
+
+    segments/<id>/ids.bin                  raw (kind, hi, lo) records, append-only
+    segments/<id>/vec-<hexname>.bin        raw vector rows in storage dtype, append-only
+    segments/<id>/masks.<gen>.npz          deleted, versions, present-<hexname>
+    segments/<id>/payloads.<gen>.json      list of payload dicts
+
+Appends go past the row count the collection's state.json records, and the state file is
+the commit point: rows beyond it (from a crashed flush) are truncated away on load.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine.durable import append_durable, atomic_writer, fsync_dir, io_error
+from engine.ids import ID_DTYPE
+from engine.segment import STORAGE_DTYPES, FrozenSegment
+from gpu.xp import to_host
+
+
+def vec_file(name: str) -> str:
+    return f"vec-{name.encode().hex()}.bin"
+
+
+def _truncate_to(path: str, size: int) -> None:
+    if os.path.exists(path) and os.path.getsize(path) != size:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+
+
+def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
+                  payload_gen: int | None) -> None:
+    """Persist rows [flushed_n, n) and the current masks; payloads if `payload_gen` given."""
+    try:
+        os.makedirs(seg_dir, exist_ok=True)
+        n = frozen.n
+        ids_path = os.path.join(seg_dir, "ids.bin")
+        _truncate_to(ids_path, flushed_n * ID_DTYPE.itemsize)
+        append_durable(ids_path, frozen.id_recs[flushed_n:n].tobytes())
+        for name, arr in frozen.vectors.items():
+            path = os.path.join(seg_dir, vec_file(name))
+            host = to_host(arr[flushed_n:n])
+            _truncate_to(path, flushed_n * host.dtype.itemsize * (host.shape[1] if host.ndim == 2 else 1))
+            append_durable(path, np.ascontiguousarray(host).tobytes())
+        masks: dict[str, np.ndarray] = {"deleted": frozen.deleted, "versions": frozen.versions}
+        for name, p in frozen.present.items():
+            masks[f"present-{name.encode().hex()}"] = p
+        with atomic_writer(os.path.join(seg_dir, f"masks.{gen}.npz")) as f:
+            buf = io.BytesIO()
+            np.savez(buf, **masks)
+            f.write(buf.getvalue())
+        if payload_gen is not None:
+            with atomic_writer(os.path.join(seg_dir, f"payloads.{payload_gen}.json")) as f:
+                f.write(orjson.dumps(frozen.payloads))
+        fsync_dir(seg_dir)
+    except OSError as exc:
+        raise io_error(exc, "flushing segment") from exc
+
+
+def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:
+    """Read exactly the committed rows of a segment (truncating any uncommitted tail)."""
+    n = int(meta["n"])
+    ids_path = os.path.join(seg_dir, "ids.bin")
+    _truncate_to(ids_path, n * ID_DTYPE.itemsize)
+    id_recs = np.fromfile(ids_path, dtype=ID_DTYPE, count=n) if n else np.zeros(0, ID_DTYPE)
+    vectors: dict[str, np.ndarray] = {}
+    for name, spec in specs.items():
+        dt = np.dtype(STORAGE_DTYPES[spec.datatype])
+        path = os.path.join(seg_dir, vec_file(name))
+        _truncate_to(path, n * spec.size * dt.itemsize)
+        if n:
+            vectors[name] = np.fromfile(path, dtype=dt, count=n * spec.size).reshape(n, spec.size)
+        else:
+            vectors[name] = np.zeros((0, spec.size), dt)
+    with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
+        masks = {k: z[k] for k in z.files}
+    with open(os.path.join(seg_dir, f"payloads.{meta['payload_gen']}.json"), "rb") as f:
+        payloads = orjson.loads(f.read())
+    present = {name: masks.get(f"present-{name.encode().hex()}", np.zeros(n, bool))
+               for name in specs}
+    return {"id_recs": id_recs, "vectors": vectors, "deleted": masks["deleted"],
+            "versions": masks["versions"], "present": present, "payloads": payloads}
+
+
+def prune_generations(seg_dir: str, gen: int, payload_gen: int) -> None:
+    """Remove mask/payload files of older generations and stray temp files."""
+    keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
+    for name in os.listdir(seg_dir):
+        if name in keep or name.startswith("vec-"):
+            continue
+        if name.startswith(("masks.", "payloads.", ".tmp-")):
+            try:
+                os.unlink(os.path.join(seg_dir, name))
+            except OSError:
+                pass

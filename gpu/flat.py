@@ -1,0 +1,119 @@
+"""Exact (brute-force) search, written once against the xp API: the test oracle.
+
+`search` scores a batch of queries against one block of vectors with one GEMM (or, for L1,
+a chunked broadcast), applies an optional row mask, and selects the top-k. On the CPU a
+faiss fast path (blocked GEMM + heap selection, no full score matrix) is used when faiss is
+importable; the xp path stays the reference that tests compare against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from gpu.topk import NEG_INF, topk
+from gpu.xp import is_device_array, xp_of
+
+Metric = Literal["ip", "l2", "l1"]
+
+try:  # faiss-cpu is a runtime dependency; keep the xp path usable without it.
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # nq is small per request; OpenMP overhead dominates there
+    HAVE_FAISS = True
+except Exception:  # noqa: BLE001
+    faiss = None
+    HAVE_FAISS = False
+
+# Below this fraction of allowed rows, gather them and score only those.
+GATHER_FRACTION = 0.3
+_L1_CHUNK_ELEMS = 1 << 24
+
+
+def similarity(vectors: Any, queries: Any, metric: Metric, sq_norms: Any = None) -> Any:
+    """(b, n) similarity matrix, higher is better: dot, -L2 distance, or -L1 distance."""
+    xp = xp_of(vectors)
+    q = xp.asarray(queries, dtype=xp.float32)
+    x = vectors if vectors.dtype == xp.float32 else vectors.astype(xp.float32)
+    if metric == "ip":
+        return q @ x.T
+    if metric == "l2":
+        if sq_norms is None:
+            sq_norms = (x * x).sum(axis=1)
+        d2 = (q * q).sum(axis=1)[:, None] + sq_norms[None, :] - 2.0 * (q @ x.T)
+        return -xp.sqrt(xp.maximum(d2, 0.0))
+    if metric == "l1":
+        b, n = q.shape[0], x.shape[0]
+        out = xp.empty((b, n), dtype=xp.float32)
+        step = max(1, _L1_CHUNK_ELEMS // max(1, b * x.shape[1]))
+        for s in range(0, n, step):  # chunks of rows, not points: bounded temporary memory
+            out[:, s : s + step] = -xp.abs(q[:, None, :] - x[None, s : s + step, :]).sum(axis=2)
+        return out
+    raise ValueError(f"unknown metric {metric}")
+
+
+def _faiss_knn(x: np.ndarray, q: np.ndarray, k: int, metric: Metric) -> tuple[np.ndarray, np.ndarray]:
+    m = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}[metric]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    dist, idx = faiss.knn(q, x, k, metric=m)
+    if metric == "l2":
+        dist = -np.sqrt(np.maximum(dist, 0.0))
+    elif metric == "l1":
+        dist = -dist
+    return dist.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+
+
+def search(
+    vectors: Any,
+    queries: np.ndarray,
+    k: int,
+    metric: Metric,
+    mask: np.ndarray | None = None,
+    sq_norms: Any = None,
+    use_faiss: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of `vectors` (n, d) for each query in `queries` (b, d).
+
+    `mask` (host bool, length n) restricts the candidates. Returns host arrays
+    (scores (b, k'), rows (b, k')), higher score first; entries with score -inf are not
+    matches (fewer than k allowed rows) and carry row -1.
+    """
+    n = vectors.shape[0]
+    b = queries.shape[0]
+    if n == 0 or k <= 0:
+        return np.empty((b, 0), np.float32), np.empty((b, 0), np.int64)
+    rows_map = None
+    if mask is not None:
+        allowed = int(np.count_nonzero(mask))
+        if allowed == 0:
+            return np.empty((b, 0), np.float32), np.empty((b, 0), np.int64)
+        if allowed < n * GATHER_FRACTION or (allowed < n and not use_faiss):
+            rows_map = np.flatnonzero(mask)
+            xp = xp_of(vectors)
+            vectors = vectors[xp.asarray(rows_map)]
+            if sq_norms is not None:
+                sq_norms = sq_norms[xp.asarray(rows_map)]
+            mask = None
+            n = allowed
+    kk = min(k, n)
+    on_device = is_device_array(vectors)
+    if HAVE_FAISS and use_faiss and not on_device and mask is None:
+        vals, idx = _faiss_knn(vectors, queries, kk, metric)
+    else:
+        xp = xp_of(vectors)
+        scores = similarity(vectors, queries, metric, sq_norms)
+        if mask is not None:
+            scores[:, ~xp.asarray(mask)] = NEG_INF
+        vals, idx = topk(scores, kk)
+        if on_device:
+            vals, idx = vals.get(), idx.get()
+        vals = np.asarray(vals, dtype=np.float32)
+        idx = np.asarray(idx, dtype=np.int64)
+    bad = ~np.isfinite(vals) | (idx < 0)
+    if rows_map is not None:
+        idx = np.where(bad, -1, rows_map[np.clip(idx, 0, None)])
+    vals = np.where(bad, NEG_INF, vals)
+    idx = np.where(bad, -1, idx)
+    return vals, idx
