@@ -58,13 +58,14 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         collections.append({"id": name, "points": coll.points_count(),
                             "segments": len(coll.segments), "device": backend_name()})
     return {
-        "id": request.app.state.node_id,
+        "id": str(request.app.state.node_id),
         "app": {"name": "quiver", "version": QUIVER_VERSION,
-                "qdrant_api_version": QDRANT_API_VERSION, "commit": commit_hash(),
                 "startup": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))},
-        "uptime_s": time.time() - started,
-        "device": backend_name(),
-        "collections": {"number_of_collections": len(collections), "collections": collections},
+        "collections": {"number_of_collections": len(collections)},
+        # Quiver's own section: the Qdrant API version served and where each collection lives.
+        "quiver": {"qdrant_api_version": QDRANT_API_VERSION, "commit": commit_hash(),
+                   "uptime_s": time.time() - started, "device": backend_name(),
+                   "collections": collections},
     }
 
 

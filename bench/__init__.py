@@ -1,0 +1,1 @@
+"""Benchmarks for Quiver (run from the repository root, e.g. `python -m bench.foundation`)."""

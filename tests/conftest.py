@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from openapi_contract import validate_response  # noqa: E402
+from server import QuiverServer  # noqa: E402
+
+os.environ.setdefault("QUIVER__GPU__ENABLED", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from gpu.xp import configure, device_available
+
+    configure("auto")
+    if device_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
+    """One shared server for tests that only need a running instance."""
+    srv = QuiverServer(tmp_path_factory.mktemp("shared") / "storage").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[QuiverServer]:
+    """A private server (tests that restart or kill it)."""
+    srv = QuiverServer(tmp_path / "storage").start()
+    yield srv
+    srv.stop()
+
+
+class ValidatingClient(httpx.Client):
+    """httpx client whose every JSON response is checked against Qdrant's OpenAPI schema."""
+
+    def request(self, method: str, url, *args, **kwargs):  # type: ignore[override]
+        resp = super().request(method, url, *args, **kwargs)
+        body = None
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            body = resp.json()
+        validate_response(method, resp.request.url.path, resp.status_code, body)
+        return resp
+
+
+@pytest.fixture
+def http(server: QuiverServer) -> Iterator[httpx.Client]:
+    with ValidatingClient(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def collection_name(request: pytest.FixtureRequest) -> str:
+    return "c_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:80]
