@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from server import QuiverServer
 
 from engine.catalog import Catalog
 from engine.wal import Wal
-from server import QuiverServer
 
 
 def _writer(url: str, acked: list[int], stop: threading.Event, dim: int, start: int) -> None:

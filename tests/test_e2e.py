@@ -8,7 +8,6 @@ import httpx
 import numpy as np
 from openapi_contract import validating_qdrant_client
 from qdrant_client import models
-
 from server import QuiverServer
 
 

@@ -1,0 +1,38 @@
+# Quiver's two everyday commands:  `make serve`  and  `make test`.
+# Each creates .venv with python3 and installs what it needs on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint bench bench-quick clean
+
+$(VENV)/.runtime: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(VENV)/.runtime $@
+
+serve: $(VENV)/.runtime  ## start the server on the embedded defaults (./storage, port 6333)
+	$(BIN)/quiver serve $(ARGS)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint  ## run the whole test suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.foundation $(ARGS)
+
+bench-quick: $(VENV)/.dev
+	$(BIN)/python -m bench.foundation --quick $(ARGS)
+
+clean:
+	rm -rf $(VENV) storage snapshots_data .pytest_cache .ruff_cache
