@@ -89,7 +89,9 @@ class Catalog:
         while not self._stop.wait(0.5):
             for coll in list(self.collections.values()):
                 try:
-                    if coll.needs_flush(self.flush_wal_bytes, self.flush_idle_s):
+                    if coll.vacuum():
+                        coll.flush()
+                    elif coll.needs_flush(self.flush_wal_bytes, self.flush_idle_s):
                         coll.flush()
                 except Exception:  # noqa: BLE001 - keep flushing others; the WAL is intact
                     log.exception("background flush of %s failed", coll.name)

@@ -135,9 +135,12 @@ class Collection:
         self.seg_meta[seg.seg_id] = dict(meta)
 
     def _remove_stray_segments(self) -> None:
+        """Delete segment directories neither committed in state.json nor live in memory
+        (vacuumed or never-committed segments), and stale file generations."""
         seg_root = os.path.join(self.path, "segments")
+        keep = set(self.seg_meta) | set(self.seg_by_id)
         for name in os.listdir(seg_root):
-            if not name.isdigit() or int(name) not in self.seg_by_id:
+            if not name.isdigit() or int(name) not in keep:
                 shutil.rmtree(os.path.join(seg_root, name), ignore_errors=True)
         for seg_id, meta in self.seg_meta.items():
             prune_generations(os.path.join(seg_root, str(seg_id)), meta["gen"],
@@ -419,6 +422,31 @@ class Collection:
         entry = self.payload_schema.get(field)
         return entry["type"] if entry else None
 
+    # ---- vacuum ------------------------------------------------------------------------------
+
+    def vacuum(self) -> int:
+        """Rewrite segments whose deleted fraction passed `deleted_threshold` without their
+        deleted rows. Logical state is unchanged (no WAL record); the next flush persists the
+        new segment and drops the old one. Returns the number of segments rewritten."""
+        opt = self.config.optimizer_config
+        threshold = float(opt.get("deleted_threshold") or 0.2)
+        min_rows = int(opt.get("vacuum_min_vector_number") or 1000)
+        done = 0
+        with self.flush_lock, self.write_lock:  # never between a flush's commit and cleanup
+            for i, seg in enumerate(list(self.segments)):
+                if seg.n < min_rows or seg.deleted_fraction() <= threshold:
+                    continue
+                new = Segment.compacted(seg, self.next_segment_id)
+                self.next_segment_id += 1
+                self.segments[i] = new
+                self.seg_by_id[new.seg_id] = new
+                del self.seg_by_id[seg.seg_id]
+                base = new.seg_id << ROW_BITS
+                self.id_map.update(zip(new.ids, range(base, base + new.n), strict=True))
+                self._warm_indexes(new)
+                done += 1
+        return done
+
     # ---- flush -------------------------------------------------------------------------------
 
     def needs_flush(self, wal_limit: int, idle_s: float) -> bool:
@@ -464,12 +492,9 @@ class Collection:
                 raise
             for seg, fz, _, _ in frozen:
                 seg.flushed_n = fz.n
-            self.seg_meta = metas
+            self.seg_meta = {s: metas[s] for s in order if s in metas}
             self.wal.drop_before(seq)
-            for seg, *_ in frozen:
-                m = metas[seg.seg_id]
-                prune_generations(os.path.join(self.path, "segments", str(seg.seg_id)),
-                                  m["gen"], m["payload_gen"])
+            self._remove_stray_segments()
 
     def close(self, flush: bool = True) -> None:
         if flush and not self._closed:

@@ -17,7 +17,7 @@ from engine import payload as payload_ops
 from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column
 from engine.errors import BadInput, BadRequest, NotFound
 from engine.filters import Predicate, parse_filter
-from engine.ids import PointId, id_order_key, parse_id, parse_ids
+from engine.ids import PointId, id_order_key, ids_to_records, parse_id, parse_ids
 from engine.segment import Segment
 from gpu import flat
 from gpu.topk import merge
@@ -47,7 +47,13 @@ class SegmentTable:
 
     def id_rows(self, ids: list[PointId]) -> np.ndarray:
         sid = self.seg.seg_id
-        hs = [h for h in (self.coll.id_map.get(i) for i in ids) if h is not None and h >> ROW_BITS == sid]
+        if self.coll.seg_by_id.get(sid) is not self.seg:
+            # the segment was swapped by a vacuum after this view was taken: match by value
+            want = ids_to_records(ids)
+            rows = np.flatnonzero(np.isin(self.seg.id_recs[: self.n], want))
+            return rows[~self.seg.deleted[rows]]
+        hs = [h for h in (self.coll.id_map.get(i) for i in ids)
+              if h is not None and h >> ROW_BITS == sid]
         rows = np.array(hs, dtype=np.int64) & ROW_MASK
         return rows[rows < self.n]
 
@@ -109,12 +115,23 @@ class ElementTable:
 
 @dataclass
 class View:
+    """The segment list and row counts at one instant. Results render through `by_id`, so a
+    segment replaced by a vacuum meanwhile is still the one the handles point into."""
+
     segments: list[tuple[Segment, int]]
+    by_id: dict[int, Segment]
 
 
 def take_view(coll: Collection) -> View:
     with coll.write_lock:
-        return View([(s, s.n) for s in coll.segments])
+        return View([(s, s.n) for s in coll.segments], dict(coll.seg_by_id))
+
+
+def _resolve(coll: Collection, ids: list[PointId]) -> tuple[list[int], dict[int, Segment]]:
+    """ids → handles of existing points, plus the segments they live in (one consistent read)."""
+    with coll.write_lock:
+        handles = [h for h in (coll.id_map.get(i) for i in ids) if h is not None]
+        return handles, dict(coll.seg_by_id)
 
 
 def segment_mask(coll: Collection, seg: Segment, n: int, pred: Predicate | None,
@@ -177,7 +194,8 @@ def render(coll: Collection, seg: Segment, rows: list[int], with_payload: Any,
     return out
 
 
-def render_handles(coll: Collection, handles: list[int], with_payload: Any, with_vector: Any,
+def render_handles(coll: Collection, segs: dict[int, Segment], handles: list[int],
+                   with_payload: Any, with_vector: Any,
                    scores: list[float] | None = None) -> list[dict[str, Any]]:
     """Render points given by handles, keeping their order."""
     out: list[dict[str, Any] | None] = [None] * len(handles)
@@ -185,7 +203,7 @@ def render_handles(coll: Collection, handles: list[int], with_payload: Any, with
     for i, h in enumerate(handles):
         by_seg.setdefault(h >> ROW_BITS, []).append(i)
     for sid, positions in by_seg.items():
-        seg = coll.seg_by_id[sid]
+        seg = segs[sid]
         rows = [handles[p] & ROW_MASK for p in positions]
         sc = [scores[p] for p in positions] if scores is not None else None
         for p, rec in zip(positions, render(coll, seg, rows, with_payload, with_vector, sc),
@@ -205,16 +223,16 @@ def retrieve(coll: Collection, ids: list[Any], with_payload: Any = True,
             parsed.append(parse_id(i))
         except BadRequest:
             continue
-    handles = [h for h in (coll.id_map.get(i) for i in parsed) if h is not None]
-    return render_handles(coll, handles, with_payload, with_vector)
+    handles, segs = _resolve(coll, parsed)
+    return render_handles(coll, segs, handles, with_payload, with_vector)
 
 
 def get_point(coll: Collection, raw_id: Any) -> dict[str, Any]:
     pid = parse_id(raw_id)
-    h = coll.id_map.get(pid)
-    if h is None:
+    handles, segs = _resolve(coll, [pid])
+    if not handles:
         raise NotFound(f"No point with id {pid} found")
-    return render_handles(coll, [h], True, True)[0]
+    return render_handles(coll, segs, handles, True, True)[0]
 
 
 def count(coll: Collection, flt: Any) -> int:
@@ -297,17 +315,18 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
             v, h = v[keep], h[keep]
         v, h = v[s.offset : s.offset + s.limit], h[s.offset : s.offset + s.limit]
         scores = dist.to_score(v.astype(np.float64)).tolist()
-        out.append(render_handles(coll, h.tolist(), s.with_payload, s.with_vector, scores))
+        out.append(render_handles(coll, view.by_id, h.tolist(), s.with_payload, s.with_vector,
+                                  scores))
     return out
 
 
 def vector_of_point(coll: Collection, raw_id: Any, using: str) -> np.ndarray:
     pid = parse_id(raw_id)
-    h = coll.id_map.get(pid)
-    if h is None:
+    handles, segs = _resolve(coll, [pid])
+    if not handles:
         raise NotFound(f"No point with id {pid} found")
-    seg = coll.seg_by_id[h >> ROW_BITS]
-    row = h & ROW_MASK
+    seg = segs[handles[0] >> ROW_BITS]
+    row = handles[0] & ROW_MASK
     name = coll.config.vector(using).name
     if not seg.present[name][row]:
         raise BadInput(f"Vector with name {name!r} for point {pid} not found")
@@ -326,7 +345,8 @@ def scroll(coll: Collection, flt: Any, limit: int, offset: Any, with_payload: An
         return _scroll_ordered(coll, pred, limit, order_by, with_payload, with_vector), None
     start = id_order_key(parse_id(offset)) if offset is not None else None
     kinds, his, los, handles = [], [], [], []
-    for seg, n in take_view(coll).segments:
+    view = take_view(coll)
+    for seg, n in view.segments:
         rows = np.flatnonzero(segment_mask(coll, seg, n, pred))
         if len(rows) == 0:
             continue
@@ -356,9 +376,9 @@ def scroll(coll: Collection, flt: Any, limit: int, offset: Any, with_payload: An
     nxt = None
     if len(page) > limit:
         last = page[limit]
-        nxt = coll.seg_by_id[last >> ROW_BITS].ids[last & ROW_MASK]
+        nxt = view.by_id[last >> ROW_BITS].ids[last & ROW_MASK]
         page = page[:limit]
-    return render_handles(coll, page, with_payload, with_vector), nxt
+    return render_handles(coll, view.by_id, page, with_payload, with_vector), nxt
 
 
 def parse_order_by(order_by: Any) -> tuple[str, bool, float | None]:
@@ -385,11 +405,11 @@ def parse_order_by(order_by: Any) -> tuple[str, bool, float | None]:
     return order_by["key"], direction == "desc", start_v
 
 
-def ordered_entries(coll: Collection, pred: Predicate | None, key: str
+def ordered_entries(coll: Collection, view: View, pred: Predicate | None, key: str
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(values, handles): one entry per numeric/datetime value of `key` on matching points."""
     vals, hs = [], []
-    for seg, n in take_view(coll).segments:
+    for seg, n in view.segments:
         mask = segment_mask(coll, seg, n, pred)
         col = seg.column(key)
         num = (col.kinds == KIND_INT) | (col.kinds == KIND_FLOAT)
@@ -412,7 +432,8 @@ def ordered_entries(coll: Collection, pred: Predicate | None, key: str
 def _scroll_ordered(coll: Collection, pred: Predicate | None, limit: int, order_by: Any,
                     with_payload: Any, with_vector: Any) -> list[dict[str, Any]]:
     key, desc, start = parse_order_by(order_by)
-    values, hs = ordered_entries(coll, pred, key)
+    view = take_view(coll)
+    values, hs = ordered_entries(coll, view, pred, key)
     if start is not None:
         keep = values <= start if desc else values >= start
         values, hs = values[keep], hs[keep]
@@ -421,7 +442,7 @@ def _scroll_ordered(coll: Collection, pred: Predicate | None, limit: int, order_
         pair = np.unique(np.stack([values, hs.astype(np.float64)]), axis=1, return_index=True)[1]
         values, hs = values[np.sort(pair)], hs[np.sort(pair)]
     order = np.argsort(-values if desc else values, kind="stable")[:limit]
-    recs = render_handles(coll, hs[order].tolist(), with_payload, with_vector)
+    recs = render_handles(coll, view.by_id, hs[order].tolist(), with_payload, with_vector)
     for rec, v in zip(recs, values[order].tolist(), strict=True):
         rec["order_value"] = int(v) if float(v).is_integer() else v
     return recs

@@ -220,6 +220,33 @@ class Segment:
             payloads_changed=self.payloads_dirty,
         )
 
+    @classmethod
+    def compacted(cls, src: Segment, seg_id: int) -> Segment:
+        """A copy of `src` without its deleted rows (vacuum). Caller holds the write lock."""
+        n = src.n
+        live = np.flatnonzero(~src.deleted[:n])
+        m = len(live)
+        seg = cls(seg_id, src.specs, src.xp, capacity=max(m, 16))
+        sel = src.xp.asarray(live)
+        for name in src.specs:
+            if m:
+                seg.vectors[name][:m] = src.vectors[name][:n][sel]  # one device-side gather
+                if name in seg.sq_norms:
+                    seg.sq_norms[name][:m] = src.sq_norms[name][:n][sel]
+            seg.present[name][:m] = src.present[name][:n][live]
+        seg.id_recs[:m] = src.id_recs[:n][live]
+        seg.versions[:m] = src.versions[:n][live]
+        ids, payloads = src.ids, src.payloads
+        seg.ids = [ids[r] for r in live.tolist()]
+        seg.payloads = [payloads[r] for r in live.tolist()]
+        seg.n = m
+        seg.sealed = src.sealed
+        return seg
+
+    def deleted_fraction(self) -> float:
+        n = self.n
+        return float(np.count_nonzero(self.deleted[:n]) / n) if n else 0.0
+
     def live_count(self) -> int:
         return int(self.n - np.count_nonzero(self.deleted[: self.n]))
 

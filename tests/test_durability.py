@@ -153,3 +153,31 @@ def test_restart_restores_deletes_payload_updates_and_indexes(tmp_path: Path) ->
     # ids with g == 2 are 2, 5, 8, ..., 29; point 5 was replaced by a payload without `g`
     assert query.count(c2, {"must": [{"key": "g", "match": {"value": 2}}]}) == 9
     cat2.close()
+
+
+def test_vacuum_compacts_repeated_upserts_and_survives_restart(tmp_path: Path) -> None:
+    from engine import query
+    cat = _make(tmp_path)
+    c = cat.create("c", {"vectors": {"size": 2, "distance": "Dot"},
+                         "optimizers_config": {"vacuum_min_vector_number": 100}})
+    for rnd in range(5):  # the same 100 ids rewritten: 80% of rows become garbage
+        c.upsert({"points": [{"id": i, "vector": [i, rnd], "payload": {"r": rnd}}
+                             for i in range(100)]})
+    seg_before = c.appendable
+    assert seg_before.n == 500
+    view = query.take_view(c)  # a reader holding the old segment keeps working
+    assert c.vacuum() == 1
+    assert c.appendable.n == 100 and c.appendable is not seg_before
+    hits = query.search_batch(c, [query.SearchSpec(np.array([0, 1], np.float32), "", None, 3,
+                                                   0, None, True, False)])[0]
+    assert [h["payload"]["r"] for h in hits] == [4, 4, 4]
+    assert len(view.segments) == 1 and view.segments[0][0] is seg_before
+    assert query.count(c, {"must": [{"has_id": [1, 2, 3]}]}) == 3
+    c.flush()
+    dirs = sorted(os.listdir(tmp_path / "collections" / "c" / "segments"))
+    assert str(seg_before.seg_id) not in dirs
+    cat.close()
+    c2 = _make(tmp_path).get("c")
+    assert c2.points_count() == 100
+    assert query.retrieve(c2, [7], True, True)[0] == {"id": 7, "payload": {"r": 4},
+                                                       "vector": [7.0, 4.0]}
