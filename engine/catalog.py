@@ -21,7 +21,7 @@ import orjson
 
 from engine.collection import Collection
 from engine.durable import fsync_dir, write_atomic
-from engine.errors import AlreadyExists, BadRequest, NotFound
+from engine.errors import AlreadyExists, BadRequest, NotFound, StorageError
 
 log = logging.getLogger("quiver.catalog")
 
@@ -57,6 +57,7 @@ class Catalog:
         self.lock = threading.RLock()
         self.collections: dict[str, Collection] = {}
         self.aliases: dict[str, str] = {}
+        self.broken: dict[str, str] = {}  # collections that failed to load, with the reason
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -71,14 +72,22 @@ class Catalog:
             if name.startswith(".") or not os.path.exists(os.path.join(path, "config.json")):
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            self.collections[name] = Collection.load(name, path, self.wal_fsync)
+            try:
+                self.collections[name] = Collection.load(name, path, self.wal_fsync)
+            except Exception as exc:  # noqa: BLE001 - one broken collection must not stop the rest
+                log.exception("collection %s failed to load; serving the others", name)
+                self.broken[name] = f"{type(exc).__name__}: {exc}"
+                continue
             log.info("loaded collection %s (%d points)", name,
                      self.collections[name].points_count())
         alias_file = os.path.join(self.root, "aliases.json")
         if os.path.exists(alias_file):
-            with open(alias_file, "rb") as f:
-                self.aliases = {a: c for a, c in orjson.loads(f.read()).items()
-                                if c in self.collections}
+            try:
+                with open(alias_file, "rb") as f:
+                    self.aliases = {a: c for a, c in orjson.loads(f.read()).items()
+                                    if c in self.collections or c in self.broken}
+            except (OSError, ValueError, AttributeError):
+                log.exception("aliases.json is unreadable; starting without aliases")
 
     def start_flusher(self) -> None:
         self._flusher = threading.Thread(target=self._flush_loop, name="quiver-flusher",
@@ -111,6 +120,9 @@ class Catalog:
         target = self.aliases.get(name)
         if target is not None and target in self.collections:
             return target
+        broken = self.broken.get(name) or self.broken.get(target or "")
+        if broken:
+            raise StorageError(f"collection `{target or name}` failed to load: {broken}")
         raise not_found(name)
 
     def get(self, name: str) -> Collection:
@@ -129,7 +141,7 @@ class Catalog:
     def create(self, name: str, body: dict[str, Any]) -> Collection:
         validate_name(name)
         with self.lock:
-            if name in self.collections or name in self.aliases:
+            if name in self.collections or name in self.aliases or name in self.broken:
                 raise AlreadyExists(f"Collection `{name}` already exists!")
             tmp = os.path.join(self.root, f".tmp-{uuid.uuid4().hex}")
             try:

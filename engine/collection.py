@@ -80,6 +80,9 @@ class Collection:
 
     @classmethod
     def load(cls, name: str, path: str, wal_fsync: bool = True) -> Collection:
+        for leftover in os.listdir(path):  # our own interrupted atomic writes
+            if leftover.startswith(".tmp-"):
+                os.unlink(os.path.join(path, leftover))
         with open(os.path.join(path, "config.json"), "rb") as f:
             cfg = orjson.loads(f.read())
         coll = cls(name, path, from_state(cfg["config"]), cfg.get("payload_schema") or {},

@@ -181,3 +181,24 @@ def test_vacuum_compacts_repeated_upserts_and_survives_restart(tmp_path: Path) -
     assert c2.points_count() == 100
     assert query.retrieve(c2, [7], True, True)[0] == {"id": 7, "payload": {"r": 4},
                                                        "vector": [7.0, 4.0]}
+
+
+def test_a_broken_collection_does_not_stop_the_others(tmp_path: Path) -> None:
+    cat = _make(tmp_path)
+    cat.create("good", {"vectors": {"size": 2, "distance": "Dot"}}).upsert(
+        {"points": [{"id": 1, "vector": [1, 2]}]})
+    cat.create("bad", {"vectors": {"size": 2, "distance": "Dot"}})
+    cat.update_aliases([{"create_alias": {"collection_name": "bad", "alias_name": "b"}}])
+    cat.close()
+    (tmp_path / "collections" / "bad" / "state.json").write_bytes(b"{not json")
+    (tmp_path / "collections" / "good" / ".tmp-123-config.json").write_bytes(b"partial")
+    cat2 = _make(tmp_path)
+    assert cat2.get("good").points_count() == 1
+    assert "bad" in cat2.broken
+    from engine.errors import AlreadyExists, StorageError
+    with pytest.raises(StorageError, match="failed to load"):
+        cat2.get("b")
+    with pytest.raises(AlreadyExists):
+        cat2.create("bad", {"vectors": {"size": 2, "distance": "Dot"}})
+    assert not (tmp_path / "collections" / "good" / ".tmp-123-config.json").exists()
+    cat2.close()
