@@ -70,7 +70,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early (rc={self.proc.returncode}):\n{self.log()}")
+                rc = self.proc.returncode
+                raise RuntimeError(f"server exited early (rc={rc}):\n{self.log()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self

@@ -31,18 +31,30 @@ class PayloadSource(Protocol):
     def payload_version(self) -> int: ...
 
 
+# The datetime spellings Qdrant accepts: date, date + hh:mm[:ss[.frac]], 'T' or ' ' between,
+# an optional offset (Z, +hh:mm, +hhmm, +hh, optionally after a space) or a trailing " UTC".
+_DT_RE = re.compile(
+    r"^\s*(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?"
+    r"(?:\s?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?|( UTC)))?$")
+
+
 def parse_datetime(s: str) -> float:
-    """RFC 3339 / ISO 8601 (date, naive = UTC, 'Z', offsets) → epoch seconds, NaN if invalid."""
-    try:
-        text = s.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        dt = datetime.fromisoformat(text)
-    except (ValueError, AttributeError):
+    """A datetime string → epoch seconds (naive means UTC), NaN if it is not one."""
+    m = _DT_RE.match(s) if isinstance(s, str) else None
+    if m is None:
         return float("nan")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    y, mo, d, hh, mm, ss, frac, _z, sign, oh, om, _utc = m.groups()
+    try:
+        micro = int((frac or "0")[:6].ljust(6, "0"))
+        dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0), micro,
+                      tzinfo=UTC)
+    except ValueError:
+        return float("nan")
+    offset = 0
+    if sign:
+        offset = (int(oh) * 60 + int(om or 0)) * 60 * (1 if sign == "+" else -1)
+    return dt.timestamp() - offset
 
 
 class Vocab:
@@ -89,18 +101,24 @@ class Vocab:
         return self._dates if self._dates is not None else np.empty(0)
 
 
-def _classify(v: Any, vocab: Vocab) -> tuple[int, float, int]:
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _classify(v: Any, vocab: Vocab) -> tuple[int, float, int, int]:
+    """value → (kind, numeric value, string code, exact integer)."""
     if v is None:
-        return KIND_NULL, np.nan, -1
+        return KIND_NULL, np.nan, -1, 0
     if isinstance(v, bool):
-        return KIND_BOOL, float(v), -1
+        return KIND_BOOL, float(v), -1, 0
     if isinstance(v, int):
-        return KIND_INT, float(v), -1
+        if I64_MIN <= v <= I64_MAX:
+            return KIND_INT, float(v), -1, v
+        return KIND_FLOAT, float(v), -1, 0  # beyond i64: Qdrant has no such integers
     if isinstance(v, float):
-        return KIND_FLOAT, v, -1
+        return KIND_FLOAT, v, -1, 0
     if isinstance(v, str):
-        return KIND_STR, np.nan, vocab.code(v)
-    return KIND_OBJ, np.nan, -1
+        return KIND_STR, np.nan, vocab.code(v), 0
+    return KIND_OBJ, np.nan, -1, 0
 
 
 class Column:
@@ -115,6 +133,7 @@ class Column:
         self.kinds = np.empty(0, np.int8)
         self.nums = np.empty(0, np.float64)
         self.codes = np.empty(0, np.int32)
+        self.ints = np.empty(0, np.int64)  # exact integer values (floats lose them past 2^53)
         # values_count semantics: one count per value the path reaches (lists whole).
         self.count_rows = np.empty(0, np.int64)
         self.counts = np.empty(0, np.int64)
@@ -126,6 +145,7 @@ class Column:
         k_list: list[int] = []
         n_list: list[float] = []
         c_list: list[int] = []
+        i_list: list[int] = []
         cr_list: list[int] = []
         cn_list: list[int] = []
         path, vocab = self.path, self.vocab
@@ -140,11 +160,12 @@ class Column:
                     cn_list.append(0 if raw is None else 1)
                     leaves = (raw,)
                 for v in leaves:
-                    k, num, code = _classify(v, vocab)
+                    k, num, code, exact = _classify(v, vocab)
                     r_list.append(row)
                     k_list.append(k)
                     n_list.append(num)
                     c_list.append(code)
+                    i_list.append(exact)
         if cr_list:
             self.count_rows = np.concatenate([self.count_rows, np.array(cr_list, np.int64)])
             self.counts = np.concatenate([self.counts, np.array(cn_list, np.int64)])
@@ -153,6 +174,7 @@ class Column:
             self.kinds = np.concatenate([self.kinds, np.array(k_list, np.int8)])
             self.nums = np.concatenate([self.nums, np.array(n_list, np.float64)])
             self.codes = np.concatenate([self.codes, np.array(c_list, np.int32)])
+            self.ints = np.concatenate([self.ints, np.array(i_list, np.int64)])
 
     def sync(self, src: PayloadSource) -> Column:
         """Bring the column up to date with `src`; cheap when nothing changed."""
@@ -172,6 +194,7 @@ class Column:
                     keep = ~np.isin(self.rows, changed)
                     self.rows, self.kinds = self.rows[keep], self.kinds[keep]
                     self.nums, self.codes = self.nums[keep], self.codes[keep]
+                    self.ints = self.ints[keep]
                     keep = ~np.isin(self.count_rows, changed)
                     self.count_rows, self.counts = self.count_rows[keep], self.counts[keep]
                     self._extract(src, np.unique(changed))

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.columns import (
+    I64_MAX,
+    I64_MIN,
     KIND_BOOL,
     KIND_FLOAT,
     KIND_INT,
@@ -210,7 +212,9 @@ def _value_selector(v: Any) -> Callable[[Column], np.ndarray]:
     if isinstance(v, bool):
         return lambda col: (col.kinds == KIND_BOOL) & (col.nums == float(v))
     if isinstance(v, int):
-        return lambda col: (col.kinds == KIND_INT) & (col.nums == float(v))
+        if not I64_MIN <= v <= I64_MAX:
+            return lambda col: np.zeros(len(col.rows), dtype=bool)
+        return lambda col: (col.kinds == KIND_INT) & (col.ints == v)
     if isinstance(v, float):
         raise BadRequest("match value must be a string, integer or bool (floats cannot be matched)")
     if isinstance(v, str):
@@ -238,7 +242,8 @@ def _any_selector(values: list[Any]) -> Callable[[Column], np.ndarray]:
             if codes:
                 out |= np.isin(col.codes, np.array(codes, dtype=np.int32))
         if ints:
-            out |= (col.kinds == KIND_INT) & np.isin(col.nums, np.array(ints, dtype=np.float64))
+            exact = np.array([i for i in ints if I64_MIN <= i <= I64_MAX], dtype=np.int64)
+            out |= (col.kinds == KIND_INT) & np.isin(col.ints, exact)
         return out
 
     return sel
@@ -331,13 +336,13 @@ TEXT_MODES = ("text", "phrase", "text_any", "prefix", "substring")
 _OPS = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
 
 
-def _bounds(r: Any, what: str) -> tuple[dict[str, float], bool]:
+def _bounds(r: Any, what: str) -> tuple[dict[str, Any], bool]:
     if not isinstance(r, dict):
         raise BadRequest(f"`{what}` must be an object")
     unknown = set(r) - set(_OPS)
     if unknown:
         raise BadRequest(f"unknown `{what}` field(s): {sorted(unknown)}")
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     is_dt = False
     for k, v in r.items():
         if v is None:
@@ -347,7 +352,7 @@ def _bounds(r: Any, what: str) -> tuple[dict[str, float], bool]:
         if isinstance(v, int | float):
             if isinstance(v, float) and math.isnan(v):
                 raise BadRequest(f"`{what}.{k}` must not be NaN")
-            out[k] = float(v)
+            out[k] = v  # ints stay exact: large integer payloads compare exactly
         elif isinstance(v, str):
             ts = parse_datetime(v)
             if math.isnan(ts):
@@ -368,14 +373,28 @@ def _range(key: str, r: Any) -> Predicate:
             dates = col.vocab.datetimes()
             vals = np.where(col.codes >= 0, dates[np.maximum(col.codes, 0)] if len(dates)
                             else np.nan, np.nan)
-        else:
-            vals = np.where((col.kinds == KIND_INT) | (col.kinds == KIND_FLOAT), col.nums, np.nan)
-        sel = ~np.isnan(vals)
+            sel = ~np.isnan(vals)
+            for op, bound in bounds.items():
+                sel &= _OPS[op](vals, bound)
+            return col.rows_where(sel, t.n)
+        is_int = col.kinds == KIND_INT
+        floats = np.where(col.kinds == KIND_FLOAT, col.nums, np.nan)
+        sel_f = ~np.isnan(floats)
+        sel_i = is_int.copy()
         for op, bound in bounds.items():
-            sel &= _OPS[op](vals, bound)
-        return col.rows_where(sel, t.n)
+            sel_f &= _OPS[op](floats, bound)
+            # integers compare exactly against the integer nearest the bound on the right side
+            sel_i &= _OPS[op](col.ints, _int_bound(op, bound)) if math.isfinite(bound) \
+                else _OPS[op](col.nums, bound)
+        return col.rows_where(sel_f | (is_int & sel_i), t.n)
 
     return run
+
+
+def _int_bound(op: str, bound: float) -> int:
+    """x op bound ⇔ x op' k for integers x: gt/lte use floor(bound), gte/lt use ceil(bound)."""
+    k = math.floor(bound) if op in ("gt", "lte") else math.ceil(bound)
+    return max(I64_MIN, min(I64_MAX, k))
 
 
 def _values_count(key: str, r: Any) -> Predicate:

