@@ -44,13 +44,20 @@ def read_status(pid: int) -> dict[str, int]:
 
 
 class Server:
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="quiver-bench-"))
-        self.storage = self.tmp / "storage"
-        self.port = free_port()
+    """A `quiver serve` subprocess. With no `storage`, a temp dir is made and removed on close;
+    with one (tests), the storage outlives the process so it can be restarted or killed."""
+
+    def __init__(self, storage: Path | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None, config_path: str | None = None) -> None:
+        self.owns_tmp = storage is None
+        self.tmp = Path(tempfile.mkdtemp(prefix="quiver-bench-")) if storage is None \
+            else storage.parent
+        self.storage = storage if storage is not None else self.tmp / "storage"
+        self.port = port or free_port()
         self.env = env or {}
+        self.config_path = config_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.tmp / "server.log"
+        self.log_path = self.tmp / f"server-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -64,6 +71,8 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         cmd = quiver_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                                   "--storage-path", str(self.storage)]
+        if self.config_path:
+            cmd += ["--config-path", self.config_path]
         env = {**os.environ, "QUIVER__GPU__ENABLED": "false", **self.env}
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -90,18 +99,33 @@ class Server:
     def memory(self) -> dict[str, int]:
         return read_status(self.pid)
 
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+                self.kill9()
+
+    def restart(self, kill: bool = False) -> Server:
+        if kill:
+            self.kill9()
+        else:
+            self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self.owns_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
