@@ -15,9 +15,11 @@ from starlette.responses import Response
 
 from api.errors import error
 from api.http import BodyLimit, NormalizePath
-from api.routes import collections, points, search, service
+from api.routes import collections, points, search, service, snapshots
 from engine.catalog import Catalog
 from gpu import xp
+from snapshots.manager import SnapshotManager
+from snapshots.recovery import Recovery
 
 log = logging.getLogger("quiver")
 
@@ -57,8 +59,13 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None) -> Fast
     app.state.settings = settings
     app.state.started_at = time.time()
     app.state.node_id = _node_id(catalog.root)
-    for r in service.routes + collections.routes + search.routes + points.routes \
-            + points.tail_routes:
+    st = settings["storage"]
+    app.state.snapshots = SnapshotManager(catalog, st["snapshots_path"], app.state.node_id,
+                                          st.get("temp_path"))
+    app.state.recovery = Recovery(catalog, st["snapshots_path"],
+                                  bool(st.get("enable_snapshot_url_recovery", True)))
+    for r in service.routes + collections.routes + snapshots.routes + search.routes \
+            + points.routes + points.tail_routes:
         app.router.routes.append(r)
 
     async def not_found(request: Request, exc: Exception) -> Response:

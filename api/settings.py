@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
         "storage_path": "./storage",
         "snapshots_path": "./snapshots",
         "temp_path": None,
+        "enable_snapshot_url_recovery": True,
         "wal": {"fsync": True},
         "flush": {"wal_bytes_mb": 32, "idle_seconds": 5},
     },

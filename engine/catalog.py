@@ -178,6 +178,46 @@ class Catalog:
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
+    def staging_dir(self) -> str:
+        """A fresh directory on the storage filesystem (removed at start-up if left behind)."""
+        path = os.path.join(self.root, f".tmp-{uuid.uuid4().hex}")
+        os.makedirs(path)
+        return path
+
+    def install(self, name: str, staged: str, replace: bool) -> Collection:
+        """Swap a fully built collection directory in under the catalog lock. On any failure
+        the previous collection (if any) is put back and keeps serving."""
+        validate_name(name)
+        trash: str | None = None
+        with self.lock:
+            old = self.collections.get(name)
+            if old is None and (name in self.aliases or name in self.broken):
+                raise AlreadyExists(f"Collection `{name}` already exists!")
+            if old is not None and not replace:
+                raise AlreadyExists(f"Collection `{name}` already exists!")
+            final = os.path.join(self.coll_root, name)
+            if old is not None:
+                with old.flush_lock, old.write_lock:  # no write may slip in during the swap
+                    old.close(flush=False)
+                trash = os.path.join(self.root, f".trash-{uuid.uuid4().hex}")
+                os.rename(old.path, trash)
+            try:
+                os.rename(staged, final)
+                fsync_dir(self.coll_root)
+                coll = Collection.load(name, final, self.wal_fsync)
+            except BaseException:
+                if os.path.exists(final) and not os.path.exists(staged):
+                    os.rename(final, staged)
+                if trash is not None:
+                    os.rename(trash, final)
+                    fsync_dir(self.coll_root)
+                    self.collections[name] = Collection.load(name, final, self.wal_fsync)
+                raise
+            self.collections[name] = coll
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        return coll
+
     def names(self) -> list[str]:
         return list(self.collections)
 

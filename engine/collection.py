@@ -7,6 +7,7 @@ they are logged, which keeps replay deterministic.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -22,12 +23,12 @@ from engine.config import CollectionConfig, apply_update, from_state, parse_crea
 from engine.durable import fsync_dir, write_atomic
 from engine.errors import BadInput, BadRequest, NotFound
 from engine.filters import parse_filter
-from engine.ids import PointId, ids_to_records, parse_ids, records_to_ids
+from engine.ids import PointId, ids_to_records, parse_ids
 from engine.points_input import parse_points, parse_vector_updates
-from engine.segment import Segment
+from engine.segment import FrozenSegment, Segment
 from engine.segment_store import prune_generations, read_segment, write_segment
 from engine.wal import Wal
-from gpu.xp import get_xp, to_device
+from gpu.xp import get_xp
 
 log = logging.getLogger("quiver.collection")
 
@@ -110,32 +111,47 @@ class Collection:
     def _load_segment(self, meta: dict[str, Any]) -> None:
         seg_dir = os.path.join(self.path, "segments", str(meta["id"]))
         data = read_segment(seg_dir, meta, self.config.vectors)
-        n = int(meta["n"])
-        seg = Segment(meta["id"], self.config.vectors, self.xp, capacity=max(n, 16))
-        for name, arr in data["vectors"].items():
-            if n:
-                seg.vectors[name][:n] = to_device(arr, self.xp)  # one large copy per name
-                if name in seg.sq_norms:
-                    f32 = arr.astype(np.float32, copy=False)
-                    seg.sq_norms[name][:n] = to_device(np.einsum("ij,ij->i", f32, f32), self.xp)
-            seg.present[name][:n] = data["present"][name]
-        seg.id_recs[:n] = data["id_recs"]
-        seg.deleted[:n] = data["deleted"]
-        seg.versions[:n] = data["versions"]
-        seg.payloads = data["payloads"]
-        seg.ids = records_to_ids(data["id_recs"])
-        seg.n = n
-        seg.sealed = bool(meta.get("sealed"))
-        seg.flushed_n = n
+        seg = Segment.from_arrays(meta["id"], self.config.vectors, self.xp, data,
+                                  bool(meta.get("sealed")))
+        seg.flushed_n = seg.n
         seg.dirty = seg.payloads_dirty = False
-        live = ~seg.deleted[:n]
-        rows = np.flatnonzero(live)
+        self._register(seg)
+        self.seg_meta[seg.seg_id] = dict(meta)
+
+    def _register(self, seg: Segment) -> None:
+        live = np.flatnonzero(~seg.deleted[: seg.n])
         base = seg.seg_id << ROW_BITS
-        self.id_map.update(zip([seg.ids[r] for r in rows.tolist()], (rows + base).tolist(),
+        self.id_map.update(zip([seg.ids[r] for r in live.tolist()], (live + base).tolist(),
                                strict=True))
         self.segments.append(seg)
         self.seg_by_id[seg.seg_id] = seg
-        self.seg_meta[seg.seg_id] = dict(meta)
+
+    @classmethod
+    def build(cls, name: str, path: str, config_state: dict[str, Any],
+              payload_schema: dict[str, Any], segments: list[tuple[dict[str, Any], bool]],
+              seq: int, wal_fsync: bool = True) -> None:
+        """Write a complete collection directory from host arrays (snapshot recovery): the
+        result loads like any collection, its WAL continuing after `seq`."""
+        os.makedirs(os.path.join(path, "segments"), exist_ok=True)
+        coll = cls(name, path, from_state(config_state), dict(payload_schema), wal_fsync)
+        coll._write_config()
+        for data, sealed in segments:
+            coll._register(Segment.from_arrays(coll.next_segment_id, coll.config.vectors,
+                                               coll.xp, data, sealed))
+            coll.next_segment_id += 1
+        if not coll.segments or coll.segments[-1].sealed:
+            coll._new_appendable()
+        coll.wal.last_seq = seq
+        coll.wal.open_for_append()
+        coll.flush()
+        coll.close(flush=False)
+
+    def snapshot_view(self) -> tuple[int, dict[str, Any], dict[str, Any], list[FrozenSegment]]:
+        """Freeze the whole collection at one WAL sequence number. Holds the write lock only
+        while row counts are recorded and the small mutable arrays copied."""
+        with self.write_lock:
+            return (self.wal.last_seq, copy.deepcopy(self.config.to_state()),
+                    copy.deepcopy(self.payload_schema), [s.freeze() for s in self.segments])
 
     def _remove_stray_segments(self) -> None:
         """Delete segment directories neither committed in state.json nor live in memory

@@ -225,6 +225,29 @@ class Segment:
         )
 
     @classmethod
+    def from_arrays(cls, seg_id: int, specs: dict[str, VectorSpec], xp: Any,
+                    data: dict[str, Any], sealed: bool) -> Segment:
+        """A segment holding host arrays (from disk or a snapshot): one large copy per array."""
+        n = len(data["id_recs"])
+        seg = cls(seg_id, specs, xp, capacity=max(n, 16))
+        for name, arr in data["vectors"].items():
+            if n:
+                seg.vectors[name][:n] = to_device(arr, xp)
+                if name in seg.sq_norms:
+                    f32 = arr.astype(np.float32, copy=False)
+                    seg.sq_norms[name][:n] = to_device(np.einsum("ij,ij->i", f32, f32), xp)
+            seg.present[name][:n] = data["present"][name]
+        seg.id_recs[:n] = data["id_recs"]
+        seg.deleted[:n] = data["deleted"]
+        seg.versions[:n] = data["versions"]
+        seg.payloads = list(data["payloads"])
+        from engine.ids import records_to_ids  # noqa: PLC0415 - avoid a cycle at import
+        seg.ids = records_to_ids(data["id_recs"])
+        seg.n = n
+        seg.sealed = sealed
+        return seg
+
+    @classmethod
     def compacted(cls, src: Segment, seg_id: int) -> Segment:
         """A copy of `src` without its deleted rows (vacuum). Caller holds the write lock."""
         n = src.n

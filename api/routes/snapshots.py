@@ -1,0 +1,157 @@
+"""Collection snapshots: create, list, download, delete, recover (location or upload)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from api.errors import JSONResponse, from_exception, ok
+from api.http import body_dict, endpoint, log
+from engine.errors import BadRequest, EngineError
+from snapshots.manager import SnapshotManager, check_snapshot_name
+from snapshots.recovery import Recovery, check_checksum, check_priority
+
+
+def _mgr(request: Request) -> SnapshotManager:
+    return request.app.state.snapshots
+
+
+def _rec(request: Request) -> Recovery:
+    return request.app.state.recovery
+
+
+def _name(request: Request) -> str:
+    return request.path_params["collection_name"]
+
+
+def _wait(request: Request) -> bool:
+    v = request.query_params.get("wait")
+    if v is None:
+        return True
+    if v not in ("true", "false"):
+        raise BadRequest(f"Deserialize error in query parameters: invalid value {v!r} for wait")
+    return v == "true"
+
+
+def _accepted(started: float) -> JSONResponse:
+    return JSONResponse({"status": "accepted", "time": time.perf_counter() - started},
+                        status_code=202)
+
+
+def _background(fn: Any, *args: Any) -> None:
+    def run() -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - wait=false: Qdrant logs and drops the error
+            log.exception("background snapshot task failed")
+    threading.Thread(target=run, name="quiver-snapshot-task", daemon=True).start()
+
+
+def _maybe_async(fn: Any):
+    """wait=true runs the work and answers with its result; wait=false answers 202 at once."""
+    def handler(request: Request, body: Any) -> Any:
+        if not _wait(request):
+            _background(fn, request, body)
+            return _accepted(request.state.started)
+        return fn(request, body)
+    return handler
+
+
+def _started(fn: Any):
+    async def run(request: Request) -> Response:
+        request.state.started = time.perf_counter()
+        return await fn(request)
+    return run
+
+
+def create(request: Request, body: Any) -> dict[str, Any]:
+    return _mgr(request).create(_name(request)).to_json()
+
+
+def list_snapshots(request: Request, body: Any) -> list[dict[str, Any]]:
+    return [s.to_json() for s in _mgr(request).list(_name(request))]
+
+
+def delete(request: Request, body: Any) -> bool:
+    return _mgr(request).delete(_name(request), request.path_params["snapshot_name"])
+
+
+def recover(request: Request, body: Any) -> bool:
+    return _rec(request).recover_location(_name(request), body_dict(body))
+
+
+async def download(request: Request) -> Response:
+    started = time.perf_counter()
+    try:
+        path = await run_in_threadpool(_mgr(request).path, _name(request),
+                                       request.path_params["snapshot_name"])
+    except EngineError as exc:
+        return from_exception(exc, started)
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=os.path.basename(path))
+
+
+async def upload(request: Request) -> Response:
+    """Multipart field `snapshot`, spooled to disk (never whole in memory), kept in the
+    collection's snapshot directory as Qdrant does, then recovered."""
+    started = time.perf_counter()
+    try:
+        wait = _wait(request)
+        # validated; on a single node every priority replaces the data with the snapshot's
+        check_priority(request.query_params.get("priority"))
+        checksum = check_checksum(request.query_params.get("checksum"))
+        mgr = _mgr(request)
+        directory = mgr.collection_dir(_name(request))
+        form = await request.form(max_files=1, max_fields=16)
+        part = form.get("snapshot")
+        if part is None or isinstance(part, str):
+            raise BadRequest("multipart field `snapshot` (a file) is required")
+        fname = os.path.basename(part.filename or "")
+        try:
+            check_snapshot_name(fname)
+        except EngineError:
+            fname = f"{uuid.uuid4()}.snapshot"
+
+        def store_and_recover() -> bool:
+            os.makedirs(directory, exist_ok=True)
+            dest = os.path.join(directory, fname)
+            tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.upload")
+            with open(tmp, "wb") as out:
+                part.file.seek(0)
+                shutil.copyfileobj(part.file, out, 8 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+            return _rec(request).recover_file(_name(request), dest, checksum)
+
+        if not wait:
+            _background(store_and_recover)
+            return _accepted(started)
+        result = await run_in_threadpool(store_and_recover)
+        return ok(result, started)
+    except EngineError as exc:
+        return from_exception(exc, started)
+    except Exception:  # noqa: BLE001
+        log.exception("snapshot upload failed")
+        return from_exception(EngineError("snapshot upload failed"), started)
+
+
+S = "/collections/{collection_name}/snapshots"
+routes = [
+    Route(S, _started(endpoint(_maybe_async(create), read_body=False)), methods=["POST"]),
+    Route(S, endpoint(list_snapshots, read_body=False), methods=["GET"]),
+    Route(S + "/recover", _started(endpoint(_maybe_async(recover))), methods=["PUT"]),
+    Route(S + "/upload", upload, methods=["POST"]),
+    Route(S + "/{snapshot_name}", download, methods=["GET"]),
+    Route(S + "/{snapshot_name}", _started(endpoint(_maybe_async(delete), read_body=False)),
+          methods=["DELETE"]),
+]

@@ -1,0 +1,263 @@
+"""Quiver's collection snapshot archive: a plain, uncompressed tar.
+
+    manifest.json                          first: format version, Quiver version, collection
+                                           config, payload indexes, aliases, WAL sequence number,
+                                           segments, and every other member's size + sha256
+    segments/<i>/ids.npy                   (kind, hi, lo) id records
+    segments/<i>/vectors-<hexname>.npy     vectors in storage dtype (float32/float16/uint8)
+    segments/<i>/present-<hexname>.npy     which rows have that vector
+    segments/<i>/deleted.npy               deleted-row mask
+    segments/<i>/versions.npy              per-row operation sequence numbers
+    segments/<i>/payloads.json             payload per row
+
+Writing hashes every member in memory before its bytes go out, so the manifest can come
+first, and hashes the whole archive as it streams (the `.checksum` sidecar): no file is
+ever re-read. Reading trusts nothing: members must be exactly the manifest's, in any order
+after it, regular files, no duplicates, sizes and hashes as declared, arrays as configured.
+tarfile's extraction machinery is never used: members are streamed into files whose names
+we choose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from engine.errors import BadRequest
+from engine.segment import FrozenSegment
+from gpu.xp import to_host
+
+FORMAT = "quiver-collection-snapshot"
+FORMAT_VERSION = (1, 0)
+QUIVER_VERSION = "0.1.0"
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_MEMBERS = 100_000
+_MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
+                        r"present-[0-9a-f]*)\.(npy|json)$")
+CHUNK = 8 << 20
+
+
+class SnapshotFormatError(BadRequest):
+    """The archive is not a valid Quiver snapshot (400, nothing is touched)."""
+
+
+def _npy_bytes(a: np.ndarray) -> list[bytes | memoryview]:
+    """An .npy file as [header, data] without copying the data."""
+    a = np.ascontiguousarray(a)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+    return [buf.getvalue(), memoryview(a).cast("B")]
+
+
+@dataclass
+class Member:
+    name: str
+    parts: list[bytes | memoryview]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for p in self.parts:
+            h.update(p)
+        return h.hexdigest()
+
+
+def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
+    """Device → host sync of one frozen segment, as archive members."""
+    base = f"segments/{index}/"
+    out = [Member(base + "ids.npy", _npy_bytes(fz.id_recs)),
+           Member(base + "deleted.npy", _npy_bytes(fz.deleted)),
+           Member(base + "versions.npy", _npy_bytes(fz.versions))]
+    for name, arr in fz.vectors.items():
+        hx = name.encode().hex()
+        out.append(Member(base + f"vectors-{hx}.npy", _npy_bytes(to_host(arr))))
+        out.append(Member(base + f"present-{hx}.npy", _npy_bytes(fz.present[name])))
+    out.append(Member(base + "payloads.json", [orjson.dumps(fz.payloads)]))
+    return out
+
+
+class _Reader(io.RawIOBase):
+    """A file object over a list of buffers (what tarfile.addfile reads from)."""
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = [memoryview(p).cast("B") for p in parts]
+        self.i = 0
+        self.off = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while self.i < len(self.parts):
+            part = self.parts[self.i]
+            if self.off < len(part):
+                n = min(len(b), len(part) - self.off)
+                b[:n] = part[self.off : self.off + n]
+                self.off += n
+                return n
+            self.i += 1
+            self.off = 0
+        return 0
+
+
+class HashingWriter(io.RawIOBase):
+    """Counts and hashes everything written through it (the archive's sha256, while writing)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.h.update(b)
+        n = self.f.write(b)
+        self.size += len(b)
+        return n if n is not None else len(b)
+
+
+def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) -> tuple[str, int]:
+    """Write manifest + members as a tar into `out`; returns (sha256 hex, size)."""
+    manifest = dict(header)
+    manifest.update(format=FORMAT, format_version=f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
+                    quiver_version=QUIVER_VERSION,
+                    members=[{"name": m.name, "size": m.size, "sha256": m.sha256()}
+                             for m in members])
+    hw = HashingWriter(out)
+    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for m in [Member(MANIFEST, [orjson.dumps(manifest, option=orjson.OPT_INDENT_2)])] + members:
+            info = tarfile.TarInfo(m.name)
+            info.size = m.size
+            info.mode = 0o644
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BufferedReader(_Reader(m.parts), buffer_size=CHUNK))
+    return hw.h.hexdigest(), hw.size
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+@dataclass
+class Unpacked:
+    manifest: dict[str, Any]
+    files: dict[str, str]  # member name → path of its verified copy
+
+
+def _check_manifest(raw: bytes) -> dict[str, Any]:
+    try:
+        manifest = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotFormatError(f"Invalid snapshot: manifest.json is not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SnapshotFormatError("Invalid snapshot: not a Quiver collection snapshot")
+    version = str(manifest.get("format_version", ""))
+    m = re.match(r"^(\d+)\.(\d+)$", version)
+    if not m:
+        raise SnapshotFormatError(f"Invalid snapshot: bad format_version {version!r}")
+    if int(m.group(1)) > FORMAT_VERSION[0]:
+        raise SnapshotFormatError(
+            f"Snapshot format version {version} is newer than this Quiver supports "
+            f"({FORMAT_VERSION[0]}.x); upgrade Quiver to recover it")
+    members = manifest.get("members")
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise SnapshotFormatError("Invalid snapshot: bad member list")
+    seen = set()
+    for mem in members:
+        if not isinstance(mem, dict) or not isinstance(mem.get("name"), str) \
+                or not _MEMBER_RE.match(mem["name"]) or mem["name"] in seen \
+                or not isinstance(mem.get("size"), int) or mem["size"] < 0 \
+                or not isinstance(mem.get("sha256"), str) \
+                or not re.fullmatch(r"[0-9a-f]{64}", mem["sha256"]):
+            raise SnapshotFormatError(f"Invalid snapshot: bad member entry {str(mem)[:200]}")
+        seen.add(mem["name"])
+    return manifest
+
+
+def unpack(src: BinaryIO, dest_dir: str, max_total_bytes: int | None = None) -> Unpacked:
+    """Validate and copy every member of the archive into `dest_dir` (files named by us)."""
+    try:
+        tar = tarfile.open(fileobj=src, mode="r|")
+    except tarfile.TarError as exc:
+        raise SnapshotFormatError(f"Invalid snapshot: not a tar archive ({exc})") from None
+    manifest: dict[str, Any] | None = None
+    expected: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
+    try:
+        for info in _members(tar):
+            if manifest is None:
+                if info.name != MANIFEST or not info.isreg() or info.size > MAX_MANIFEST_BYTES:
+                    raise SnapshotFormatError("Invalid snapshot: manifest.json must come first")
+                f = tar.extractfile(info)
+                assert f is not None
+                manifest = _check_manifest(f.read())
+                expected = {m["name"]: m for m in manifest["members"]}
+                total = sum(m["size"] for m in expected.values())
+                if max_total_bytes is not None and total > max_total_bytes:
+                    raise SnapshotFormatError(
+                        f"Snapshot declares {total} bytes, over the limit of {max_total_bytes}")
+                continue
+            want = expected.get(info.name)
+            if want is None or info.name in files:
+                raise SnapshotFormatError(f"Invalid snapshot: unexpected member {info.name!r}")
+            if not info.isreg() or info.issparse() or info.size != want["size"]:
+                raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is not a "
+                                          "regular file of the declared size")
+            path = os.path.join(dest_dir, f"m{len(files):06d}")
+            f = tar.extractfile(info)
+            assert f is not None
+            h = hashlib.sha256()
+            with open(path, "wb") as out:
+                remaining = info.size
+                while remaining:
+                    chunk = f.read(min(CHUNK, remaining))
+                    if not chunk:
+                        raise SnapshotFormatError("Invalid snapshot: truncated archive")
+                    h.update(chunk)
+                    out.write(chunk)
+                    remaining -= len(chunk)
+            if h.hexdigest() != want["sha256"]:
+                raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is corrupt "
+                                          "(sha256 mismatch)")
+            files[info.name] = path
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError | EOFError):
+            raise
+        raise SnapshotFormatError(f"Invalid snapshot: damaged archive ({exc})") from None
+    if manifest is None:
+        raise SnapshotFormatError("Invalid snapshot: empty archive")
+    missing = set(expected) - set(files)
+    if missing:
+        raise SnapshotFormatError(f"Invalid snapshot: missing members {sorted(missing)[:5]}")
+    return Unpacked(manifest, files)
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    count = 0
+    for info in tar:
+        count += 1
+        if count > MAX_MEMBERS + 1:
+            raise SnapshotFormatError("Invalid snapshot: too many members")
+        yield info
+
+
+def load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise SnapshotFormatError(f"Invalid snapshot: unreadable array ({exc})") from None

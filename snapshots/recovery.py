@@ -1,0 +1,219 @@
+"""Collection recovery: from a file inside the snapshots dir, an http(s) URL, or an upload.
+
+Everything is validated before the live collection is touched: the checksum, every archive
+member (snapshots.archive.unpack), and every array against the archive's config. The new
+collection is then built in a staging directory on the storage filesystem and swapped in
+under the catalog lock (Catalog.install); on any failure the old collection keeps serving
+and the staging directory is removed (or, after a crash, wiped at start-up).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import httpx
+import numpy as np
+import orjson
+
+from engine.catalog import Catalog, validate_name
+from engine.collection import Collection
+from engine.config import from_state
+from engine.errors import BadInput, BadRequest, EngineError, Forbidden, Unprocessable
+from engine.ids import ID_DTYPE
+from engine.segment import STORAGE_DTYPES
+from snapshots.archive import CHUNK, SnapshotFormatError, load_npy, unpack
+
+PRIORITIES = ("replica", "snapshot", "no_sync")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def check_priority(priority: Any) -> str:
+    if priority is None:
+        return "snapshot"  # Qdrant's current default
+    if priority not in PRIORITIES:
+        raise BadRequest(f"unknown variant `{priority}`, expected one of `no_sync`, `snapshot`, "
+                         "`replica`")
+    return priority
+
+
+def check_checksum(checksum: Any) -> str | None:
+    if checksum is None:
+        return None
+    if not isinstance(checksum, str) or not _SHA256.match(checksum):
+        raise Unprocessable(f"Validation error: [checksum: invalid_sha256_hash: {checksum!r}]")
+    return checksum.lower()
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Recovery:
+    def __init__(self, catalog: Catalog, snapshots_root: str, url_recovery: bool = True,
+                 download_timeout_s: float = 60.0) -> None:
+        self.catalog = catalog
+        self.root = os.path.realpath(snapshots_root)
+        self.url_recovery = url_recovery
+        self.download_timeout_s = download_timeout_s
+
+    # ---- locations -----------------------------------------------------------------------
+
+    def local_path(self, location: str) -> str:
+        url = urlparse(location)
+        if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
+            raise BadRequest("Invalid snapshot URI, file path must be absolute or on localhost")
+        path = unquote(url.path)
+        if not os.path.exists(path):
+            raise BadRequest(f'Snapshot file "{path}" does not exist')
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self.root]) != self.root or not os.path.isfile(real):
+            raise Forbidden(f'Snapshot file path must be inside the snapshots directory "{self.root}"')
+        return real
+
+    def download(self, location: str, dest: str, api_key: str | None) -> None:
+        if not self.url_recovery:
+            raise Forbidden("Snapshot recovery from remote URLs is disabled in the configuration")
+        headers = {"api-key": api_key} if api_key else {}
+        timeout = httpx.Timeout(self.download_timeout_s, connect=10.0)
+        try:
+            with httpx.stream("GET", location, headers=headers, timeout=timeout,
+                              follow_redirects=False) as r:
+                if r.status_code // 100 != 2:
+                    raise BadInput(f"Failed to download tar from {location}: status - "
+                                   f"{r.status_code} {r.reason_phrase}")
+                with open(dest, "wb") as f:
+                    for chunk in r.iter_bytes(CHUNK):
+                        f.write(chunk)
+        except httpx.HTTPError as exc:
+            raise BadInput(f"Failed to download tar from {location}: {exc}") from None
+
+    # ---- recover ---------------------------------------------------------------------------
+
+    def recover_location(self, collection: str, body: dict[str, Any]) -> bool:
+        validate_name(collection)
+        location = body.get("location")
+        if not isinstance(location, str) or not location:
+            raise BadRequest("Format error in JSON body: `location` must be a URL string")
+        check_priority(body.get("priority"))
+        checksum = check_checksum(body.get("checksum"))
+        scheme = urlparse(location).scheme.lower()
+        if scheme == "file":
+            return self.recover_file(collection, self.local_path(location), checksum)
+        if scheme in ("http", "https"):
+            staging = self.catalog.staging_dir()
+            try:
+                path = os.path.join(staging, "download.snapshot")
+                self.download(location, path, body.get("api_key"))
+                return self.recover_file(collection, path, checksum)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        if not scheme:
+            raise BadRequest("Format error in JSON body: relative URL without a base")
+        raise BadRequest(f"URL {location} with scheme {scheme} is not supported")
+
+    def recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
+        validate_name(collection)
+        if checksum is not None:
+            actual = file_sha256(path)
+            if actual != checksum:
+                raise ChecksumMismatch(f"Checksum mismatch: expected {checksum}, actual {actual}")
+        staging = self.catalog.staging_dir()
+        try:
+            members_dir = os.path.join(staging, "members")
+            os.mkdir(members_dir)
+            free = shutil.disk_usage(staging).free
+            with open(path, "rb") as f:
+                unpacked = unpack(f, members_dir, max_total_bytes=free)
+            manifest = unpacked.manifest
+            config_state, schema = self._target_config(collection, manifest)
+            segments = self._segments(unpacked, config_state)
+            built = os.path.join(staging, "collection")
+            Collection.build(collection, built, config_state, schema, segments,
+                             int(manifest.get("seq") or 0), self.catalog.wal_fsync)
+            del segments  # drop the memory maps before the staging files go
+            self.catalog.install(collection, built, replace=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+    def _target_config(self, collection: str, manifest: dict[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The snapshot's config for a new collection; for an existing one, its own config,
+        provided the vectors match (else 400 and nothing changes)."""
+        snap_state = manifest.get("config")
+        try:
+            snap_cfg = from_state(snap_state if isinstance(snap_state, dict) else {})
+        except EngineError as exc:
+            raise SnapshotFormatError(f"Invalid snapshot: bad collection config ({exc})") from None
+        schema = manifest.get("payload_schema") or {}
+        if collection not in self.catalog.collections:
+            return snap_state, schema  # type: ignore[return-value]
+        live = self.catalog.collections[collection]
+        if snap_cfg.vectors != live.config.vectors:
+            raise BadInput("Snapshot is not compatible with existing collection: Collection "
+                           f"vectors: {orjson.dumps(live.config.vectors_echo).decode()} Snapshot "
+                           f"Vectors: {orjson.dumps(snap_cfg.vectors_echo).decode()}")
+        return live.config.to_state(), dict(live.payload_schema)
+
+    def _segments(self, unpacked: Any, config_state: dict[str, Any]
+                  ) -> list[tuple[dict[str, Any], bool]]:
+        cfg = from_state(config_state)
+        out = []
+        for seg in unpacked.manifest.get("segments") or []:
+            if not isinstance(seg, dict) or not isinstance(seg.get("n"), int):
+                raise SnapshotFormatError("Invalid snapshot: bad segment entry")
+            i, n = seg.get("index"), seg["n"]
+            base = f"segments/{i}/"
+
+            def member(name: str, base: str = base) -> str:
+                path = unpacked.files.get(base + name)
+                if path is None:
+                    raise SnapshotFormatError(f"Invalid snapshot: missing {base + name}")
+                return path
+
+            ids = load_npy(member("ids.npy"))
+            deleted = load_npy(member("deleted.npy"))
+            versions = load_npy(member("versions.npy"))
+            _expect(ids, ID_DTYPE, (n,), "ids")
+            _expect(deleted, np.dtype(bool), (n,), "deleted")
+            _expect(versions, np.dtype(np.uint64), (n,), "versions")
+            vectors, present = {}, {}
+            for name, spec in cfg.vectors.items():
+                hx = name.encode().hex()
+                arr = np.load(member(f"vectors-{hx}.npy"), mmap_mode="r", allow_pickle=False)
+                _expect(arr, np.dtype(STORAGE_DTYPES[spec.datatype]), (n, spec.size),
+                        f"vectors {name!r}")
+                vectors[name] = arr
+                present[name] = load_npy(member(f"present-{hx}.npy"))
+                _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
+            with open(member("payloads.json"), "rb") as f:
+                try:
+                    payloads = orjson.loads(f.read())
+                except orjson.JSONDecodeError:
+                    raise SnapshotFormatError("Invalid snapshot: payloads are not JSON") from None
+            if not isinstance(payloads, list) or len(payloads) != n \
+                    or not all(isinstance(p, dict) for p in payloads):
+                raise SnapshotFormatError("Invalid snapshot: payloads do not match the segment")
+            out.append(({"id_recs": ids, "vectors": vectors, "present": present,
+                         "deleted": deleted, "versions": versions, "payloads": payloads},
+                        bool(seg.get("sealed"))))
+        return out
+
+
+class ChecksumMismatch(BadInput):
+    prefix = ""
+
+
+def _expect(arr: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], what: str) -> None:
+    if arr.dtype != dtype or arr.shape != shape:
+        raise SnapshotFormatError(f"Invalid snapshot: {what} has dtype {arr.dtype} and shape "
+                                  f"{arr.shape}, expected {dtype} {shape}")
