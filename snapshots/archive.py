@@ -57,7 +57,8 @@ def _npy_bytes(a: np.ndarray) -> list[bytes | memoryview]:
     a = np.ascontiguousarray(a)
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
-    return [buf.getvalue(), memoryview(a).cast("B")]
+    data = memoryview(a).cast("B") if a.size else b""  # (an empty array can't be cast)
+    return [buf.getvalue(), data]
 
 
 @dataclass
@@ -94,7 +95,7 @@ class _Reader(io.RawIOBase):
     """A file object over a list of buffers (what tarfile.addfile reads from)."""
 
     def __init__(self, parts: list[bytes | memoryview]) -> None:
-        self.parts = [memoryview(p).cast("B") for p in parts]
+        self.parts = [memoryview(p).cast("B") for p in parts if len(p)]
         self.i = 0
         self.off = 0
 
