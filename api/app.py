@@ -25,6 +25,8 @@ log = logging.getLogger("quiver")
 
 
 def build_catalog(settings: dict[str, Any]) -> Catalog:
+    gpu = settings.get("gpu") or {}
+    xp.configure(gpu.get("enabled", "auto"), int(gpu.get("device_id", 0)))
     st = settings["storage"]
     flush = st.get("flush") or {}
     return Catalog(
@@ -35,10 +37,11 @@ def build_catalog(settings: dict[str, Any]) -> Catalog:
     )
 
 
-def create_app(settings: dict[str, Any], catalog: Catalog | None = None) -> FastAPI:
-    gpu = settings.get("gpu") or {}
-    xp.configure(gpu.get("enabled", "auto"), int(gpu.get("device_id", 0)))
-    owns_catalog = catalog is None
+def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
+               owns_catalog: bool | None = None) -> FastAPI:
+    """`owns_catalog`: start its flusher and close it with the app (default: when created here)."""
+    if owns_catalog is None:
+        owns_catalog = catalog is None
     if catalog is None:
         catalog = build_catalog(settings)
         catalog.load()

@@ -17,6 +17,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="listen address (service.host)")
     s.add_argument("--port", type=int, help="listen port (service.http_port)")
     s.add_argument("--storage-path", help="storage directory (storage.storage_path)")
+    s.add_argument("--snapshot", "--collection-snapshot", action="append", default=[],
+                   metavar="PATH:NAME", help="recover collection NAME from a snapshot file at "
+                   "start-up (repeatable); NAME must not exist unless --force-snapshot")
+    s.add_argument("--storage-snapshot", metavar="PATH",
+                   help="restore every collection and alias of a full-storage snapshot")
+    s.add_argument("--force-snapshot", "--force_snapshot", "-f", action="store_true",
+                   help="let start-up snapshots overwrite existing collections")
     return p
 
 
@@ -39,9 +46,30 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn  # noqa: PLC0415 - keep `quiver --help` fast
 
-    from api.app import create_app  # noqa: PLC0415
+    from api.app import build_catalog, create_app  # noqa: PLC0415
+    from engine.errors import EngineError  # noqa: PLC0415
+    from snapshots.recovery import (  # noqa: PLC0415
+        Recovery,
+        restore_collection_at_startup,
+        restore_full,
+    )
 
-    app = create_app(settings)
+    catalog = build_catalog(settings)
+    catalog.load()
+    if args.snapshot or args.storage_snapshot:
+        recovery = Recovery(catalog, settings["storage"]["snapshots_path"])
+        try:
+            if args.storage_snapshot:  # as in Qdrant, it wins over --snapshot
+                restored = restore_full(recovery, args.storage_snapshot, args.force_snapshot)
+            else:
+                restored = [restore_collection_at_startup(recovery, spec, args.force_snapshot)
+                            for spec in args.snapshot]
+        except (EngineError, OSError) as exc:
+            catalog.close()
+            print(f"quiver: snapshot recovery failed: {exc}", file=sys.stderr)
+            return 1
+        logging.getLogger("quiver").info("restored from snapshots: %s", ", ".join(restored))
+    app = create_app(settings, catalog=catalog, owns_catalog=True)
     svc = settings["service"]
     uvicorn.run(app, host=svc["host"], port=int(svc["http_port"]), log_level="warning",
                 access_log=False, timeout_graceful_shutdown=30)

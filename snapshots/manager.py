@@ -12,8 +12,10 @@ always complete.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import tarfile
 import threading
 import time
 import uuid
@@ -21,12 +23,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from engine.catalog import Catalog, validate_name
 from engine.durable import atomic_writer, fsync_dir, io_error
 from engine.errors import NotFound
-from snapshots.archive import segment_members, write_archive
+from snapshots.archive import HashingWriter, segment_members, write_archive
 
 SUFFIX = ".snapshot"
+FULL_CONFIG = "config.json"
 
 
 @dataclass
@@ -74,10 +79,10 @@ class SnapshotManager:
 
     # ---- create --------------------------------------------------------------------------
 
-    def _reserve_name(self, collection: str, directory: str) -> str:
-        """{collection}-{node_id}-{UTC time}.snapshot, made unique within the same second."""
+    def _reserve_name(self, prefix: str, directory: str) -> str:
+        """{prefix}-{UTC time}.snapshot, made unique within the same second."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H-%M-%S")
-        base = f"{collection}-{self.node_id}-{stamp}"
+        base = f"{prefix}-{stamp}"
         with self._names_lock:
             k = 0
             while True:
@@ -87,41 +92,110 @@ class SnapshotManager:
                     return name
                 k += 1
 
-    def create(self, collection: str) -> SnapshotInfo:
+    def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
+        """Freeze one collection and write its archive to `dest` (fsynced).
+        Returns (collection name, sha256, size)."""
         coll = self.catalog.get(collection)
         real = coll.name
         seq, config, schema, frozen = coll.snapshot_view()
+        members = []
+        segments = []
+        for i, fz in enumerate(frozen):
+            members.extend(segment_members(i, fz))
+            segments.append({"index": i, "n": fz.n, "sealed": fz.sealed})
+        header = {"collection": real, "seq": seq, "config": config, "payload_schema": schema,
+                  "aliases": [a["alias_name"] for a in self.catalog.list_aliases(real)],
+                  "segments": segments,
+                  "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(dest, "wb") as f:
+            checksum, size = write_archive(f, header, members)
+            f.flush()
+            os.fsync(f.fileno())
+        return real, checksum, size
+
+    def _publish(self, tmp: str, directory: str, name: str, checksum: str) -> SnapshotInfo:
+        """Rename a finished archive into place, then its checksum sidecar."""
+        final = os.path.join(directory, name)
+        os.replace(tmp, final)
+        with atomic_writer(final + ".checksum") as f:
+            f.write(checksum.encode())
+        fsync_dir(directory)
+        return self._describe(directory, name)
+
+    def create(self, collection: str) -> SnapshotInfo:
+        real = self.catalog.get(collection).name
         directory = self.collection_dir(real)
         os.makedirs(directory, exist_ok=True)
-        name = self._reserve_name(real, directory)
+        name = self._reserve_name(f"{real}-{self.node_id}", directory)
         tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
         try:
-            members = []
-            segments = []
-            for i, fz in enumerate(frozen):
-                members.extend(segment_members(i, fz))
-                segments.append({"index": i, "n": fz.n, "sealed": fz.sealed})
-            header = {"collection": real, "seq": seq, "config": config, "payload_schema": schema,
-                      "aliases": [a["alias_name"] for a in self.catalog.list_aliases(real)],
-                      "segments": segments,
-                      "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")}
-            with open(tmp, "wb") as f:
-                checksum, size = write_archive(f, header, members)
-                f.flush()
-                os.fsync(f.fileno())
-            final = os.path.join(directory, name)
-            os.replace(tmp, final)
-            with atomic_writer(final + ".checksum") as f:
-                f.write(checksum.encode())
-            fsync_dir(directory)
+            _, checksum, _ = self.write_collection_archive(real, tmp)
+            return self._publish(tmp, directory, name, checksum)
         except OSError as exc:
             raise io_error(exc, "creating snapshot") from exc
         finally:
-            with self._names_lock:
-                self._reserved.discard(name)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return self._describe(directory, name)
+            self._release(name, tmp)
+
+    def _release(self, name: str, tmp: str) -> None:
+        with self._names_lock:
+            self._reserved.discard(name)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+    # ---- full-storage snapshots ------------------------------------------------------------
+
+    def create_full(self) -> SnapshotInfo:
+        """Every collection's archive plus the aliases, in one tar: config.json first, then
+        `<collection>.snapshot` members."""
+        name = self._reserve_name("full-snapshot", self.root)
+        work = os.path.join(self.tmp, uuid.uuid4().hex)
+        tmp = work + ".part"
+        try:
+            os.makedirs(work)
+            mapping: dict[str, str] = {}
+            files = []
+            for coll in sorted(self.catalog.names()):
+                path = os.path.join(work, f"{coll}.snapshot")
+                self.write_collection_archive(coll, path)
+                mapping[coll] = f"{coll}.snapshot"
+                files.append(path)
+            aliases = {a["alias_name"]: a["collection_name"] for a in self.catalog.list_aliases()
+                       if a["collection_name"] in mapping}
+            config = orjson.dumps({"collections_mapping": mapping, "collections_aliases": aliases},
+                                  option=orjson.OPT_INDENT_2)
+            with open(tmp, "wb") as f:
+                hw = HashingWriter(f)
+                with tarfile.open(fileobj=hw, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+                    info = tarfile.TarInfo(FULL_CONFIG)
+                    info.size, info.mtime, info.mode = len(config), int(time.time()), 0o644
+                    tar.addfile(info, io.BytesIO(config))
+                    for path in files:
+                        tar.add(path, arcname=os.path.basename(path), recursive=False)
+                f.flush()
+                os.fsync(f.fileno())
+            return self._publish(tmp, self.root, name, hw.h.hexdigest())
+        except OSError as exc:
+            raise io_error(exc, "creating full snapshot") from exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            self._release(name, tmp)
+
+    def list_full(self) -> list[SnapshotInfo]:
+        return [self._describe(self.root, e.name)
+                for e in sorted(os.scandir(self.root), key=lambda e: e.name)
+                if e.name.endswith(SUFFIX) and not e.name.startswith(".")
+                and e.is_file(follow_symlinks=False)]
+
+    def path_full(self, name: str) -> str:
+        check_snapshot_name(name)
+        root = os.path.realpath(self.root)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.dirname(path) != root or not os.path.isfile(path):
+            raise snapshot_not_found(name)
+        return path
+
+    def delete_full(self, name: str) -> bool:
+        return self._unlink(self.path_full(name))
 
     # ---- list / delete / locate --------------------------------------------------------------
 
@@ -159,7 +233,9 @@ class SnapshotManager:
         return path
 
     def delete(self, collection: str, name: str) -> bool:
-        path = self.path(collection, name)
+        return self._unlink(self.path(collection, name))
+
+    def _unlink(self, path: str) -> bool:
         os.unlink(path)
         try:
             os.unlink(path + ".checksum")

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import tarfile
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -23,7 +24,14 @@ import orjson
 from engine.catalog import Catalog, validate_name
 from engine.collection import Collection
 from engine.config import from_state
-from engine.errors import BadInput, BadRequest, EngineError, Forbidden, Unprocessable
+from engine.errors import (
+    AlreadyExists,
+    BadInput,
+    BadRequest,
+    EngineError,
+    Forbidden,
+    Unprocessable,
+)
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES
 from snapshots.archive import CHUNK, SnapshotFormatError, load_npy, unpack
@@ -217,3 +225,89 @@ def _expect(arr: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], what: str)
     if arr.dtype != dtype or arr.shape != shape:
         raise SnapshotFormatError(f"Invalid snapshot: {what} has dtype {arr.dtype} and shape "
                                   f"{arr.shape}, expected {dtype} {shape}")
+
+
+def restore_full(recovery: Recovery, path: str, force: bool) -> list[str]:
+    """`--storage-snapshot`: validate the outer archive, recover every collection it maps,
+    then its aliases. Returns the restored collection names."""
+    catalog = recovery.catalog
+    staging = catalog.staging_dir()
+    try:
+        config: dict[str, Any] | None = None
+        files: dict[str, str] = {}
+        try:
+            with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for i, info in enumerate(tar):
+                    if i > 100_000:
+                        raise SnapshotFormatError("Invalid full snapshot: too many members")
+                    if not info.isreg() or info.issparse():
+                        raise SnapshotFormatError(f"Invalid full snapshot: {info.name!r} is not "
+                                                  "a regular file")
+                    src = tar.extractfile(info)
+                    assert src is not None
+                    if config is None:
+                        if info.name != "config.json" or info.size > (16 << 20):
+                            raise SnapshotFormatError("Invalid full snapshot: config.json must "
+                                                      "come first")
+                        config = _full_config(src.read())
+                        continue
+                    wanted = set(config["collections_mapping"].values())
+                    if info.name not in wanted or info.name in files:
+                        raise SnapshotFormatError(
+                            f"Invalid full snapshot: unexpected member {info.name!r}")
+                    dest = os.path.join(staging, f"c{len(files):06d}.snapshot")
+                    with open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    files[info.name] = dest
+        except (tarfile.TarError, EOFError) as exc:
+            raise SnapshotFormatError(f"Invalid full snapshot: damaged archive ({exc})") from None
+        if config is None:
+            raise SnapshotFormatError("Invalid full snapshot: empty archive")
+        mapping = config["collections_mapping"]
+        missing = set(mapping.values()) - set(files)
+        if missing:
+            raise SnapshotFormatError(f"Invalid full snapshot: missing {sorted(missing)[:5]}")
+        clashes = [c for c in mapping if c in catalog.collections]
+        if clashes and not force:
+            raise AlreadyExists(f"Collection {clashes[0]} already exists. Use --force-snapshot "
+                                "to overwrite it.")
+        for coll, member in sorted(mapping.items()):
+            recovery.recover_file(coll, files[member], None)
+        actions = [{"create_alias": {"collection_name": c, "alias_name": a}}
+                   for a, c in config["collections_aliases"].items() if c in catalog.collections]
+        if actions:
+            catalog.update_aliases(actions)
+        return sorted(mapping)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _full_config(raw: bytes) -> dict[str, Any]:
+    try:
+        config = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SnapshotFormatError("Invalid full snapshot: config.json is not JSON") from None
+    mapping = config.get("collections_mapping") if isinstance(config, dict) else None
+    aliases = (config.get("collections_aliases") or {}) if isinstance(config, dict) else None
+    if not isinstance(mapping, dict) or not isinstance(aliases, dict):
+        raise SnapshotFormatError("Invalid full snapshot: bad config.json")
+    for coll, member in mapping.items():
+        validate_name(coll)
+        if member != f"{coll}.snapshot":
+            raise SnapshotFormatError(f"Invalid full snapshot: bad member name {member!r}")
+    return {"collections_mapping": mapping, "collections_aliases": aliases}
+
+
+def restore_collection_at_startup(recovery: Recovery, spec: str, force: bool) -> str:
+    """`--snapshot PATH:NAME`: split on the last ':'; the target must be absent unless forced."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise BadRequest(f"--snapshot expects PATH:COLLECTION, got {spec!r}")
+    validate_name(name)
+    if not os.path.isfile(path):
+        raise BadRequest(f"snapshot file {path!r} does not exist")
+    if name in recovery.catalog.collections and not force:
+        raise AlreadyExists(f"Collection {name} already exists. Use --force-snapshot to "
+                            "overwrite it.")
+    recovery.recover_file(name, path, None)
+    return name

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 import threading
 import time
@@ -120,6 +121,17 @@ def test_round_trip_named_vectors(srv: QuiverServer) -> None:
     assert [_answers(client, "nv", "img", 4), _answers(client, "nv", "txt", 3)] == before
     info = client.get_collection("nv")
     assert set(info.config.params.vectors) == {"img", "txt"}
+
+
+def _wait_ready(url: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")
 
 
 def _manifest(data: bytes) -> dict:
@@ -244,3 +256,56 @@ def test_kill9_during_creation_leaves_nothing_listed(srv: QuiverServer) -> None:
         assert not [p for p in os.listdir(srv.storage) if p.startswith(".tmp-")]
         assert http.post("/collections/big/points/count", json={}).json()["result"]["count"] \
             == 40000
+
+
+def test_full_storage_snapshot_and_startup_restores(srv: QuiverServer, tmp_path: Path) -> None:
+    client = _client(srv)
+    _fill(client, "a", n=120)
+    _fill(client, "b", n=80, distance="Euclid")
+    client.update_collection_aliases(change_aliases_operations=[
+        models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name="b",
+                                                                    alias_name="bee"))])
+    answers = {c: _answers(client, c) for c in ("a", "b")}
+    full = client.create_full_snapshot()
+    assert full.name.startswith("full-snapshot-") and len(full.checksum) == 64
+    assert [s.name for s in client.list_full_snapshots()] == [full.name]
+    data = httpx.get(f"{srv.url}/snapshots/{full.name}").content
+    assert hashlib.sha256(data).hexdigest() == full.checksum
+    single = client.create_snapshot("a")
+    srv.stop()
+
+    # --storage-snapshot on an empty storage restores every collection and alias
+    fresh = QuiverServer(tmp_path / "fresh" / "storage")
+    fresh.storage.mkdir(parents=True)
+    full_path = srv.snaps / full.name
+    from bench.server import ROOT, quiver_command
+    fresh_cmd = quiver_command() + ["serve", "--host", "127.0.0.1", "--port", str(fresh.port),
+                                    "--storage-path", str(fresh.storage)]
+    proc = subprocess.Popen(fresh_cmd + ["--storage-snapshot", str(full_path)], cwd=ROOT)
+    try:
+        _wait_ready(fresh.url)
+        c2 = _client(fresh)
+        assert {c: _answers(c2, c) for c in ("a", "b")} == answers
+        assert [(a.alias_name, a.collection_name) for a in c2.get_aliases().aliases] == \
+            [("bee", "b")]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    # --snapshot PATH:NAME refuses an existing target without --force-snapshot ...
+    spec = f"{srv.snaps / 'a' / single.name}:a"
+    r = subprocess.run(fresh_cmd + ["--snapshot", spec], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "already exists" in r.stderr
+    # ... and replaces it with it (both spellings of the flag work)
+    for flag in ("--force_snapshot", "--force-snapshot"):
+        proc = subprocess.Popen(fresh_cmd + ["--snapshot", spec, flag, "--snapshot",
+                                             f"{srv.snaps / 'a' / single.name}:a_copy"],
+                                cwd=ROOT)
+        try:
+            _wait_ready(fresh.url)
+            c3 = _client(fresh)
+            assert _answers(c3, "a_copy") == answers["a"] == _answers(c3, "a")
+        finally:
+            proc.terminate()
+            proc.wait(30)

@@ -89,15 +89,33 @@ def recover(request: Request, body: Any) -> bool:
     return _rec(request).recover_location(_name(request), body_dict(body))
 
 
-async def download(request: Request) -> Response:
-    started = time.perf_counter()
-    try:
-        path = await run_in_threadpool(_mgr(request).path, _name(request),
-                                       request.path_params["snapshot_name"])
-    except EngineError as exc:
-        return from_exception(exc, started)
-    return FileResponse(path, media_type="application/octet-stream",
-                        filename=os.path.basename(path))
+def _file(locate: Any):
+    """A streamed download (FileResponse sets Content-Length) of the file `locate` finds."""
+    async def run(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            path = await run_in_threadpool(locate, request)
+        except EngineError as exc:
+            return from_exception(exc, started)
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=os.path.basename(path))
+    return run
+
+
+download = _file(lambda r: _mgr(r).path(_name(r), r.path_params["snapshot_name"]))
+download_full = _file(lambda r: _mgr(r).path_full(r.path_params["snapshot_name"]))
+
+
+def create_full(request: Request, body: Any) -> dict[str, Any]:
+    return _mgr(request).create_full().to_json()
+
+
+def list_full(request: Request, body: Any) -> list[dict[str, Any]]:
+    return [s.to_json() for s in _mgr(request).list_full()]
+
+
+def delete_full(request: Request, body: Any) -> bool:
+    return _mgr(request).delete_full(request.path_params["snapshot_name"])
 
 
 async def upload(request: Request) -> Response:
@@ -154,4 +172,10 @@ routes = [
     Route(S + "/{snapshot_name}", download, methods=["GET"]),
     Route(S + "/{snapshot_name}", _started(endpoint(_maybe_async(delete), read_body=False)),
           methods=["DELETE"]),
+    Route("/snapshots", _started(endpoint(_maybe_async(create_full), read_body=False)),
+          methods=["POST"]),
+    Route("/snapshots", endpoint(list_full, read_body=False), methods=["GET"]),
+    Route("/snapshots/{snapshot_name}", download_full, methods=["GET"]),
+    Route("/snapshots/{snapshot_name}",
+          _started(endpoint(_maybe_async(delete_full), read_body=False)), methods=["DELETE"]),
 ]
