@@ -112,6 +112,15 @@ def parse_points(cfg: CollectionConfig, body: dict[str, Any]) -> tuple[
             raise BadRequest("`batch` must be an object")
         ids = parse_ids(batch.get("ids"))
         vecs = batch.get("vectors")
+        if isinstance(vecs, np.ndarray):  # in-process callers (benchmarks, tools): no lists
+            if vecs.ndim != 2 or len(vecs) != len(ids) or len(set(ids)) != len(ids):
+                raise BadRequest("`batch.vectors` array must be (len(ids), dim), ids unique")
+            spec = cfg.vector("")
+            arr = _to_matrix(vecs, spec.size, "")
+            pl = batch.get("payloads") or [{} for _ in ids]
+            return ids, {"": (np.arange(len(ids), dtype=np.int64),
+                              spec.distance.prepare(arr).astype(np.float32, copy=False))}, \
+                [_check_payload(p) for p in pl]
         if isinstance(vecs, list):
             vectors_raw = vecs
         elif isinstance(vecs, dict):

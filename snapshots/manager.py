@@ -165,15 +165,19 @@ class SnapshotManager:
                                   option=orjson.OPT_INDENT_2)
             with open(tmp, "wb") as f:
                 hw = HashingWriter(f)
-                with tarfile.open(fileobj=hw, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-                    info = tarfile.TarInfo(FULL_CONFIG)
-                    info.size, info.mtime, info.mode = len(config), int(time.time()), 0o644
-                    tar.addfile(info, io.BytesIO(config))
-                    for path in files:
-                        tar.add(path, arcname=os.path.basename(path), recursive=False)
+                try:
+                    with tarfile.open(fileobj=hw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                        tar.copybufsize = 8 << 20
+                        info = tarfile.TarInfo(FULL_CONFIG)
+                        info.size, info.mtime, info.mode = len(config), int(time.time()), 0o644
+                        tar.addfile(info, io.BytesIO(config))
+                        for path in files:
+                            tar.add(path, arcname=os.path.basename(path), recursive=False)
+                finally:
+                    digest = hw.hexdigest()
                 f.flush()
                 os.fsync(f.fileno())
-            return self._publish(tmp, self.root, name, hw.h.hexdigest())
+            return self._publish(tmp, self.root, name, digest)
         except OSError as exc:
             raise io_error(exc, "creating full snapshot") from exc
         finally:
