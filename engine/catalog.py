@@ -184,9 +184,11 @@ class Catalog:
         os.makedirs(path)
         return path
 
-    def install(self, name: str, staged: str, replace: bool) -> Collection:
-        """Swap a fully built collection directory in under the catalog lock. On any failure
-        the previous collection (if any) is put back and keeps serving."""
+    def install(self, name: str, staged: str, replace: bool,
+                built: Collection | None = None) -> Collection:
+        """Swap a fully built collection directory in under the catalog lock (`built`: the
+        live collection already open on it, saving a reload). On any failure the previous
+        collection (if any) is put back and keeps serving."""
         validate_name(name)
         trash: str | None = None
         with self.lock:
@@ -204,8 +206,14 @@ class Catalog:
             try:
                 os.rename(staged, final)
                 fsync_dir(self.coll_root)
-                coll = Collection.load(name, final, self.wal_fsync)
+                if built is not None:
+                    built.relocate(final)
+                    coll = built
+                else:
+                    coll = Collection.load(name, final, self.wal_fsync)
             except BaseException:
+                if built is not None:
+                    built.close(flush=False)
                 if os.path.exists(final) and not os.path.exists(staged):
                     os.rename(final, staged)
                 if trash is not None:

@@ -129,9 +129,9 @@ class Collection:
     @classmethod
     def build(cls, name: str, path: str, config_state: dict[str, Any],
               payload_schema: dict[str, Any], segments: list[tuple[dict[str, Any], bool]],
-              seq: int, wal_fsync: bool = True) -> None:
-        """Write a complete collection directory from host arrays (snapshot recovery): the
-        result loads like any collection, its WAL continuing after `seq`."""
+              seq: int, wal_fsync: bool = True) -> Collection:
+        """Write a complete collection directory from host arrays (snapshot recovery), its WAL
+        continuing after `seq`. Returns the live collection (Catalog.install moves it)."""
         os.makedirs(os.path.join(path, "segments"), exist_ok=True)
         coll = cls(name, path, from_state(config_state), dict(payload_schema), wal_fsync)
         coll._write_config()
@@ -144,7 +144,12 @@ class Collection:
         coll.wal.last_seq = seq
         coll.wal.open_for_append()
         coll.flush()
-        coll.close(flush=False)
+        return coll
+
+    def relocate(self, path: str) -> None:
+        """The collection's directory was renamed (open files stay valid)."""
+        self.path = path
+        self.wal.dir = os.path.join(path, "wal")
 
     def snapshot_view(self) -> tuple[int, dict[str, Any], dict[str, Any], list[FrozenSegment]]:
         """Freeze the whole collection at one WAL sequence number. Holds the write lock only

@@ -59,7 +59,7 @@ def _silent_unlink(path: str) -> None:
         pass
 
 
-def append_durable(path: str, data: bytes, fsync: bool = True) -> None:
+def append_durable(path: str, data: bytes | memoryview, fsync: bool = True) -> None:
     """Append bytes to a file and fsync it (used for append-only segment files)."""
     try:
         with open(path, "ab") as f:

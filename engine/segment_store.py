@@ -28,6 +28,12 @@ def vec_file(name: str) -> str:
     return f"vec-{name.encode().hex()}.bin"
 
 
+def _raw(a: np.ndarray) -> memoryview | bytes:
+    """The array's bytes without a copy (written straight from the array's buffer)."""
+    a = np.ascontiguousarray(a)
+    return memoryview(a).cast("B") if a.size else b""
+
+
 def _truncate_to(path: str, size: int) -> None:
     if os.path.exists(path) and os.path.getsize(path) != size:
         with open(path, "r+b") as f:
@@ -43,12 +49,12 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
         n = frozen.n
         ids_path = os.path.join(seg_dir, "ids.bin")
         _truncate_to(ids_path, flushed_n * ID_DTYPE.itemsize)
-        append_durable(ids_path, frozen.id_recs[flushed_n:n].tobytes())
+        append_durable(ids_path, _raw(frozen.id_recs[flushed_n:n]))
         for name, arr in frozen.vectors.items():
             path = os.path.join(seg_dir, vec_file(name))
             host = to_host(arr[flushed_n:n])
             _truncate_to(path, flushed_n * host.dtype.itemsize * (host.shape[1] if host.ndim == 2 else 1))
-            append_durable(path, np.ascontiguousarray(host).tobytes())
+            append_durable(path, _raw(host))
         masks: dict[str, np.ndarray] = {"deleted": frozen.deleted, "versions": frozen.versions}
         for name, p in frozen.present.items():
             masks[f"present-{name.encode().hex()}"] = p

@@ -144,11 +144,15 @@ class Recovery:
             manifest = unpacked.manifest
             config_state, schema = self._target_config(collection, manifest)
             segments = self._segments(unpacked, config_state)
-            built = os.path.join(staging, "collection")
-            Collection.build(collection, built, config_state, schema, segments,
-                             int(manifest.get("seq") or 0), self.catalog.wal_fsync)
+            built_path = os.path.join(staging, "collection")
+            built = Collection.build(collection, built_path, config_state, schema, segments,
+                                     int(manifest.get("seq") or 0), self.catalog.wal_fsync)
             del segments  # drop the memory maps before the staging files go
-            self.catalog.install(collection, built, replace=True)
+            try:
+                self.catalog.install(collection, built_path, replace=True, built=built)
+            except BaseException:
+                built.close(flush=False)
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return True
