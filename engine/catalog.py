@@ -65,8 +65,11 @@ class Catalog:
 
     def load(self) -> None:
         for name in os.listdir(self.root):
-            if name.startswith((".trash-", ".tmp-")):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            path = os.path.join(self.root, name)
+            if name.startswith(".swap-"):
+                self._finish_swap(name, path)
+            elif name.startswith((".trash-", ".tmp-")):
+                shutil.rmtree(path, ignore_errors=True)
         for name in sorted(os.listdir(self.coll_root)):
             path = os.path.join(self.coll_root, name)
             if name.startswith(".") or not os.path.exists(os.path.join(path, "config.json")):
@@ -88,6 +91,23 @@ class Catalog:
                                     if c in self.collections or c in self.broken}
             except (OSError, ValueError, AttributeError):
                 log.exception("aliases.json is unreadable; starting without aliases")
+
+    def _finish_swap(self, entry: str, path: str) -> None:
+        """A replaced collection parked by `install`: if the new one made it into place the
+        swap completed (drop the old); if not, a crash hit between the two renames, so the
+        old collection goes back."""
+        try:
+            name = bytes.fromhex(entry.split("-")[1]).decode()
+        except (IndexError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        final = os.path.join(self.coll_root, name)
+        if os.path.exists(final):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.rename(path, final)
+            fsync_dir(self.coll_root)
+            log.warning("restored collection %s after an interrupted snapshot recovery", name)
 
     def start_flusher(self) -> None:
         self._flusher = threading.Thread(target=self._flush_loop, name="quiver-flusher",
@@ -201,8 +221,10 @@ class Catalog:
             if old is not None:
                 with old.flush_lock, old.write_lock:  # no write may slip in during the swap
                     old.close(flush=False)
-                trash = os.path.join(self.root, f".trash-{uuid.uuid4().hex}")
+                trash = os.path.join(self.root,
+                                     f".swap-{name.encode().hex()}-{uuid.uuid4().hex}")
                 os.rename(old.path, trash)
+                fsync_dir(self.root)
             try:
                 os.rename(staged, final)
                 fsync_dir(self.coll_root)

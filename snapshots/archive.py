@@ -214,7 +214,7 @@ def _check_manifest(raw: bytes) -> dict[str, Any]:
     seen = set()
     for mem in members:
         if not isinstance(mem, dict) or not isinstance(mem.get("name"), str) \
-                or not _MEMBER_RE.match(mem["name"]) or mem["name"] in seen \
+                or not _MEMBER_RE.fullmatch(mem["name"]) or mem["name"] in seen \
                 or not isinstance(mem.get("size"), int) or mem["size"] < 0 \
                 or not isinstance(mem.get("sha256"), str) \
                 or not re.fullmatch(r"[0-9a-f]{64}", mem["sha256"]):
@@ -290,8 +290,8 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield info
 
 
-def load_npy(path: str) -> np.ndarray:
+def load_npy(path: str, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
         raise SnapshotFormatError(f"Invalid snapshot: unreadable array ({exc})") from None

@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from engine.catalog import Catalog, validate_name
-from engine.collection import Collection
+from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
 from engine.errors import (
     AlreadyExists,
@@ -80,11 +80,12 @@ class Recovery:
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise BadRequest("Invalid snapshot URI, file path must be absolute or on localhost")
         path = unquote(url.path)
-        if not os.path.exists(path):
-            raise BadRequest(f'Snapshot file "{path}" does not exist')
         real = os.path.realpath(path)
-        if os.path.commonpath([real, self.root]) != self.root or not os.path.isfile(real):
+        # confinement first, so the answer never tells whether a path outside exists
+        if os.path.commonpath([real, self.root]) != self.root:
             raise Forbidden(f'Snapshot file path must be inside the snapshots directory "{self.root}"')
+        if not os.path.isfile(real):
+            raise BadRequest(f'Snapshot file "{path}" does not exist')
         return real
 
     def download(self, location: str, dest: str, api_key: str | None) -> None:
@@ -142,11 +143,15 @@ class Recovery:
             with open(path, "rb") as f:
                 unpacked = unpack(f, members_dir, max_total_bytes=free)
             manifest = unpacked.manifest
+            seq = manifest.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < (1 << 63):
+                raise SnapshotFormatError(f"Invalid snapshot: bad sequence number {seq!r}")
             config_state, schema = self._target_config(collection, manifest)
             segments = self._segments(unpacked, config_state)
+            _check_unique_ids(segments)
             built_path = os.path.join(staging, "collection")
             built = Collection.build(collection, built_path, config_state, schema, segments,
-                                     int(manifest.get("seq") or 0), self.catalog.wal_fsync)
+                                     seq, self.catalog.wal_fsync)
             del segments  # drop the memory maps before the staging files go
             try:
                 self.catalog.install(collection, built_path, replace=True, built=built)
@@ -166,7 +171,7 @@ class Recovery:
             snap_cfg = from_state(snap_state if isinstance(snap_state, dict) else {})
         except EngineError as exc:
             raise SnapshotFormatError(f"Invalid snapshot: bad collection config ({exc})") from None
-        schema = manifest.get("payload_schema") or {}
+        schema = _check_schema(manifest.get("payload_schema") or {})
         if collection not in self.catalog.collections:
             return snap_state, schema  # type: ignore[return-value]
         live = self.catalog.collections[collection]
@@ -180,10 +185,16 @@ class Recovery:
                   ) -> list[tuple[dict[str, Any], bool]]:
         cfg = from_state(config_state)
         out = []
-        for seg in unpacked.manifest.get("segments") or []:
-            if not isinstance(seg, dict) or not isinstance(seg.get("n"), int):
+        segs = unpacked.manifest.get("segments")
+        if not isinstance(segs, list):
+            raise SnapshotFormatError("Invalid snapshot: bad segment list")
+        indexes = [s.get("index") if isinstance(s, dict) else None for s in segs]
+        if indexes != list(range(len(segs))):
+            raise SnapshotFormatError("Invalid snapshot: segments must be numbered 0..n-1")
+        for seg in segs:
+            if not isinstance(seg.get("n"), int) or not 0 <= seg["n"] < (1 << 32):
                 raise SnapshotFormatError("Invalid snapshot: bad segment entry")
-            i, n = seg.get("index"), seg["n"]
+            i, n = seg["index"], seg["n"]
             base = f"segments/{i}/"
 
             def member(name: str, base: str = base) -> str:
@@ -196,14 +207,19 @@ class Recovery:
             deleted = load_npy(member("deleted.npy"))
             versions = load_npy(member("versions.npy"))
             _expect(ids, ID_DTYPE, (n,), "ids")
+            if n and ids["kind"].max() > 1:
+                raise SnapshotFormatError("Invalid snapshot: unknown point id kind")
             _expect(deleted, np.dtype(bool), (n,), "deleted")
             _expect(versions, np.dtype(np.uint64), (n,), "versions")
             vectors, present = {}, {}
             for name, spec in cfg.vectors.items():
                 hx = name.encode().hex()
-                arr = np.load(member(f"vectors-{hx}.npy"), mmap_mode="r", allow_pickle=False)
+                arr = load_npy(member(f"vectors-{hx}.npy"), mmap=True)
                 _expect(arr, np.dtype(STORAGE_DTYPES[spec.datatype]), (n, spec.size),
                         f"vectors {name!r}")
+                if arr.dtype.kind == "f" and not _all_finite(arr):
+                    raise SnapshotFormatError(f"Invalid snapshot: vectors {name!r} hold NaN or "
+                                              "infinite values")
                 vectors[name] = arr
                 present[name] = load_npy(member(f"present-{hx}.npy"))
                 _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
@@ -223,6 +239,32 @@ class Recovery:
 
 class ChecksumMismatch(BadInput):
     prefix = ""
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    step = max(1, (64 << 20) // max(1, arr.shape[1] * arr.itemsize))
+    return all(np.isfinite(arr[s : s + step]).all() for s in range(0, len(arr), step))
+
+
+def _check_unique_ids(segments: list[tuple[dict[str, Any], bool]]) -> None:
+    """Live point ids must be unique across the whole snapshot."""
+    live = [data["id_recs"][~data["deleted"]] for data, _ in segments]
+    if not live:
+        return
+    recs = np.concatenate(live)
+    if len(np.unique(recs)) != len(recs):
+        raise SnapshotFormatError("Invalid snapshot: a point id appears more than once")
+
+
+def _check_schema(schema: Any) -> dict[str, Any]:
+    if not isinstance(schema, dict):
+        raise SnapshotFormatError("Invalid snapshot: bad payload_schema")
+    for field, entry in schema.items():
+        if not isinstance(field, str) or not isinstance(entry, dict) \
+                or entry.get("type") not in INDEX_TYPES \
+                or not isinstance(entry.get("params"), dict | type(None)):
+            raise SnapshotFormatError(f"Invalid snapshot: bad payload index {field!r}")
+    return schema
 
 
 def _expect(arr: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], what: str) -> None:

@@ -202,3 +202,22 @@ def test_a_broken_collection_does_not_stop_the_others(tmp_path: Path) -> None:
         cat2.create("bad", {"vectors": {"size": 2, "distance": "Dot"}})
     assert not (tmp_path / "collections" / "good" / ".tmp-123-config.json").exists()
     cat2.close()
+
+
+def test_interrupted_swap_restores_the_old_collection(tmp_path: Path) -> None:
+    """A crash between parking the old collection and moving the new one in."""
+    cat = _make(tmp_path)
+    cat.create("c", {"vectors": {"size": 2, "distance": "Dot"}}).upsert(
+        {"points": [{"id": 1, "vector": [1, 2]}]})
+    cat.close()
+    coll_dir = tmp_path / "collections" / "c"
+    parked = tmp_path / f".swap-{b'c'.hex()}-0123"
+    os.rename(coll_dir, parked)
+    cat2 = _make(tmp_path)
+    assert cat2.get("c").points_count() == 1 and not parked.exists()
+    cat2.close()
+    # and when the new one did make it, the parked old one is dropped
+    parked.mkdir()
+    cat3 = _make(tmp_path)
+    assert cat3.get("c").points_count() == 1 and not parked.exists()
+    cat3.close()

@@ -309,3 +309,56 @@ def test_full_storage_snapshot_and_startup_restores(srv: QuiverServer, tmp_path:
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+def test_two_snapshots_at_once(srv: QuiverServer) -> None:
+    client = _client(srv)
+    _fill(client, "twice", n=3000)
+    results: list[models.SnapshotDescription] = []
+
+    def create() -> None:
+        results.append(_client(srv).create_snapshot("twice"))
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.name for r in results}) == 2
+    for r in results:
+        data = httpx.get(f"{srv.url}/collections/twice/snapshots/{r.name}").content
+        assert hashlib.sha256(data).hexdigest() == r.checksum
+
+
+def test_kill9_during_recovery_keeps_the_old_collection(srv: QuiverServer) -> None:
+    with httpx.Client(base_url=srv.url, timeout=120) as http:
+        http.put("/collections/big", json={"vectors": {"size": 256, "distance": "Dot"}})
+        rng = np.random.default_rng(0)
+        for s in range(0, 40000, 5000):
+            http.put("/collections/big/points?wait=true", json={"batch": {
+                "ids": list(range(s, s + 5000)),
+                "vectors": rng.random((5000, 256)).round(3).tolist()}})
+        name = http.post("/collections/big/snapshots").json()["result"]["name"]
+        http.post("/collections/big/points/delete?wait=true",
+                  json={"points": list(range(100))})  # the live data now differs
+        location = f"file://{srv.snaps / 'big' / name}"
+
+        def recover() -> None:
+            try:
+                httpx.put(srv.url + "/collections/big/snapshots/recover",
+                          json={"location": location}, timeout=60)
+            except httpx.HTTPError:
+                pass
+
+        t = threading.Thread(target=recover)
+        t.start()
+        time.sleep(0.3)
+        srv.kill9()
+        t.join()
+    srv.start()
+    with httpx.Client(base_url=srv.url, timeout=60) as http:
+        count = http.post("/collections/big/points/count", json={}).json()["result"]["count"]
+        assert count in (39900, 40000)  # the old collection, or the fully recovered one
+        assert not [p for p in os.listdir(srv.storage) if p.startswith((".tmp-", ".trash-"))]
+        r = http.post("/collections/big/points/query", json={"query": [1] * 256, "limit": 3})
+        assert len(r.json()["result"]["points"]) == 3

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -129,7 +130,10 @@ async def upload(request: Request) -> Response:
         checksum = check_checksum(request.query_params.get("checksum"))
         mgr = _mgr(request)
         directory = mgr.collection_dir(_name(request))
-        form = await request.form(max_files=1, max_fields=16)
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except HTTPException as exc:  # multipart limits (e.g. two files): a 400, not a 500
+            raise BadRequest(f"invalid multipart body: {exc.detail}") from None
         part = form.get("snapshot")
         if part is None or isinstance(part, str):
             raise BadRequest("multipart field `snapshot` (a file) is required")
@@ -148,6 +152,10 @@ async def upload(request: Request) -> Response:
                 shutil.copyfileobj(part.file, out, 8 << 20)
                 out.flush()
                 os.fsync(out.fileno())
+            try:  # a sidecar of an older file by this name no longer describes it
+                os.unlink(dest + ".checksum")
+            except FileNotFoundError:
+                pass
             os.replace(tmp, dest)
             return _rec(request).recover_file(_name(request), dest, checksum)
 
