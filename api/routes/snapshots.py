@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import uuid
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from api.errors import JSONResponse, from_exception, ok
 from api.http import body_dict, endpoint, log
+from api.multipart import receive_file
 from engine.errors import BadRequest, EngineError
 from snapshots.manager import SnapshotManager, check_snapshot_name
-from snapshots.recovery import Recovery, check_checksum, check_priority
+from snapshots.recovery import ChecksumMismatch, Recovery, check_checksum, check_priority
 
 
 def _mgr(request: Request) -> SnapshotManager:
@@ -120,9 +119,11 @@ def delete_full(request: Request, body: Any) -> bool:
 
 
 async def upload(request: Request) -> Response:
-    """Multipart field `snapshot`, spooled to disk (never whole in memory), kept in the
-    collection's snapshot directory as Qdrant does, then recovered."""
+    """Multipart field `snapshot`, streamed straight into the snapshots temp dir (never whole
+    in memory, never spooled elsewhere), kept in the collection's snapshot directory as Qdrant
+    does, then recovered. The checksum is computed while the bytes arrive."""
     started = time.perf_counter()
+    tmp = None
     try:
         wait = _wait(request)
         # validated; on a single node every priority replaces the data with the snapshot's
@@ -130,35 +131,28 @@ async def upload(request: Request) -> Response:
         checksum = check_checksum(request.query_params.get("checksum"))
         mgr = _mgr(request)
         directory = mgr.collection_dir(_name(request))
-        try:
-            form = await request.form(max_files=1, max_fields=16)
-        except HTTPException as exc:  # multipart limits (e.g. two files): a 400, not a 500
-            raise BadRequest(f"invalid multipart body: {exc.detail}") from None
-        part = form.get("snapshot")
-        if part is None or isinstance(part, str):
-            raise BadRequest("multipart field `snapshot` (a file) is required")
-        fname = os.path.basename(part.filename or "")
+        tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.upload")
+        got = await receive_file(request, "snapshot", tmp)
+        fname = os.path.basename(got.filename)
         try:
             check_snapshot_name(fname)
         except EngineError:
             fname = f"{uuid.uuid4()}.snapshot"
+        if checksum is not None and got.sha256 != checksum:
+            raise ChecksumMismatch(f"Checksum mismatch: expected {checksum}, actual {got.sha256}")
+        staged = tmp
 
         def store_and_recover() -> bool:
             os.makedirs(directory, exist_ok=True)
             dest = os.path.join(directory, fname)
-            tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.upload")
-            with open(tmp, "wb") as out:
-                part.file.seek(0)
-                shutil.copyfileobj(part.file, out, 8 << 20)
-                out.flush()
-                os.fsync(out.fileno())
             try:  # a sidecar of an older file by this name no longer describes it
                 os.unlink(dest + ".checksum")
             except FileNotFoundError:
                 pass
-            os.replace(tmp, dest)
-            return _rec(request).recover_file(_name(request), dest, checksum)
+            os.replace(staged, dest)
+            return _rec(request).recover_file(_name(request), dest, None)
 
+        tmp = None  # from here on the file belongs to store_and_recover
         if not wait:
             _background(store_and_recover)
             return _accepted(started)
@@ -169,6 +163,9 @@ async def upload(request: Request) -> Response:
     except Exception:  # noqa: BLE001
         log.exception("snapshot upload failed")
         return from_exception(EngineError("snapshot upload failed"), started)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 S = "/collections/{collection_name}/snapshots"
