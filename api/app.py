@@ -20,6 +20,7 @@ from engine.catalog import Catalog
 from gpu import xp
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
+from snapshots.storage import make_storage
 
 log = logging.getLogger("quiver")
 
@@ -63,8 +64,9 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
     app.state.started_at = time.time()
     app.state.node_id = _node_id(catalog.root)
     st = settings["storage"]
-    app.state.snapshots = SnapshotManager(catalog, st["snapshots_path"], app.state.node_id,
-                                          st.get("temp_path"))
+    app.state.snapshots = SnapshotManager(
+        catalog, st["snapshots_path"], app.state.node_id, st.get("temp_path"),
+        make_storage(st["snapshots_path"], st.get("snapshots_config")))
     app.state.recovery = Recovery(catalog, st["snapshots_path"],
                                   bool(st.get("enable_snapshot_url_recovery", True)))
     for r in service.routes + collections.routes + snapshots.routes + search.routes \

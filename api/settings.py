@@ -23,6 +23,11 @@ DEFAULTS: dict[str, Any] = {
         "snapshots_path": "./snapshots",
         "temp_path": None,
         "enable_snapshot_url_recovery": True,
+        "snapshots_config": {
+            "snapshots_storage": "local",
+            "s3_config": {"bucket": None, "region": None, "access_key": None,
+                          "secret_key": None, "endpoint_url": None},
+        },
         "wal": {"fsync": True},
         "flush": {"wal_bytes_mb": 32, "idle_seconds": 5},
     },

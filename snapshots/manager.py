@@ -19,53 +19,32 @@ import tarfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
 from engine.catalog import Catalog, validate_name
-from engine.durable import atomic_writer, fsync_dir, io_error
-from engine.errors import NotFound
+from engine.durable import io_error
+from engine.errors import BadRequest
 from snapshots.archive import HashingWriter, segment_members, write_archive
+from snapshots.storage import (
+    SUFFIX,
+    Download,
+    LocalStorage,
+    SnapshotInfo,
+    SnapshotStorage,
+    check_snapshot_name,
+)
 
-SUFFIX = ".snapshot"
 FULL_CONFIG = "config.json"
-
-
-@dataclass
-class SnapshotInfo:
-    name: str
-    creation_time: str | None
-    size: int
-    checksum: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "creation_time": self.creation_time,
-                               "size": self.size}
-        if self.checksum:
-            out["checksum"] = self.checksum
-        return out
-
-
-def snapshot_not_found(name: str) -> NotFound:
-    return NotFound(f"Snapshot {name} not found")
-
-
-def check_snapshot_name(name: str) -> str:
-    """A plain file name inside the snapshots directory, else 404 (as Qdrant)."""
-    if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-            or "\0" in name or os.path.basename(name) != name):
-        raise snapshot_not_found(name)
-    return name
 
 
 class SnapshotManager:
     def __init__(self, catalog: Catalog, snapshots_path: str, node_id: int,
-                 temp_path: str | None = None) -> None:
+                 temp_path: str | None = None, store: SnapshotStorage | None = None) -> None:
         self.catalog = catalog
         self.root = os.path.abspath(snapshots_path)
+        self.store: SnapshotStorage = store or LocalStorage(self.root)
         self.tmp = os.path.abspath(temp_path) if temp_path else os.path.join(self.root, ".tmp")
         self.node_id = node_id
         self._names_lock = threading.Lock()
@@ -74,12 +53,9 @@ class SnapshotManager:
         shutil.rmtree(self.tmp, ignore_errors=True)  # debris of creations killed midway
         os.makedirs(self.tmp, exist_ok=True)
 
-    def collection_dir(self, collection: str) -> str:
-        return os.path.join(self.root, validate_name(collection))
-
     # ---- create --------------------------------------------------------------------------
 
-    def _reserve_name(self, prefix: str, directory: str) -> str:
+    def _reserve_name(self, prefix: str, folder: str) -> str:
         """{prefix}-{UTC time}.snapshot, made unique within the same second."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H-%M-%S")
         base = f"{prefix}-{stamp}"
@@ -87,7 +63,7 @@ class SnapshotManager:
             k = 0
             while True:
                 name = base + (f"-{k}" if k else "") + SUFFIX
-                if name not in self._reserved and not os.path.exists(os.path.join(directory, name)):
+                if name not in self._reserved and not self.store.exists(folder, name):
                     self._reserved.add(name)
                     return name
                 k += 1
@@ -113,24 +89,14 @@ class SnapshotManager:
             os.fsync(f.fileno())
         return real, checksum, size
 
-    def _publish(self, tmp: str, directory: str, name: str, checksum: str) -> SnapshotInfo:
-        """Rename a finished archive into place, then its checksum sidecar."""
-        final = os.path.join(directory, name)
-        os.replace(tmp, final)
-        with atomic_writer(final + ".checksum") as f:
-            f.write(checksum.encode())
-        fsync_dir(directory)
-        return self._describe(directory, name)
-
     def create(self, collection: str) -> SnapshotInfo:
         real = self.catalog.get(collection).name
-        directory = self.collection_dir(real)
-        os.makedirs(directory, exist_ok=True)
-        name = self._reserve_name(f"{real}-{self.node_id}", directory)
+        validate_name(real)
+        name = self._reserve_name(f"{real}-{self.node_id}", real)
         tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
         try:
             _, checksum, _ = self.write_collection_archive(real, tmp)
-            return self._publish(tmp, directory, name, checksum)
+            return self.store.publish(tmp, real, name, checksum)
         except OSError as exc:
             raise io_error(exc, "creating snapshot") from exc
         finally:
@@ -147,7 +113,7 @@ class SnapshotManager:
     def create_full(self) -> SnapshotInfo:
         """Every collection's archive plus the aliases, in one tar: config.json first, then
         `<collection>.snapshot` members."""
-        name = self._reserve_name("full-snapshot", self.root)
+        name = self._reserve_name("full-snapshot", "")
         work = os.path.join(self.tmp, uuid.uuid4().hex)
         tmp = work + ".part"
         try:
@@ -177,7 +143,7 @@ class SnapshotManager:
                     digest = hw.hexdigest()
                 f.flush()
                 os.fsync(f.fileno())
-            return self._publish(tmp, self.root, name, digest)
+            return self.store.publish(tmp, "", name, digest)
         except OSError as exc:
             raise io_error(exc, "creating full snapshot") from exc
         finally:
@@ -185,65 +151,28 @@ class SnapshotManager:
             self._release(name, tmp)
 
     def list_full(self) -> list[SnapshotInfo]:
-        return [self._describe(self.root, e.name)
-                for e in sorted(os.scandir(self.root), key=lambda e: e.name)
-                if e.name.endswith(SUFFIX) and not e.name.startswith(".")
-                and e.is_file(follow_symlinks=False)]
+        return self.store.list("")
 
-    def path_full(self, name: str) -> str:
-        check_snapshot_name(name)
-        root = os.path.realpath(self.root)
-        path = os.path.realpath(os.path.join(root, name))
-        if os.path.dirname(path) != root or not os.path.isfile(path):
-            raise snapshot_not_found(name)
-        return path
+    def download_full(self, name: str) -> Download:
+        return self.store.download("", check_snapshot_name(name))
 
     def delete_full(self, name: str) -> bool:
-        return self._unlink(self.path_full(name))
+        return self.store.delete("", check_snapshot_name(name))
 
     # ---- list / delete / locate --------------------------------------------------------------
 
-    def _describe(self, directory: str, name: str) -> SnapshotInfo:
-        path = os.path.join(directory, name)
-        st = os.stat(path)
-        try:
-            with open(path + ".checksum") as f:
-                checksum: str | None = f.read()
-        except OSError:
-            checksum = None
-        created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(st.st_mtime))
-        return SnapshotInfo(name, created, st.st_size, checksum)
-
     def list(self, collection: str) -> list[SnapshotInfo]:
-        real = self.catalog.get(collection).name
-        directory = self.collection_dir(real)
-        if not os.path.isdir(directory):
-            return []
-        out = []
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") \
-                    and entry.is_file(follow_symlinks=False):
-                out.append(self._describe(directory, entry.name))
-        return out
+        return self.store.list(self.catalog.get(collection).name)
+
+    def download(self, collection: str, name: str) -> Download:
+        return self.store.download(self.catalog.get(collection).name, check_snapshot_name(name))
 
     def path(self, collection: str, name: str) -> str:
-        """The file to download, confined to the collection's snapshot directory."""
+        """A local path to the archive (local storage: the file itself)."""
         real = self.catalog.get(collection).name
-        check_snapshot_name(name)
-        directory = os.path.realpath(self.collection_dir(real))
-        path = os.path.realpath(os.path.join(directory, name))
-        if os.path.dirname(path) != directory or not os.path.isfile(path):
-            raise snapshot_not_found(name)
-        return path
+        if isinstance(self.store, LocalStorage):
+            return self.store.path(real, check_snapshot_name(name))
+        raise BadRequest("snapshots are kept in object storage: download them instead")
 
     def delete(self, collection: str, name: str) -> bool:
-        return self._unlink(self.path(collection, name))
-
-    def _unlink(self, path: str) -> bool:
-        os.unlink(path)
-        try:
-            os.unlink(path + ".checksum")
-        except OSError:
-            pass
-        fsync_dir(os.path.dirname(path))
-        return True
+        return self.store.delete(self.catalog.get(collection).name, check_snapshot_name(name))

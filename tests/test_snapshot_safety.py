@@ -774,8 +774,11 @@ def test_upload_filename_is_confined_to_the_collection_snapshot_dir(
     if stored is not None:
         assert (d / stored).read_bytes() == lab.source
     else:
-        assert len(new) <= 1 and all(re.fullmatch(r"[0-9a-f-]{36}\.snapshot", n) for n in new), \
-            new
+        # one archive under a fresh UUID name, plus its checksum sidecar
+        archives = {n for n in new if not n.endswith(".checksum")}
+        assert len(archives) <= 1 and all(re.fullmatch(r"[0-9a-f-]{36}\.snapshot", n)
+                                          for n in archives), new
+        assert new - archives <= {n + ".checksum" for n in archives}, new
     after_tree = {p for p in lab.base.rglob("*") if d not in p.parents and p != d}
     escaped = {p for p in after_tree - before_tree
                if lab.storage not in p.parents and p.parent != lab.snaps / ".tmp"}

@@ -8,17 +8,19 @@ import time
 import uuid
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.errors import JSONResponse, from_exception, ok
 from api.http import body_dict, endpoint, log
 from api.multipart import receive_file
+from engine.catalog import validate_name
 from engine.errors import BadRequest, EngineError
-from snapshots.manager import SnapshotManager, check_snapshot_name
+from snapshots.manager import SnapshotManager
 from snapshots.recovery import ChecksumMismatch, Recovery, check_checksum, check_priority
+from snapshots.storage import check_snapshot_name
 
 
 def _mgr(request: Request) -> SnapshotManager:
@@ -89,21 +91,28 @@ def recover(request: Request, body: Any) -> bool:
     return _rec(request).recover_location(_name(request), body_dict(body))
 
 
-def _file(locate: Any):
-    """A streamed download (FileResponse sets Content-Length) of the file `locate` finds."""
+def _download(locate: Any):
+    """Send an archive: a local file (FileResponse: Content-Length, ranges) or a stream from
+    object storage with its Content-Length."""
     async def run(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            path = await run_in_threadpool(locate, request)
+            dl = await run_in_threadpool(locate, request)
         except EngineError as exc:
             return from_exception(exc, started)
-        return FileResponse(path, media_type="application/octet-stream",
-                            filename=os.path.basename(path))
+        if dl.path is not None:
+            return FileResponse(dl.path, media_type="application/octet-stream",
+                                filename=os.path.basename(dl.path))
+        return StreamingResponse(iterate_in_threadpool(dl.chunks),
+                                 media_type="application/octet-stream",
+                                 headers={"content-length": str(dl.size),
+                                          "content-disposition":
+                                          f'attachment; filename="{dl.name}"'})
     return run
 
 
-download = _file(lambda r: _mgr(r).path(_name(r), r.path_params["snapshot_name"]))
-download_full = _file(lambda r: _mgr(r).path_full(r.path_params["snapshot_name"]))
+download = _download(lambda r: _mgr(r).download(_name(r), r.path_params["snapshot_name"]))
+download_full = _download(lambda r: _mgr(r).download_full(r.path_params["snapshot_name"]))
 
 
 def create_full(request: Request, body: Any) -> dict[str, Any]:
@@ -130,7 +139,7 @@ async def upload(request: Request) -> Response:
         check_priority(request.query_params.get("priority"))
         checksum = check_checksum(request.query_params.get("checksum"))
         mgr = _mgr(request)
-        directory = mgr.collection_dir(_name(request))
+        collection = validate_name(_name(request))
         tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.upload")
         got = await receive_file(request, "snapshot", tmp)
         fname = os.path.basename(got.filename)
@@ -142,21 +151,17 @@ async def upload(request: Request) -> Response:
             raise ChecksumMismatch(f"Checksum mismatch: expected {checksum}, actual {got.sha256}")
         staged = tmp
 
-        def store_and_recover() -> bool:
-            os.makedirs(directory, exist_ok=True)
-            dest = os.path.join(directory, fname)
-            try:  # a sidecar of an older file by this name no longer describes it
-                os.unlink(dest + ".checksum")
-            except FileNotFoundError:
-                pass
-            os.replace(staged, dest)
-            return _rec(request).recover_file(_name(request), dest, None)
+        def recover_and_store() -> bool:
+            try:
+                return _rec(request).recover_file(collection, staged, None)
+            finally:  # the upload is kept in the collection's snapshots, as Qdrant does
+                mgr.store.publish(staged, collection, fname, got.sha256)
 
-        tmp = None  # from here on the file belongs to store_and_recover
+        tmp = None  # from here on the file belongs to recover_and_store
         if not wait:
-            _background(store_and_recover)
+            _background(recover_and_store)
             return _accepted(started)
-        result = await run_in_threadpool(store_and_recover)
+        result = await run_in_threadpool(recover_and_store)
         return ok(result, started)
     except EngineError as exc:
         return from_exception(exc, started)
