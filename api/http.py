@@ -15,10 +15,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error, from_exception, ok
+from engine import QUIVER_VERSION
 from engine.errors import BadRequest, EngineError
 
 log = logging.getLogger("quiver.http")
-QUIVER_VERSION = "0.1.0"
 QDRANT_API_VERSION = "1.19.0"
 
 Handler = Callable[[Request, Any], Any]

@@ -17,7 +17,7 @@ from engine import payload as payload_ops
 from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column
 from engine.errors import BadInput, BadRequest, NotFound
 from engine.filters import Predicate, parse_filter
-from engine.ids import PointId, id_order_key, ids_to_records, parse_id, parse_ids
+from engine.ids import PointId, id_order_key, ids_to_records, parse_id
 from engine.segment import Segment
 from gpu import flat
 from gpu.topk import merge
@@ -477,5 +477,3 @@ def parse_offset(v: Any) -> int:
         raise BadRequest(f"offset value {v} is invalid. Must be 0 or larger.")
     return v
 
-
-__all__ = ["parse_ids", "SearchSpec", "search_batch", "scroll", "count", "retrieve"]

@@ -35,13 +35,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
+from engine import QUIVER_VERSION
 from engine.errors import BadRequest
 from engine.segment import FrozenSegment
 from gpu.xp import to_host
 
 FORMAT = "quiver-collection-snapshot"
 FORMAT_VERSION = (1, 0)
-QUIVER_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000

@@ -226,14 +226,19 @@ def test_wait_false_answers_202_and_finishes(srv: QuiverServer) -> None:
         assert len(http.get("/collections/w/snapshots").json()["result"]) == 1
 
 
+def _fill_big(http: httpx.Client) -> None:
+    """40k x 256 points: big enough that creating or recovering takes a moment."""
+    http.put("/collections/big", json={"vectors": {"size": 256, "distance": "Dot"}})
+    rng = np.random.default_rng(0)
+    for s in range(0, 40000, 5000):
+        http.put("/collections/big/points?wait=true", json={"batch": {
+            "ids": list(range(s, s + 5000)),
+            "vectors": rng.random((5000, 256)).round(3).tolist()}})
+
+
 def test_kill9_during_creation_leaves_nothing_listed(srv: QuiverServer) -> None:
     with httpx.Client(base_url=srv.url, timeout=120) as http:
-        http.put("/collections/big", json={"vectors": {"size": 256, "distance": "Dot"}})
-        rng = np.random.default_rng(0)
-        for s in range(0, 40000, 5000):
-            http.put("/collections/big/points?wait=true", json={"batch": {
-                "ids": list(range(s, s + 5000)),
-                "vectors": rng.random((5000, 256)).round(3).tolist()}})
+        _fill_big(http)
 
         def create() -> None:
             try:
@@ -332,12 +337,7 @@ def test_two_snapshots_at_once(srv: QuiverServer) -> None:
 
 def test_kill9_during_recovery_keeps_the_old_collection(srv: QuiverServer) -> None:
     with httpx.Client(base_url=srv.url, timeout=120) as http:
-        http.put("/collections/big", json={"vectors": {"size": 256, "distance": "Dot"}})
-        rng = np.random.default_rng(0)
-        for s in range(0, 40000, 5000):
-            http.put("/collections/big/points?wait=true", json={"batch": {
-                "ids": list(range(s, s + 5000)),
-                "vectors": rng.random((5000, 256)).round(3).tolist()}})
+        _fill_big(http)
         name = http.post("/collections/big/snapshots").json()["result"]["name"]
         http.post("/collections/big/points/delete?wait=true",
                   json={"points": list(range(100))})  # the live data now differs

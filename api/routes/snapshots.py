@@ -62,17 +62,11 @@ def _maybe_async(fn: Any):
     """wait=true runs the work and answers with its result; wait=false answers 202 at once."""
     def handler(request: Request, body: Any) -> Any:
         if not _wait(request):
+            started = time.perf_counter()
             _background(fn, request, body)
-            return _accepted(request.state.started)
+            return _accepted(started)
         return fn(request, body)
     return handler
-
-
-def _started(fn: Any):
-    async def run(request: Request) -> Response:
-        request.state.started = time.perf_counter()
-        return await fn(request)
-    return run
 
 
 def create(request: Request, body: Any) -> dict[str, Any]:
@@ -175,17 +169,17 @@ async def upload(request: Request) -> Response:
 
 S = "/collections/{collection_name}/snapshots"
 routes = [
-    Route(S, _started(endpoint(_maybe_async(create), read_body=False)), methods=["POST"]),
+    Route(S, endpoint(_maybe_async(create), read_body=False), methods=["POST"]),
     Route(S, endpoint(list_snapshots, read_body=False), methods=["GET"]),
-    Route(S + "/recover", _started(endpoint(_maybe_async(recover))), methods=["PUT"]),
+    Route(S + "/recover", endpoint(_maybe_async(recover)), methods=["PUT"]),
     Route(S + "/upload", upload, methods=["POST"]),
     Route(S + "/{snapshot_name}", download, methods=["GET"]),
-    Route(S + "/{snapshot_name}", _started(endpoint(_maybe_async(delete), read_body=False)),
+    Route(S + "/{snapshot_name}", endpoint(_maybe_async(delete), read_body=False),
           methods=["DELETE"]),
-    Route("/snapshots", _started(endpoint(_maybe_async(create_full), read_body=False)),
+    Route("/snapshots", endpoint(_maybe_async(create_full), read_body=False),
           methods=["POST"]),
     Route("/snapshots", endpoint(list_full, read_body=False), methods=["GET"]),
     Route("/snapshots/{snapshot_name}", download_full, methods=["GET"]),
     Route("/snapshots/{snapshot_name}",
-          _started(endpoint(_maybe_async(delete_full), read_body=False)), methods=["DELETE"]),
+          endpoint(_maybe_async(delete_full), read_body=False), methods=["DELETE"]),
 ]
