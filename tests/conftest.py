@@ -31,7 +31,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
     """One shared server for tests that only need a running instance."""
-    srv = QuiverServer(tmp_path_factory.mktemp("shared") / "storage").start()
+    base = tmp_path_factory.mktemp("shared")
+    srv = QuiverServer(base / "storage",
+                       env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(base / "snaps")}).start()
     yield srv
     srv.stop()
 
@@ -39,7 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[QuiverServer]:
     """A private server (tests that restart or kill it)."""
-    srv = QuiverServer(tmp_path / "storage").start()
+    srv = QuiverServer(tmp_path / "storage",
+                       env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     yield srv
     srv.stop()
 

@@ -39,7 +39,8 @@ def _writer(url: str, acked: list[int], stop: threading.Event, dim: int, start: 
 def test_kill9_mid_upload_keeps_every_acknowledged_point(tmp_path: Path, wal_mb: str) -> None:
     # wal_mb=1 forces segment flushes while the writers run, so kill -9 also lands mid-flush.
     srv = QuiverServer(tmp_path / "storage",
-                       env={"QUIVER__STORAGE__FLUSH__WAL_BYTES_MB": wal_mb}).start()
+                       env={"QUIVER__STORAGE__FLUSH__WAL_BYTES_MB": wal_mb,
+                            "QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     try:
         httpx.put(srv.url + "/collections/crash",
                   json={"vectors": {"size": 8, "distance": "Euclid"}}).raise_for_status()

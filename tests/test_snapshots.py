@@ -286,7 +286,9 @@ def test_full_storage_snapshot_and_startup_restores(srv: QuiverServer, tmp_path:
     from bench.server import ROOT, quiver_command
     fresh_cmd = quiver_command() + ["serve", "--host", "127.0.0.1", "--port", str(fresh.port),
                                     "--storage-path", str(fresh.storage)]
-    proc = subprocess.Popen(fresh_cmd + ["--storage-snapshot", str(full_path)], cwd=ROOT)
+    fresh_env = {**os.environ, "QUIVER__GPU__ENABLED": "false",
+                 "QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "fresh" / "snaps")}
+    proc = subprocess.Popen(fresh_cmd + ["--storage-snapshot", str(full_path)], cwd=ROOT, env=fresh_env)
     try:
         _wait_ready(fresh.url)
         c2 = _client(fresh)
@@ -299,14 +301,14 @@ def test_full_storage_snapshot_and_startup_restores(srv: QuiverServer, tmp_path:
 
     # --snapshot PATH:NAME refuses an existing target without --force-snapshot ...
     spec = f"{srv.snaps / 'a' / single.name}:a"
-    r = subprocess.run(fresh_cmd + ["--snapshot", spec], cwd=ROOT, capture_output=True,
+    r = subprocess.run(fresh_cmd + ["--snapshot", spec], cwd=ROOT, env=fresh_env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode != 0 and "already exists" in r.stderr
     # ... and replaces it with it (both spellings of the flag work)
     for flag in ("--force_snapshot", "--force-snapshot"):
         proc = subprocess.Popen(fresh_cmd + ["--snapshot", spec, flag, "--snapshot",
                                              f"{srv.snaps / 'a' / single.name}:a_copy"],
-                                cwd=ROOT)
+                                cwd=ROOT, env=fresh_env)
         try:
             _wait_ready(fresh.url)
             c3 = _client(fresh)
