@@ -18,6 +18,13 @@ $(VENV)/.dev: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(VENV)/.runtime $@
 
+# The JS client test needs Node.js; without npm it is skipped (and says so).
+tests/js/node_modules/.installed: tests/js/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd tests/js && npm install --silent --no-audit --no-fund && touch node_modules/.installed) \
+	  || echo "npm install failed: the JS client test will be skipped"; \
+	else echo "npm not found: the JS client test will be skipped"; fi
+
 serve: $(VENV)/.runtime  ## start the server on the embedded defaults (./storage, port 6333)
 	$(BIN)/quiver serve $(ARGS)
 
@@ -25,7 +32,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint  ## run the whole test suite
+test: lint tests/js/node_modules/.installed  ## run the whole test suite
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(VENV)/.dev
