@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from server import QuiverServer
 
 JS = Path(__file__).resolve().parent / "js"
