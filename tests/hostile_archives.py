@@ -312,24 +312,23 @@ def gnu_longname_for_manifest(valid: bytes, ctx: Ctx) -> bytes:
     return serialise([e] + es[1:])
 
 
-def pax_path_override(valid: bytes, ctx: Ctx) -> bytes:
+def _pax_path(valid: bytes, member: str, path: str) -> bytes:
+    """Re-point one member's name with a PAX `path` header."""
     es = parse(valid)
-    i = find(es, "vectors-.npy")
+    i = find(es, member)
     e = copy.copy(es[i])
     e.info = copy.copy(e.info)
-    e.info.pax_headers = {"path": ctx.escape_rel}
+    e.info.pax_headers = {"path": path}
     e.fmt = tarfile.PAX_FORMAT
     return serialise(_with(es, i, e))
+
+
+def pax_path_override(valid: bytes, ctx: Ctx) -> bytes:
+    return _pax_path(valid, "vectors-.npy", ctx.escape_rel)
 
 
 def pax_path_absolute(valid: bytes, ctx: Ctx) -> bytes:
-    es = parse(valid)
-    i = find(es, "present-.npy")
-    e = copy.copy(es[i])
-    e.info = copy.copy(e.info)
-    e.info.pax_headers = {"path": ctx.escape_abs}
-    e.fmt = tarfile.PAX_FORMAT
-    return serialise(_with(es, i, e))
+    return _pax_path(valid, "present-.npy", ctx.escape_abs)
 
 
 def pax_linkpath_symlink(valid: bytes, ctx: Ctx) -> bytes:

@@ -593,14 +593,18 @@ def test_url_recovery_disabled_is_forbidden(tmp_path: Path, lab: Lab, location: 
 # ---- parameters ---------------------------------------------------------------------------------
 
 
+def _send_param(lab: Lab, transport: str, tag: str, key: str, value: str) -> Any:
+    """Send the valid snapshot with one recovery parameter: a query parameter for uploads,
+    a JSON body field for recover-from-location."""
+    if transport == "upload":
+        return send(lab, transport, lab.source, tag, params={key: value})
+    return send(lab, transport, lab.source, tag, body={key: value})
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("priority", ["bogus", "SNAPSHOT", ""], ids=["bogus", "upper", "empty"])
 def test_invalid_priority_is_400(lab: Lab, transport: str, priority: str) -> None:
-    if transport == "upload":
-        r = send(lab, transport, lab.source, "prio", params={"priority": priority})
-    else:
-        r = send(lab, transport, lab.source, "prio", body={"priority": priority})
-    assert_error(r, 400, "")
+    assert_error(_send_param(lab, transport, "prio", "priority", priority), 400, "")
     assert_untouched(lab)
 
 
@@ -618,11 +622,7 @@ MALFORMED_CHECKSUMS = [("short", "ab" * 10), ("63_hex", "a" * 63), ("65_hex", "a
 @pytest.mark.parametrize("checksum", [c[1] for c in MALFORMED_CHECKSUMS],
                          ids=[c[0] for c in MALFORMED_CHECKSUMS])
 def test_malformed_checksum_is_422(lab: Lab, transport: str, checksum: str) -> None:
-    if transport == "upload":
-        r = send(lab, transport, lab.source, "cks", params={"checksum": checksum})
-    else:
-        r = send(lab, transport, lab.source, "cks", body={"checksum": checksum})
-    assert_error(r, 422, "")
+    assert_error(_send_param(lab, transport, "cks", "checksum", checksum), 422, "")
     assert_untouched(lab)
 
 
