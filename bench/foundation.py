@@ -420,6 +420,16 @@ class Bench:
 
     # -- Quiver: ingest + latency --
 
+    def _filtered_phase(self, out: dict[str, Any], tag: str, rq: RawQuery, queries: int,
+                        nq: int) -> None:
+        """Latency, server time and recall of the filtered query, with or without an index."""
+        key = f"query_filtered_{tag}"
+        with self.load.measure(key):
+            out[key] = lat_stats(timed_loop(rq, queries, nq))
+        out[key]["server_time"] = _server_times(rq.server_s[-queries:])
+        found = [rq(i) for i in range(RECALL_QUERIES)]
+        out[f"recall_at_10_filtered_{tag}"] = recall(found, self.truth_f)
+
     def quiver_main(self) -> None:
         cfg = self.cfg
         out: dict[str, Any] = {}
@@ -491,12 +501,7 @@ class Bench:
             out["filtered_first_query_noindex_ms"] = (time.perf_counter_ns() - t) / 1e6
             progress("query.filtered_noindex", f"{cfg.queries} queries, tag == {TAG!r}, no index "
                      f"(first query {out['filtered_first_query_noindex_ms']:.1f} ms)")
-            with self.load.measure("query_filtered_noindex"):
-                out["query_filtered_noindex"] = lat_stats(timed_loop(rawf, cfg.queries, len(q)))
-            out["query_filtered_noindex"]["server_time"] = _server_times(
-                rawf.server_s[-cfg.queries:])
-            found = [rawf(i) for i in range(RECALL_QUERIES)]
-            out["recall_at_10_filtered_noindex"] = recall(found, self.truth_f)
+            self._filtered_phase(out, "noindex", rawf, cfg.queries, len(q))
 
             t = time.perf_counter_ns()
             check(http.put(f"/collections/{COLL}/index", params={"wait": "true"},
@@ -506,12 +511,7 @@ class Bench:
             rawi = RawQuery(http, COLL, q, FILTER)
             progress("query.filtered_index", f"{cfg.queries} queries, keyword index on `tag` "
                      f"(created in {out['create_index_ms']:.1f} ms)")
-            with self.load.measure("query_filtered_index"):
-                out["query_filtered_index"] = lat_stats(timed_loop(rawi, cfg.queries, len(q)))
-            out["query_filtered_index"]["server_time"] = _server_times(
-                rawi.server_s[-cfg.queries:])
-            found = [rawi(i) for i in range(RECALL_QUERIES)]
-            out["recall_at_10_filtered_index"] = recall(found, self.truth_f)
+            self._filtered_phase(out, "index", rawi, cfg.queries, len(q))
             if client is not None:
                 try:
                     with self.load.measure("query_filtered_index_qdrant_client"):

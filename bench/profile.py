@@ -45,7 +45,7 @@ from bench.foundation import (
     timed_loop,
 )
 from bench.server import Server
-from bench.sysload import foreign_load, snapshot
+from bench.sysload import foreign_load, read_stat, snapshot
 
 OUT_DIR = Path(__file__).resolve().parent / "results" / "profiles"
 
@@ -110,14 +110,10 @@ def per_thread_cpu(pid: int) -> dict[str, float]:
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        rest = raw[raw.rfind(")") + 2 :].split()
-        out[f"{tid}:{comm}"] = (int(rest[11]) + int(rest[12])) / tick
+        stat = read_stat(f"/proc/{pid}/task/{tid}/stat")
+        if stat is not None:
+            comm, rest = stat
+            out[f"{tid}:{comm}"] = (int(rest[11]) + int(rest[12])) / tick
     return out
 
 

@@ -25,20 +25,24 @@ def _busy_ticks() -> int:
     return sum(vals[:8]) - idle
 
 
+def read_stat(path: str) -> tuple[str, list[str]] | None:
+    """A /proc/<pid>[/task/<tid>]/stat file → (comm, the fields after it); None if gone."""
+    try:
+        with open(path) as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.find("(") + 1 : raw.rfind(")")], raw[raw.rfind(")") + 2 :].split()
+
+
 def _procs() -> dict[int, tuple[int, int, str]]:
     """pid → (ppid, utime+stime ticks, comm) for every visible process."""
     out: dict[int, tuple[int, int, str]] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        rest = raw[raw.rfind(")") + 2 :].split()
-        out[int(name)] = (int(rest[1]), int(rest[11]) + int(rest[12]), comm)
+        stat = read_stat(f"/proc/{name}/stat") if name.isdigit() else None
+        if stat is not None:
+            comm, rest = stat
+            out[int(name)] = (int(rest[1]), int(rest[11]) + int(rest[12]), comm)
     return out
 
 

@@ -11,6 +11,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -236,21 +237,26 @@ def _fill_big(http: httpx.Client) -> None:
             "vectors": rng.random((5000, 256)).round(3).tolist()}})
 
 
+def _kill9_during(srv: QuiverServer, method: str, path: str, body: Any, after_s: float) -> None:
+    """Send a request and kill -9 the server while it is being served."""
+    def call() -> None:
+        try:
+            httpx.request(method, srv.url + path, json=body, timeout=60)
+        except httpx.HTTPError:
+            pass  # the server died under it, as intended
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(after_s)
+    srv.kill9()
+    t.join()
+
+
 def test_kill9_during_creation_leaves_nothing_listed(srv: QuiverServer) -> None:
     with httpx.Client(base_url=srv.url, timeout=120) as http:
         _fill_big(http)
 
-        def create() -> None:
-            try:
-                httpx.post(srv.url + "/collections/big/snapshots", timeout=60)
-            except httpx.HTTPError:
-                pass
-
-        t = threading.Thread(target=create)
-        t.start()
-        time.sleep(0.15)
-        srv.kill9()
-        t.join()
+        _kill9_during(srv, "POST", "/collections/big/snapshots", None, 0.15)
     srv.start()
     with httpx.Client(base_url=srv.url, timeout=60) as http:
         listed = http.get("/collections/big/snapshots").json()["result"]
@@ -345,18 +351,8 @@ def test_kill9_during_recovery_keeps_the_old_collection(srv: QuiverServer) -> No
                   json={"points": list(range(100))})  # the live data now differs
         location = f"file://{srv.snaps / 'big' / name}"
 
-        def recover() -> None:
-            try:
-                httpx.put(srv.url + "/collections/big/snapshots/recover",
-                          json={"location": location}, timeout=60)
-            except httpx.HTTPError:
-                pass
-
-        t = threading.Thread(target=recover)
-        t.start()
-        time.sleep(0.3)
-        srv.kill9()
-        t.join()
+        _kill9_during(srv, "PUT", "/collections/big/snapshots/recover",
+                      {"location": location}, 0.3)
     srv.start()
     with httpx.Client(base_url=srv.url, timeout=60) as http:
         count = http.post("/collections/big/points/count", json={}).json()["result"]["count"]
