@@ -21,7 +21,7 @@ import orjson
 from engine import payload as payload_ops
 from engine.config import CollectionConfig, apply_update, from_state, parse_create
 from engine.durable import fsync_dir, write_atomic
-from engine.errors import BadInput, BadRequest, NotFound
+from engine.errors import BadRequest, NotFound
 from engine.filters import parse_filter
 from engine.ids import PointId, ids_to_records, parse_ids
 from engine.points_input import parse_points, parse_vector_updates
@@ -556,11 +556,3 @@ class Collection:
             "config": self.config.to_json(),
             "payload_schema": schema,
         }
-
-    def check_vector_name(self, name: str | None) -> str:
-        spec = self.config.vector(name)
-        return spec.name
-
-
-def unknown_vector(name: str) -> BadInput:
-    return BadInput(f"Not existing vector name error: {name}")

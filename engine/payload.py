@@ -75,17 +75,6 @@ def raw_values_at(payload: dict[str, Any], path: str) -> list[Any]:
     return out
 
 
-def values_at(payload: dict[str, Any], path: str) -> list[Any]:
-    """Values the path reaches, an array at the leaf unwrapped one level."""
-    out: list[Any] = []
-    for v in raw_values_at(payload, path):
-        if isinstance(v, list):
-            out.extend(v)
-        else:
-            out.append(v)
-    return out
-
-
 # ---- mutation (copy-on-write) -------------------------------------------------------------
 
 

@@ -188,9 +188,6 @@ class Segment:
                 col = self._columns.setdefault(path, Column(path))
         return col.sync(self)
 
-    def drop_column(self, path: str) -> None:
-        self._columns.pop(path, None)
-
     def nested_elements(self, path: str, n: int) -> tuple[list[dict[str, Any]], np.ndarray]:
         key = f"{path}"
         cached = self._nested.get(key)
@@ -276,9 +273,6 @@ class Segment:
 
     def live_count(self) -> int:
         return int(self.n - np.count_nonzero(self.deleted[: self.n]))
-
-    def host_vectors(self, name: str, n: int) -> np.ndarray:
-        return to_host(self.vectors[name][:n])
 
 
 def _grown(a: np.ndarray, cap: int, n: int) -> np.ndarray:
