@@ -18,6 +18,7 @@ from api.http import BodyLimit, NormalizePath
 from api.routes import collections, points, search, service, snapshots
 from engine.catalog import Catalog
 from gpu import xp
+from gpu.budget import BUDGET
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
 from snapshots.storage import make_storage
@@ -28,6 +29,10 @@ log = logging.getLogger("quiver")
 def build_catalog(settings: dict[str, Any]) -> Catalog:
     gpu = settings.get("gpu") or {}
     xp.configure(gpu.get("enabled", "auto"), int(gpu.get("device_id", 0)))
+    mem = xp.device_memory()
+    limit = BUDGET.configure(gpu.get("memory_limit"), mem[1] if mem else None)
+    if mem:
+        log.info("device memory budget: %s of %d bytes", limit, mem[1])
     st = settings["storage"]
     flush = st.get("flush") or {}
     return Catalog(

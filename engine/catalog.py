@@ -17,8 +17,7 @@ import threading
 import uuid
 from typing import Any
 
-import orjson
-
+from engine import jsonio
 from engine.collection import Collection
 from engine.durable import fsync_dir, write_atomic
 from engine.errors import AlreadyExists, BadRequest, NotFound, StorageError
@@ -87,7 +86,7 @@ class Catalog:
         if os.path.exists(alias_file):
             try:
                 with open(alias_file, "rb") as f:
-                    self.aliases = {a: c for a, c in orjson.loads(f.read()).items()
+                    self.aliases = {a: c for a, c in jsonio.loads(f.read()).items()
                                     if c in self.collections or c in self.broken}
             except (OSError, ValueError, AttributeError):
                 log.exception("aliases.json is unreadable; starting without aliases")
@@ -254,7 +253,7 @@ class Catalog:
     # ---- aliases -------------------------------------------------------------------------------
 
     def _save_aliases(self) -> None:
-        write_atomic(os.path.join(self.root, "aliases.json"), orjson.dumps(self.aliases))
+        write_atomic(os.path.join(self.root, "aliases.json"), jsonio.dumps(self.aliases))
 
     def update_aliases(self, actions: Any) -> None:
         if not isinstance(actions, list):

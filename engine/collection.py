@@ -16,18 +16,19 @@ import time
 from typing import Any
 
 import numpy as np
-import orjson
 
+from engine import jsonio
 from engine import payload as payload_ops
 from engine.config import CollectionConfig, apply_update, from_state, parse_create
 from engine.durable import fsync_dir, write_atomic
-from engine.errors import BadRequest, NotFound
+from engine.errors import BadRequest, NotFound, StorageError
 from engine.filters import parse_filter
 from engine.ids import PointId, ids_to_records, parse_ids
 from engine.points_input import parse_points, parse_vector_updates
 from engine.segment import FrozenSegment, Segment
 from engine.segment_store import prune_generations, read_segment, write_segment
 from engine.wal import Wal
+from gpu import xp as xpmod
 from gpu.xp import get_xp
 
 log = logging.getLogger("quiver.collection")
@@ -51,6 +52,7 @@ class Collection:
         self.config = config
         self.payload_schema = payload_schema
         self.xp = get_xp()
+        self.device_fallback: str | None = None
         self.write_lock = threading.RLock()
         self.flush_lock = threading.Lock()
         self.segments: list[Segment] = []
@@ -85,12 +87,12 @@ class Collection:
             if leftover.startswith(".tmp-"):
                 os.unlink(os.path.join(path, leftover))
         with open(os.path.join(path, "config.json"), "rb") as f:
-            cfg = orjson.loads(f.read())
+            cfg = jsonio.loads(f.read())
         coll = cls(name, path, from_state(cfg["config"]), cfg.get("payload_schema") or {},
                    wal_fsync)
         coll.created_at = cfg.get("created_at", coll.created_at)
         with open(os.path.join(path, "state.json"), "rb") as f:
-            state = orjson.loads(f.read())
+            state = jsonio.loads(f.read())
         coll.flushed_seq = state["flushed_seq"]
         coll.next_segment_id = state["next_segment_id"]
         coll.gen = state.get("gen", 0)
@@ -184,12 +186,12 @@ class Collection:
     def _write_config(self) -> None:
         data = {"name": self.name, "config": self.config.to_state(),
                 "payload_schema": self.payload_schema, "created_at": self.created_at}
-        write_atomic(os.path.join(self.path, "config.json"), orjson.dumps(data))
+        write_atomic(os.path.join(self.path, "config.json"), jsonio.dumps(data))
 
     def _write_state(self, metas: list[dict[str, Any]]) -> None:
         state = {"flushed_seq": self.flushed_seq, "next_segment_id": self.next_segment_id,
                  "gen": self.gen, "segments": metas}
-        write_atomic(os.path.join(self.path, "state.json"), orjson.dumps(state))
+        write_atomic(os.path.join(self.path, "state.json"), jsonio.dumps(state))
 
     # ---- write path ------------------------------------------------------------------------
 
@@ -529,6 +531,34 @@ class Collection:
         with self.write_lock:
             self._closed = True
             self.wal.close()
+
+    # ---- device placement --------------------------------------------------------------------
+
+    def fall_back_to_cpu(self, reason: str) -> None:
+        """A device failure hit this collection: move every segment to host memory and serve
+        from the CPU from now on (logged once per collection)."""
+        with self.write_lock:
+            if self.xp is np and not any(s.on_device for s in self.segments):
+                return
+            log.error("collection %s: device failure, falling back to CPU: %s", self.name, reason)
+            try:
+                for seg in self.segments:
+                    seg.move_to_host()
+            except Exception as exc:  # noqa: BLE001 - the device context itself is gone
+                raise StorageError(
+                    f"device failed and collection {self.name} could not be copied back to host "
+                    f"memory ({exc}); its data is safe on disk: restart with gpu.enabled=false"
+                ) from exc
+            self.xp = np
+            self.device_fallback = reason
+        if "OutOfMemory" not in reason:
+            xpmod.disable_device(reason)
+
+    def device_info(self) -> dict[str, Any]:
+        on_dev = sum(1 for s in self.segments if s.on_device)
+        return {"device": xpmod.backend_name() if on_dev else "cpu",
+                "segments_on_device": on_dev, "segments_on_host": len(self.segments) - on_dev,
+                **({"fallback_reason": self.device_fallback} if self.device_fallback else {})}
 
     # ---- info --------------------------------------------------------------------------------
 

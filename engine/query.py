@@ -21,6 +21,7 @@ from engine.ids import PointId, id_order_key, ids_to_records, parse_id
 from engine.segment import Segment
 from gpu import flat
 from gpu.topk import merge
+from gpu.xp import DeviceFailure, is_device_array
 
 if TYPE_CHECKING:
     from engine.collection import Collection
@@ -295,9 +296,14 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
         allowed = int(np.count_nonzero(mask))
         if allowed == 0:
             continue
-        vals, rows = flat.search(seg.vectors[vspec.name][:n], queries, k, dist.metric,
-                                 None if allowed == n else mask,
-                                 seg.sq_norms[vspec.name][:n] if vspec.name in seg.sq_norms else None)
+        seg.touch()
+        try:
+            vals, rows = _segment_search(seg, n, vspec.name, queries, k, dist.metric,
+                                         None if allowed == n else mask)
+        except DeviceFailure as exc:
+            coll.fall_back_to_cpu(str(exc))  # logged once; the same search runs on the host
+            vals, rows = _segment_search(seg, n, vspec.name, queries, k, dist.metric,
+                                         None if allowed == n else mask)
         keys = np.where(rows >= 0, rows + (seg.seg_id << ROW_BITS), -1)
         parts.append((vals, keys))
     vals, keys = merge(parts, k) if parts else (np.empty((len(specs), 0), np.float32),
@@ -318,6 +324,15 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
         out.append(render_handles(coll, view.by_id, h.tolist(), s.with_payload, s.with_vector,
                                   scores))
     return out
+
+
+def _segment_search(seg: Segment, n: int, name: str, queries: np.ndarray, k: int, metric: str,
+                    mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    vectors = seg.vectors[name][:n]
+    norms = seg.sq_norms.get(name)
+    if norms is not None and is_device_array(norms) != is_device_array(vectors):
+        norms = None  # caught mid-move between host and device: recompute
+    return flat.search(vectors, queries, k, metric, mask, None if norms is None else norms[:n])
 
 
 def vector_of_point(coll: Collection, raw_id: Any, using: str) -> np.ndarray:

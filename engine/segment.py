@@ -19,7 +19,9 @@ from engine.columns import Column
 from engine.config import VectorSpec
 from engine.ids import ID_DTYPE, PointId
 from engine.payload import raw_values_at
-from gpu.xp import to_device, to_host
+from gpu import transfer
+from gpu.budget import BUDGET, now
+from gpu.xp import DeviceFailure, guard, to_device, to_host, xp_of
 
 CHANGE_LOG_LIMIT = 256
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
@@ -46,7 +48,8 @@ class Segment:
                  capacity: int = 1024) -> None:
         self.seg_id = seg_id
         self.specs = specs
-        self.xp = xp
+        self.xp = xp  # numpy, or cupy while the segment is device-resident
+        self.last_used = now()
         self.capacity = 0
         self.n = 0
         self.sealed = False
@@ -71,21 +74,53 @@ class Segment:
 
     # ---- storage growth (capacity doubling; old arrays stay valid for readers) ---------------
 
+    def _row_bytes(self) -> int:
+        return sum(spec.size * np.dtype(STORAGE_DTYPES[spec.datatype]).itemsize
+                   + (4 if spec.distance.metric == "l2" else 0) for spec in self.specs.values())
+
+    @property
+    def on_device(self) -> bool:
+        return self.xp is not np
+
+    def touch(self) -> None:
+        self.last_used = now()
+
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
             return
         cap = max(need, self.capacity * 2, 16)
+        if self.on_device and not BUDGET.reserve(self, cap * self._row_bytes()):
+            self.move_to_host()  # over gpu.memory_limit: this segment lives on the host
+        try:
+            self._grow_arrays(cap)
+        except DeviceFailure:
+            self.move_to_host()  # e.g. out of device memory despite the budget
+            self._grow_arrays(cap)
+
+    def move_to_host(self) -> None:
+        """Copy device-resident vectors to host memory and search this segment on the CPU.
+        Readers holding the old device arrays keep using them until they finish."""
+        if not self.on_device:
+            return
+        for name in list(self.vectors):
+            self.vectors[name] = to_host(self.vectors[name])
+            if name in self.sq_norms:
+                self.sq_norms[name] = to_host(self.sq_norms[name])
+        self.xp = np
+        BUDGET.release(self)
+
+    def _grow_arrays(self, cap: int) -> None:
         xp = self.xp
         for name, spec in self.specs.items():
             dt = STORAGE_DTYPES[spec.datatype]
-            arr = xp.zeros((cap, spec.size), dtype=dt)
+            arr = _alloc(xp, (cap, spec.size), dt)
             if name in self.vectors and self.n:
-                arr[: self.n] = self.vectors[name][: self.n]
+                arr[: self.n] = _like(self.vectors[name][: self.n], xp)
             self.vectors[name] = arr
             if spec.distance.metric == "l2":
-                norms = xp.zeros(cap, dtype=xp.float32)
+                norms = _alloc(xp, (cap,), np.float32)
                 if name in self.sq_norms and self.n:
-                    norms[: self.n] = self.sq_norms[name][: self.n]
+                    norms[: self.n] = _like(self.sq_norms[name][: self.n], xp)
                 self.sq_norms[name] = norms
             pres = np.zeros(cap, bool)
             if name in self.present:
@@ -114,16 +149,11 @@ class Segment:
                 order = np.argsort(pos, kind="stable")
                 pos, arr = pos[order], arr[order]
             dest = rows[pos]
-            host = arr.astype(dev.dtype, copy=False)
-            block = to_device(host, self.xp)
-            if len(dest) == m:
-                dev[start : start + m] = block  # one contiguous host→device copy
-            else:
-                dev[self.xp.asarray(dest)] = block
-            if name in self.sq_norms:
-                f32 = arr.astype(np.float32, copy=False)
-                self.sq_norms[name][self.xp.asarray(dest)] = to_device(
-                    np.einsum("ij,ij->i", f32, f32), self.xp)
+            try:
+                self._write_rows(name, dest, arr.astype(dev.dtype, copy=False), len(dest) == m)
+            except DeviceFailure:
+                self.move_to_host()
+                self._write_rows(name, dest, arr.astype(dev.dtype, copy=False), len(dest) == m)
             self.present[name][dest] = True
         self.id_recs[start : start + m] = id_recs
         self.versions[start : start + m] = version
@@ -132,6 +162,20 @@ class Segment:
         self.n = start + m  # publish last: readers never see rows before their data
         self.dirty = self.payloads_dirty = True
         return rows
+
+    def _write_rows(self, name: str, dest: np.ndarray, host: np.ndarray, contiguous: bool
+                    ) -> None:
+        xp = self.xp
+        with guard("writing vectors"):
+            block = to_device(host, xp)
+            if contiguous:
+                self.vectors[name][int(dest[0]) : int(dest[-1]) + 1] = block  # one copy
+            else:
+                self.vectors[name][xp.asarray(dest)] = block
+            if name in self.sq_norms:
+                f32 = host.astype(np.float32, copy=False)
+                self.sq_norms[name][xp.asarray(dest)] = to_device(
+                    np.einsum("ij,ij->i", f32, f32), xp)
 
     def delete_rows(self, rows: np.ndarray) -> None:
         self.deleted[rows] = True
@@ -227,12 +271,16 @@ class Segment:
         """A segment holding host arrays (from disk or a snapshot): one large copy per array."""
         n = len(data["id_recs"])
         seg = cls(seg_id, specs, xp, capacity=max(n, 16))
+        seg.sealed = sealed
         for name, arr in data["vectors"].items():
             if n:
-                seg.vectors[name][:n] = to_device(arr, xp)
+                try:  # chunked pinned copies straight from the (memory-mapped) file
+                    transfer.fill(seg.vectors[name][:n], arr)
+                except DeviceFailure:
+                    seg.move_to_host()
+                    transfer.fill(seg.vectors[name][:n], arr)
                 if name in seg.sq_norms:
-                    f32 = arr.astype(np.float32, copy=False)
-                    seg.sq_norms[name][:n] = to_device(np.einsum("ij,ij->i", f32, f32), xp)
+                    seg.sq_norms[name][:n] = _sq_norms(seg.vectors[name][:n])
             seg.present[name][:n] = data["present"][name]
         seg.id_recs[:n] = data["id_recs"]
         seg.deleted[:n] = data["deleted"]
@@ -251,12 +299,13 @@ class Segment:
         live = np.flatnonzero(~src.deleted[:n])
         m = len(live)
         seg = cls(seg_id, src.specs, src.xp, capacity=max(m, 16))
-        sel = src.xp.asarray(live)
         for name in src.specs:
-            if m:
-                seg.vectors[name][:m] = src.vectors[name][:n][sel]  # one device-side gather
+            if m:  # one gather where the source lives (device-side when on the device)
+                vecs = src.vectors[name][:n]
+                seg.vectors[name][:m] = _like(vecs[xp_of(vecs).asarray(live)], seg.xp)
                 if name in seg.sq_norms:
-                    seg.sq_norms[name][:m] = src.sq_norms[name][:n][sel]
+                    norms = src.sq_norms[name][:n]
+                    seg.sq_norms[name][:m] = _like(norms[xp_of(norms).asarray(live)], seg.xp)
             seg.present[name][:m] = src.present[name][:n][live]
         seg.id_recs[:m] = src.id_recs[:n][live]
         seg.versions[:m] = src.versions[:n][live]
@@ -273,6 +322,30 @@ class Segment:
 
     def live_count(self) -> int:
         return int(self.n - np.count_nonzero(self.deleted[: self.n]))
+
+
+def _alloc(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    if xp is np:
+        return np.zeros(shape, dtype)
+    with guard("device allocation"):
+        return xp.zeros(shape, dtype=dtype)
+
+
+def _like(a: Any, xp: Any) -> Any:
+    """`a` as an array of module `xp` (a copy only when it has to cross host/device)."""
+    if xp_of(a) is xp:
+        return a
+    return to_device(to_host(a), xp) if xp is not np else to_host(a)
+
+
+def _sq_norms(vectors: Any, chunk: int = 1 << 18) -> Any:
+    """Squared L2 norms in float32, computed where the vectors live, in bounded chunks."""
+    xp = xp_of(vectors)
+    out = xp.empty(vectors.shape[0], dtype=xp.float32)
+    for s in range(0, vectors.shape[0], chunk):
+        x = vectors[s : s + chunk].astype(xp.float32)
+        out[s : s + chunk] = (x * x).sum(axis=1)
+    return out
 
 
 def _grown(a: np.ndarray, cap: int, n: int) -> np.ndarray:

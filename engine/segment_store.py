@@ -16,8 +16,8 @@ import os
 from typing import Any
 
 import numpy as np
-import orjson
 
+from engine import jsonio
 from engine.durable import append_durable, atomic_writer, fsync_dir, io_error
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES, FrozenSegment
@@ -64,7 +64,7 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
             f.write(buf.getvalue())
         if payload_gen is not None:
             with atomic_writer(os.path.join(seg_dir, f"payloads.{payload_gen}.json")) as f:
-                f.write(orjson.dumps(frozen.payloads))
+                f.write(jsonio.dumps(frozen.payloads))
         fsync_dir(seg_dir)
     except OSError as exc:
         raise io_error(exc, "flushing segment") from exc
@@ -82,13 +82,14 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> d
         path = os.path.join(seg_dir, vec_file(name))
         _truncate_to(path, n * spec.size * dt.itemsize)
         if n:
-            vectors[name] = np.fromfile(path, dtype=dt, count=n * spec.size).reshape(n, spec.size)
+            # mapped, not read: the segment copies it once, straight to its final home
+            vectors[name] = np.memmap(path, dtype=dt, mode="r", shape=(n, spec.size))
         else:
             vectors[name] = np.zeros((0, spec.size), dt)
     with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
         masks = {k: z[k] for k in z.files}
     with open(os.path.join(seg_dir, f"payloads.{meta['payload_gen']}.json"), "rb") as f:
-        payloads = orjson.loads(f.read())
+        payloads = jsonio.loads(f.read())
     present = {name: masks.get(f"present-{name.encode().hex()}", np.zeros(n, bool))
                for name in specs}
     return {"id_recs": id_recs, "vectors": vectors, "deleted": masks["deleted"],

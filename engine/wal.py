@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import orjson
 
+from engine import jsonio
 from engine.durable import fsync_dir, io_error
 
 log = logging.getLogger("quiver.wal")
@@ -38,7 +38,7 @@ def encode(op: dict[str, Any]) -> bytes:
     header["__arrays__"] = [
         [name, a.dtype.str, list(a.shape)] for name, a in arrays.items()
     ]
-    h = orjson.dumps(header, option=orjson.OPT_NON_STR_KEYS)
+    h = jsonio.dumps(header, non_str_keys=True)
     parts = [_U32.pack(len(h)), h]
     parts.extend(np.ascontiguousarray(a).tobytes() for a in arrays.values())
     return b"".join(parts)
@@ -46,7 +46,7 @@ def encode(op: dict[str, Any]) -> bytes:
 
 def decode(body: bytes) -> dict[str, Any]:
     (hlen,) = _U32.unpack_from(body, 0)
-    header = orjson.loads(body[4 : 4 + hlen])
+    header = jsonio.loads(body[4 : 4 + hlen])
     off = 4 + hlen
     arrays: dict[str, np.ndarray] = {}
     for name, dtype, shape in header.pop("__arrays__"):

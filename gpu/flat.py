@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gpu.select import select_topk
 from gpu.topk import NEG_INF, topk
-from gpu.xp import is_device_array, xp_of
+from gpu.xp import guard, is_device_array, to_host, xp_of
 
 Metric = Literal["ip", "l2", "l1"]
 
@@ -34,6 +35,9 @@ GATHER_FRACTION = 0.3
 PARALLEL_MIN_QUERIES = 32
 _CORES = os.cpu_count() or 1
 _L1_CHUNK_ELEMS = 1 << 24
+# Device score matrices are built this many bytes at a time (rows of the database per chunk
+# = SCORE_BYTES / (4 * batch)), so a 1000-query batch over 1M rows never needs 4 GB at once.
+SCORE_BYTES = 1 << 30
 
 
 def similarity(vectors: Any, queries: Any, metric: Metric, sq_norms: Any = None) -> Any:
@@ -105,6 +109,10 @@ def search(
             n = allowed
     kk = min(k, n)
     on_device = is_device_array(vectors)
+    if on_device:
+        with guard("exact search"):
+            vals, idx = _device_search(vectors, queries, kk, metric, mask, sq_norms)
+        return _finish(vals, idx, rows_map)
     # Single queries: a BLAS GEMV (multi-threaded) + argpartition beats faiss's single-thread
     # scan (measured 2.3 vs 4.2 ms at 100k x 128); batches and L1 go to faiss.
     faiss_wins = metric == "l1" or b >= PARALLEL_MIN_QUERIES
@@ -116,13 +124,60 @@ def search(
         if mask is not None:
             scores[:, ~xp.asarray(mask)] = NEG_INF
         vals, idx = topk(scores, kk)
-        if on_device:
-            vals, idx = vals.get(), idx.get()
-        vals = np.asarray(vals, dtype=np.float32)
-        idx = np.asarray(idx, dtype=np.int64)
+    return _finish(np.asarray(vals, dtype=np.float32), np.asarray(idx, dtype=np.int64), rows_map)
+
+
+def _finish(vals: np.ndarray, idx: np.ndarray, rows_map: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray]:
     bad = ~np.isfinite(vals) | (idx < 0)
     if rows_map is not None:
         idx = np.where(bad, -1, rows_map[np.clip(idx, 0, None)])
     vals = np.where(bad, NEG_INF, vals)
     idx = np.where(bad, -1, idx)
     return vals, idx
+
+
+def _device_search(vectors: Any, queries: np.ndarray, k: int, metric: Metric,
+                   mask: np.ndarray | None, sq_norms: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The device path: per chunk of rows one GEMM (float32 accumulation, whatever the storage
+    dtype), masked rows pushed to -inf by one broadcast add, then a bucket-select top-k; chunk
+    winners merge on the device and only (b, k) results cross back to the host."""
+    xp = xp_of(vectors)
+    q = xp.asarray(np.ascontiguousarray(queries, dtype=np.float32))
+    n, b = vectors.shape[0], q.shape[0]
+    step = max(4096, SCORE_BYTES // (4 * max(b, 1)))
+    col_bias = None  # per-row term added to every score: 0 / -inf (mask), -|x|^2 (L2)
+    if mask is not None:
+        col_bias = xp.where(xp.asarray(mask), xp.float32(0), NEG_INF).astype(xp.float32)
+    if metric == "l2":
+        if sq_norms is None:
+            x32 = vectors.astype(xp.float32)
+            sq_norms = (x32 * x32).sum(axis=1)
+        neg = -sq_norms.astype(xp.float32, copy=False)
+        col_bias = neg if col_bias is None else col_bias + neg
+    vals_parts, idx_parts = [], []
+    for s in range(0, n, step):
+        x = vectors[s : s + step]
+        if x.dtype != xp.float32:
+            x = x.astype(xp.float32)  # float16/uint8 storage: upcast one chunk, GEMM in fp32
+        if metric == "l1":
+            sc = similarity(x, q, "l1")
+        elif metric == "l2":
+            sc = q @ x.T
+            sc *= 2.0  # 2 q.x - |x|^2 ranks like -|q - x|^2
+        else:
+            sc = q @ x.T
+        if col_bias is not None:
+            sc += col_bias[None, s : s + step]
+        v, i = select_topk(sc, k)
+        vals_parts.append(v)
+        idx_parts.append(i + s)
+    vals, idx = vals_parts[0], idx_parts[0]
+    if len(vals_parts) > 1:
+        vals, order = select_topk(xp.concatenate(vals_parts, axis=1), k)
+        idx = xp.take_along_axis(xp.concatenate(idx_parts, axis=1), order, axis=1)
+    if metric == "l2":
+        qn = (q * q).sum(axis=1)
+        vals = -xp.sqrt(xp.maximum(qn[:, None] - vals, 0.0))
+    return (to_host(vals).astype(np.float32, copy=False),
+            to_host(idx).astype(np.int64, copy=False))

@@ -7,8 +7,10 @@ callers above `gpu/` never see a CUDA exception type.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,35 @@ log = logging.getLogger("quiver.gpu")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"probed": False, "cupy": None, "reason": "not probed", "device_id": 0}
+
+
+class DeviceFailure(RuntimeError):
+    """A CUDA error (out of memory, driver, cuBLAS, kernel) surfaced at the gpu/ boundary."""
+
+
+def is_device_error(exc: BaseException) -> bool:
+    """CuPy's error types (cupy.cuda.*, cupy_backends.*), and anything marked as device
+    failure; programming errors (ValueError, TypeError) are not swallowed."""
+    if isinstance(exc, DeviceFailure):
+        return True
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("cupy", "cupy_backends"))
+
+
+@contextlib.contextmanager
+def guard(what: str) -> Iterator[None]:
+    """Turn a device error inside the block into DeviceFailure (callers fall back to CPU)."""
+    cp = _state["cupy"]
+    try:
+        if cp is None:
+            yield
+        else:  # the current device is per thread: requests run on pool threads
+            with cp.cuda.Device(_state["device_id"]):
+                yield
+    except Exception as exc:
+        if is_device_error(exc) and not isinstance(exc, DeviceFailure):
+            raise DeviceFailure(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def _probe(device_id: int) -> tuple[Any, str]:
@@ -95,6 +126,17 @@ def to_host(a: Any) -> np.ndarray:
     if is_device_array(a):
         return a.get()
     return np.asarray(a)
+
+
+def device_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of the configured device, or None on CPU."""
+    _ensure()
+    cp = _state["cupy"]
+    if cp is None:
+        return None
+    with cp.cuda.Device(_state["device_id"]):
+        free, total = cp.cuda.runtime.memGetInfo()
+    return int(free), int(total)
 
 
 def disable_device(reason: str) -> None:

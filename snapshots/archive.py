@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
-import orjson
 
-from engine import QUIVER_VERSION
+from engine import QUIVER_VERSION, jsonio
 from engine.errors import BadRequest
 from engine.segment import FrozenSegment
 from gpu.xp import to_host
@@ -89,7 +88,7 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
         hx = name.encode().hex()
         out.append(Member(base + f"vectors-{hx}.npy", _npy_bytes(to_host(arr))))
         out.append(Member(base + f"present-{hx}.npy", _npy_bytes(fz.present[name])))
-    out.append(Member(base + "payloads.json", [orjson.dumps(fz.payloads)]))
+    out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
     return out
 
 
@@ -172,7 +171,7 @@ def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) 
         # 8 MiB copies: the archive streams out at memory speed.
         with tarfile.open(fileobj=hw, mode="w", format=tarfile.GNU_FORMAT) as tar:
             tar.copybufsize = CHUNK
-            manifest_bytes = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+            manifest_bytes = jsonio.dumps(manifest, indent=True)
             for m in [Member(MANIFEST, [manifest_bytes])] + members:
                 info = tarfile.TarInfo(m.name)
                 info.size = m.size
@@ -195,8 +194,8 @@ class Unpacked:
 
 def _check_manifest(raw: bytes) -> dict[str, Any]:
     try:
-        manifest = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        manifest = jsonio.loads(raw)
+    except jsonio.JSONDecodeError as exc:
         raise SnapshotFormatError(f"Invalid snapshot: manifest.json is not JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotFormatError("Invalid snapshot: not a Quiver collection snapshot")

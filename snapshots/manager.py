@@ -21,8 +21,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import orjson
-
+from engine import jsonio
 from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
@@ -127,8 +126,8 @@ class SnapshotManager:
                 files.append(path)
             aliases = {a["alias_name"]: a["collection_name"] for a in self.catalog.list_aliases()
                        if a["collection_name"] in mapping}
-            config = orjson.dumps({"collections_mapping": mapping, "collections_aliases": aliases},
-                                  option=orjson.OPT_INDENT_2)
+            config = jsonio.dumps({"collections_mapping": mapping,
+                                   "collections_aliases": aliases}, indent=True)
             with open(tmp, "wb") as f:
                 hw = HashingWriter(f)
                 try:

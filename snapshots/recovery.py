@@ -19,8 +19,8 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 import numpy as np
-import orjson
 
+from engine import jsonio
 from engine.catalog import Catalog, validate_name
 from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
@@ -177,8 +177,8 @@ class Recovery:
         live = self.catalog.collections[collection]
         if snap_cfg.vectors != live.config.vectors:
             raise BadInput("Snapshot is not compatible with existing collection: Collection "
-                           f"vectors: {orjson.dumps(live.config.vectors_echo).decode()} Snapshot "
-                           f"Vectors: {orjson.dumps(snap_cfg.vectors_echo).decode()}")
+                           f"vectors: {jsonio.dumps(live.config.vectors_echo).decode()} Snapshot "
+                           f"Vectors: {jsonio.dumps(snap_cfg.vectors_echo).decode()}")
         return live.config.to_state(), dict(live.payload_schema)
 
     def _segments(self, unpacked: Any, config_state: dict[str, Any]
@@ -225,8 +225,8 @@ class Recovery:
                 _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
             with open(member("payloads.json"), "rb") as f:
                 try:
-                    payloads = orjson.loads(f.read())
-                except orjson.JSONDecodeError:
+                    payloads = jsonio.loads(f.read())
+                except jsonio.JSONDecodeError:
                     raise SnapshotFormatError("Invalid snapshot: payloads are not JSON") from None
             if not isinstance(payloads, list) or len(payloads) != n \
                     or not all(isinstance(p, dict) for p in payloads):
@@ -330,8 +330,8 @@ def restore_full(recovery: Recovery, path: str, force: bool) -> list[str]:
 
 def _full_config(raw: bytes) -> dict[str, Any]:
     try:
-        config = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        config = jsonio.loads(raw)
+    except jsonio.JSONDecodeError:
         raise SnapshotFormatError("Invalid full snapshot: config.json is not JSON") from None
     mapping = config.get("collections_mapping") if isinstance(config, dict) else None
     aliases = (config.get("collections_aliases") or {}) if isinstance(config, dict) else None

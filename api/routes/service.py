@@ -56,7 +56,7 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         if coll is None:
             continue
         collections.append({"id": name, "points": coll.points_count(),
-                            "segments": len(coll.segments), "device": backend_name()})
+                            "segments": len(coll.segments), **coll.device_info()})
     return {
         "id": str(request.app.state.node_id),
         "app": {"name": "quiver", "version": QUIVER_VERSION,
