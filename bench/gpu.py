@@ -89,6 +89,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"exact batch {args.batch}x{args.n}x{args.dim}: {best*1e3:.1f} ms "
           f"(fp32 ideal {ideal*1e3:.1f} ms -> {ideal/best:.0%} of roofline)", flush=True)
 
+    step = max(4096, flat.SCORE_BYTES // (4 * args.batch))
+    qd = cupy.asarray(q)
+
+    def gemm_only() -> None:
+        for s in range(0, args.n, step):
+            qd @ x[s : s + step].T
+
+    tg = min(timed(gemm_only, 5))
+    res["gemm_only_ms"] = tg * 1e3
+    res["selection_overhead_ms"] = (best - tg) * 1e3
+    print(f"  of which GEMM alone {tg*1e3:.1f} ms ({ideal/tg:.0%} of roofline), selection + "
+          f"transfers {(best - tg)*1e3:.1f} ms", flush=True)
+
     try:
         import torch
 

@@ -10,7 +10,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from openapi_contract import validate_response  # noqa: E402
 from server import QuiverServer  # noqa: E402
 
 os.environ.setdefault("QUIVER__GPU__ENABLED", "false")
@@ -51,6 +50,8 @@ class ValidatingClient(httpx.Client):
     """httpx client whose every JSON response is checked against Qdrant's OpenAPI schema."""
 
     def request(self, method: str, url, *args, **kwargs):  # type: ignore[override]
+        from openapi_contract import validate_response  # jsonschema: only where validating
+
         resp = super().request(method, url, *args, **kwargs)
         body = None
         if resp.headers.get("content-type", "").startswith("application/json"):
