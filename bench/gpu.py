@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  of which GEMM alone {tg*1e3:.1f} ms ({ideal/tg:.0%} of roofline), selection + "
           f"transfers {(best - tg)*1e3:.1f} ms", flush=True)
 
+    res["profile_batch_chunk"] = profile_select(x, q, args.k, step)
+    res["profile_single"] = profile_select(x, q[:1], args.k, args.n)
+    print("stage times (ms), one batch chunk:", {k: round(v, 3) for k, v in
+                                                res["profile_batch_chunk"].items()}, flush=True)
+    print("stage times (ms), single query:", {k: round(v, 3) for k, v in
+                                             res["profile_single"].items()}, flush=True)
+
     try:
         import torch
 
@@ -191,3 +198,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def profile_select(x: Any, q: np.ndarray, k: int, step: int) -> dict[str, float]:
+    """Per-stage device times (ms, min of 5) of one chunk's search, to find the bottleneck."""
+    import cupy
+
+    from gpu import select
+
+    qd = cupy.asarray(q)
+    sc = qd @ x[:step].T
+    b, n = sc.shape
+    g = n // select.GROUP
+    groups = sc[:, : g * select.GROUP].reshape(b, g, select.GROUP)
+    gmax = groups.max(axis=2)
+    bound = select._lower_bound(gmax, k)
+    chosen = gmax >= bound[:, None]
+    stages = {
+        "gemm": lambda: qd @ x[:step].T,
+        "group_max": lambda: groups.max(axis=2),
+        "lower_bound": lambda: select._lower_bound(gmax, k),
+        "chosen+width": lambda: int(chosen.sum(axis=1).max()),
+        "nonzero": lambda: cupy.nonzero(chosen),
+        "select_topk_total": lambda: select.select_topk(sc, k),
+        "to_host": lambda: select.select_topk(sc, k)[0].get(),
+    }
+    return {name: min(timed(fn, 5)) * 1e3 for name, fn in stages.items()}
