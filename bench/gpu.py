@@ -196,9 +196,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return res
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
-
 
 def profile_select(x: Any, q: np.ndarray, k: int, step: int) -> dict[str, float]:
     """Per-stage device times (ms, min of 5) of one chunk's search, to find the bottleneck."""
@@ -224,3 +221,7 @@ def profile_select(x: Any, q: np.ndarray, k: int, step: int) -> dict[str, float]
         "to_host": lambda: select.select_topk(sc, k)[0].get(),
     }
     return {name: min(timed(fn, 5)) * 1e3 for name, fn in stages.items()}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

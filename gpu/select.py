@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gpu import kernels
 from gpu.topk import NEG_INF
 from gpu.xp import xp_of
 
@@ -34,7 +35,9 @@ def _group_max(x: Any) -> Any:
     b, n = x.shape
     full = (n // GROUP) * GROUP
     parts = []
-    if full:
+    if full and xp is not np and x.dtype == xp.float32:
+        parts.append(kernels.group_max32(xp.ascontiguousarray(x), full // GROUP))
+    elif full:
         parts.append(x[:, :full].reshape(b, full // GROUP, GROUP).max(axis=2))
     if full < n:
         parts.append(x[:, full:].max(axis=1, keepdims=True))
@@ -73,6 +76,23 @@ def select_topk(scores: Any, k: int) -> tuple[Any, Any]:
         return xp.empty((b, 0), dtype=xp.float32), xp.empty((b, 0), dtype=xp.int64)
     if n <= SORT_WIDTH or k * GROUP * 4 >= n:
         return _sorted_topk(scores, k)
+    if xp is not np and k <= kernels.CAP and scores.dtype == xp.float32:
+        return _select_device(xp, xp.ascontiguousarray(scores), k)
+    return _select_xp(xp, scores, k)
+
+
+def _select_device(xp: Any, scores: Any, k: int) -> tuple[Any, Any]:
+    """The same selection fused into two kernels (gpu/kernels.py)."""
+    bound = xp.maximum(_lower_bound(_group_max(scores), k), np.finfo(np.float32).min)
+    vals, idx, overflow = kernels.block_topk(scores, bound, k)
+    if int(overflow.max()):  # rows with more than CAP candidates (ties): the xp path
+        bad = xp.flatnonzero(overflow)
+        vals[bad], idx[bad] = _select_xp(xp, scores[bad], k)
+    return vals, idx
+
+
+def _select_xp(xp: Any, scores: Any, k: int) -> tuple[Any, Any]:
+    b, n = scores.shape
     g = n // GROUP
     groups = scores[:, : g * GROUP].reshape(b, g, GROUP)
     gmax = groups.max(axis=2)
