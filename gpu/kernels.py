@@ -7,9 +7,10 @@ These kernels do the same work as the xp code in gpu/select.py, which stays the 
 `gpu` tests compare them against:
 
 - `group_max32`: one warp per group of 32 consecutive scores (coalesced loads, shuffle max);
-- `block_topk`: one block per row collects the scores >= the row's lower bound into shared
-  memory, bitonic-sorts them (best first, ties by lower index) and writes the top k. A row
-  with more than CAP candidates (massive ties) is flagged and redone by the xp path.
+- `collect` + `sort_topk`: blocks spread over each row gather the scores >= the row's lower
+  bound (few) into a per-row buffer; one block per row bitonic-sorts them in shared memory
+  (best first, ties by lower index) and writes the top k. A row with more than CAP
+  candidates (massive ties) is flagged and redone by the xp path.
 """
 
 from __future__ import annotations
@@ -41,35 +42,41 @@ __device__ __forceinline__ bool better(float va, int ia, float vb, int ib) {
 }
 
 extern "C" __global__
-void block_topk(const float* __restrict__ s, long long ld, int n,
-                const float* __restrict__ bound, int k,
-                float* __restrict__ out_v, long long* __restrict__ out_i,
-                int* __restrict__ overflow) {
+void collect(const float* __restrict__ s, long long ld, int n, const float* __restrict__ bound,
+             float* __restrict__ cand_v, int* __restrict__ cand_i, int* __restrict__ counts) {
+    long long row = blockIdx.y;
+    const float* r = s + row * ld;
+    float t = bound[row];
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+        float v = r[j];
+        if (v >= t) {
+            int p = atomicAdd(&counts[row], 1);
+            if (p < CAP) { cand_v[row * CAP + p] = v; cand_i[row * CAP + p] = j; }
+        }
+    }
+}
+
+extern "C" __global__
+void sort_topk(const float* __restrict__ cand_v, const int* __restrict__ cand_i,
+               const int* __restrict__ counts, int k,
+               float* __restrict__ out_v, long long* __restrict__ out_i,
+               int* __restrict__ overflow) {
     extern __shared__ float smem[];
     float* cv = smem;
     int* ci = (int*)(smem + CAP);
-    __shared__ int count;
     long long row = blockIdx.x;
-    const float* r = s + row * ld;
-    float t = bound[row];
-    if (threadIdx.x == 0) count = 0;
-    __syncthreads();
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float v = r[j];
-        if (v >= t) {
-            int p = atomicAdd(&count, 1);
-            if (p < CAP) { cv[p] = v; ci[p] = j; }
-        }
-    }
-    __syncthreads();
-    int m = count;
+    int m = counts[row];
     if (m > CAP) {
         if (threadIdx.x == 0) overflow[row] = 1;
         return;
     }
     int p2 = 1;
     while (p2 < m) p2 <<= 1;
-    for (int j = m + threadIdx.x; j < p2; j += blockDim.x) { cv[j] = NEG_INFINITY; ci[j] = 0x7fffffff; }
+    for (int j = threadIdx.x; j < p2; j += blockDim.x) {
+        bool ok = j < m;
+        cv[j] = ok ? cand_v[row * CAP + j] : NEG_INFINITY;
+        ci[j] = ok ? cand_i[row * CAP + j] : 0x7fffffff;
+    }
     __syncthreads();
     for (int size = 2; size <= p2; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
@@ -124,7 +131,11 @@ def group_max32(scores: Any, groups: int) -> Any:
 
 
 def block_topk(scores: Any, bound: Any, k: int) -> tuple[Any, Any, Any]:
-    """Per row, the top k of the scores >= bound[row]; returns (values, indices, overflow)."""
+    """Per row, the top k of the scores >= bound[row]; returns (values, indices, overflow).
+
+    `collect` spreads each row over enough blocks to keep the memory system busy (a single
+    block per row is latency-bound on one long row); `sort_topk` sorts each row's few
+    candidates in shared memory."""
     import cupy  # noqa: PLC0415
 
     b, n = scores.shape
@@ -132,9 +143,16 @@ def block_topk(scores: Any, bound: Any, k: int) -> tuple[Any, Any, Any]:
     idx = cupy.empty((b, k), dtype=cupy.int64)
     overflow = cupy.zeros(b, dtype=cupy.int32)
     if b:
-        _kernels().get_function("block_topk")(
-            (b,), (THREADS,), (scores, cupy.int64(n), cupy.int32(n),
-                               bound.astype(cupy.float32, copy=False), cupy.int32(k),
-                               vals, idx, overflow),
+        mod = _kernels()
+        cand_v = cupy.empty((b, CAP), dtype=cupy.float32)
+        cand_i = cupy.empty((b, CAP), dtype=cupy.int32)
+        counts = cupy.zeros(b, dtype=cupy.int32)
+        parts = max(1, min(-(-n // (THREADS * 16)), -(-2048 // b)))
+        mod.get_function("collect")(
+            (parts, b), (THREADS,), (scores, cupy.int64(n), cupy.int32(n),
+                                     bound.astype(cupy.float32, copy=False),
+                                     cand_v, cand_i, counts))
+        mod.get_function("sort_topk")(
+            (b,), (THREADS,), (cand_v, cand_i, counts, cupy.int32(k), vals, idx, overflow),
             shared_mem=CAP * 8)
     return vals, idx, overflow

@@ -76,7 +76,7 @@ def select_topk(scores: Any, k: int) -> tuple[Any, Any]:
         return xp.empty((b, 0), dtype=xp.float32), xp.empty((b, 0), dtype=xp.int64)
     if n <= SORT_WIDTH or k * GROUP * 4 >= n:
         return _sorted_topk(scores, k)
-    if xp is not np and k <= kernels.CAP and scores.dtype == xp.float32:
+    if xp is not np and k <= kernels.CAP and scores.dtype == xp.float32 and b <= 65535:
         return _select_device(xp, xp.ascontiguousarray(scores), k)
     return _select_xp(xp, scores, k)
 
