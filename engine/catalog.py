@@ -59,6 +59,7 @@ class Catalog:
         self.broken: dict[str, str] = {}  # collections that failed to load, with the reason
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._indexer: threading.Thread | None = None
 
     # ---- start-up --------------------------------------------------------------------------
 
@@ -112,6 +113,23 @@ class Catalog:
         self._flusher = threading.Thread(target=self._flush_loop, name="quiver-flusher",
                                          daemon=True)
         self._flusher.start()
+        self._indexer = threading.Thread(target=self._index_loop, name="quiver-indexer",
+                                         daemon=True)
+        self._indexer.start()
+
+    def _index_loop(self) -> None:
+        """The optimizer: builds HNSW indexes one at a time, off every request's path."""
+        while not self._stop.is_set():
+            built = False
+            for coll in list(self.collections.values()):
+                if self._stop.is_set():
+                    return
+                try:
+                    built = coll.build_pending_index() or built
+                except Exception:  # noqa: BLE001 - searches stay exact meanwhile
+                    log.exception("building an index for %s failed", coll.name)
+            if not built:
+                self._stop.wait(0.2)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -128,6 +146,8 @@ class Catalog:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(timeout=30)
+        if self._indexer is not None:
+            self._indexer.join(timeout=300)  # an index build in flight finishes first
         for coll in list(self.collections.values()):
             coll.close()
 

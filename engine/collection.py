@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import jsonio
+from engine import ann, jsonio
 from engine import payload as payload_ops
 from engine.config import CollectionConfig, apply_update, from_state, parse_create
 from engine.durable import fsync_dir, write_atomic
@@ -26,10 +26,17 @@ from engine.filters import parse_filter
 from engine.ids import PointId, ids_to_records, parse_ids
 from engine.points_input import parse_points, parse_vector_updates
 from engine.segment import FrozenSegment, Segment
-from engine.segment_store import prune_generations, read_segment, write_segment
+from engine.segment_store import (
+    ids_fingerprint,
+    prune_generations,
+    read_graph,
+    read_segment,
+    write_graph,
+    write_segment,
+)
 from engine.wal import Wal
 from gpu import xp as xpmod
-from gpu.xp import get_xp
+from gpu.xp import get_xp, to_host
 
 log = logging.getLogger("quiver.collection")
 
@@ -98,7 +105,6 @@ class Collection:
         coll.gen = state.get("gen", 0)
         for meta in state["segments"]:
             coll._load_segment(meta)
-        coll._remove_stray_segments()
         if not coll.segments or coll.segments[-1].sealed:
             coll._new_appendable()
         replayed = 0
@@ -106,6 +112,8 @@ class Collection:
             coll.apply(op, seq)
             replayed += 1
         coll.wal.open_for_append()
+        coll._attach_graphs()  # replayed segments reuse their ids: their graphs may still fit
+        coll._remove_stray_segments()
         if replayed:
             log.info("collection %s: replayed %d WAL records", name, replayed)
         return coll
@@ -119,6 +127,33 @@ class Collection:
         seg.dirty = seg.payloads_dirty = False
         self._register(seg)
         self.seg_meta[seg.seg_id] = dict(meta)
+
+    def _attach_graphs(self) -> None:
+        """After WAL replay: persisted HNSW graphs whose rows (by id fingerprint) are still
+        the segment's leading rows are attached; anything else is rebuilt in the background."""
+        if not ann.available():
+            return
+        for seg in self.segments:
+            seg_dir = os.path.join(self.path, "segments", str(seg.seg_id))
+            for name, spec in self.config.vectors.items():
+                try:
+                    graph = read_graph(seg_dir, name)
+                    if graph is None or seg.on_device:
+                        continue
+                    rows = len(graph["levels"])
+                    if rows > seg.n or not np.array_equal(
+                            graph["ids_sha"], ids_fingerprint(seg.id_recs[:rows])):
+                        raise ValueError("it describes other rows")
+                    vectors = to_host(seg.vectors[name][:rows])
+                    seg.ann = {**seg.ann, name: ann.HnswIndex.from_graph(
+                        vectors, graph, spec.distance.metric, *self._hnsw())}
+                except (OSError, ValueError, KeyError) as exc:
+                    log.warning("collection %s: ignoring HNSW graph in %s (%s); it will be "
+                                "rebuilt", self.name, seg_dir, exc)
+
+    def _hnsw(self) -> tuple[int, int]:
+        cfg = self.config.hnsw_config
+        return int(cfg.get("m") or 0), int(cfg.get("ef_construct") or 100)
 
     def _register(self, seg: Segment) -> None:
         live = np.flatnonzero(~seg.deleted[: seg.n])
@@ -146,6 +181,10 @@ class Collection:
         coll.wal.last_seq = seq
         coll.wal.open_for_append()
         coll.flush()
+        for seg in coll.segments:  # indexes that came with the archive: persisted, not rebuilt
+            for name, index in seg.ann.items():
+                write_graph(os.path.join(path, "segments", str(seg.seg_id)), name, index.graph(),
+                            seg.id_recs[: index.rows])
         return coll
 
     def relocate(self, path: str) -> None:
@@ -532,6 +571,51 @@ class Collection:
             self._closed = True
             self.wal.close()
 
+    # ---- ANN indexes (built by the catalog's background indexer) ------------------------------
+
+    def pending_index(self) -> tuple[Segment, str, int] | None:
+        """The next (segment, vector name, rows) whose unindexed rows passed
+        `indexing_threshold`; device-resident segments are searched exactly on the GPU."""
+        m, _ = self._hnsw()
+        if not ann.available() or m <= 0 or self._closed:
+            return None
+        for seg in list(self.segments):
+            if seg.on_device:
+                continue
+            n = seg.n
+            for name, spec in self.config.vectors.items():
+                row_bytes = seg.vectors[name].dtype.itemsize * spec.size
+                need = ann.threshold_rows(self.config.optimizer_config.get("indexing_threshold"),
+                                          row_bytes)
+                have = seg.ann.get(name)
+                if need is not None and n - (have.rows if have else 0) >= need:
+                    return seg, name, n
+        return None
+
+    def build_pending_index(self) -> bool:
+        """Build (or extend) one index outside every lock (rows below `n` never change),
+        then swap it in. Returns False when nothing was pending."""
+        task = self.pending_index()
+        if task is None:
+            return False
+        seg, name, n = task
+        spec = self.config.vectors[name]
+        vectors = to_host(seg.vectors[name][:n]).astype(np.float32, copy=False)
+        index = ann.HnswIndex.build(vectors, spec.distance.metric, *self._hnsw(),
+                                    base=seg.ann.get(name))
+        with self.write_lock:
+            if self.seg_by_id.get(seg.seg_id) is not seg or self._closed:
+                return True  # vacuumed or dropped meanwhile: the new segment gets its own
+            seg.ann = {**seg.ann, name: index}
+        write_graph(os.path.join(self.path, "segments", str(seg.seg_id)), name, index.graph(),
+                    seg.id_recs[: index.rows])
+        log.info("collection %s: HNSW index over %d rows of segment %d (%r)", self.name,
+                 index.rows, seg.seg_id, name)
+        return True
+
+    def indexed_vectors(self) -> int:
+        return sum(index.rows for seg in self.segments for index in seg.ann.values())
+
     # ---- device placement --------------------------------------------------------------------
 
     def fall_back_to_cpu(self, reason: str) -> None:
@@ -578,9 +662,9 @@ class Collection:
                 item["params"] = entry["params"]
             schema[field] = item
         return {
-            "status": "green",
+            "status": "yellow" if self.pending_index() else "green",  # yellow: indexing
             "optimizer_status": "ok",
-            "indexed_vectors_count": 0,
+            "indexed_vectors_count": self.indexed_vectors(),
             "points_count": self.points_count(),
             "segments_count": len(self.segments),
             "config": self.config.to_json(),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine import ann
 from engine import payload as payload_ops
 from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column
 from engine.errors import BadInput, BadRequest, NotFound
@@ -261,7 +262,9 @@ class SearchSpec:
     with_payload: Any
     with_vector: Any
     exclude_ids: tuple[PointId, ...] = ()
-    filter_key: str = ""  # searches with equal (using, filter_key) share one GEMM
+    filter_key: str = ""  # searches with equal (using, filter_key, params) share one GEMM
+    hnsw_ef: int | None = None  # params.hnsw_ef: HNSW beam width (default: ef_construct)
+    exact: bool = False  # params.exact: bypass the HNSW index
 
 
 def search_batch(coll: Collection, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
@@ -269,7 +272,7 @@ def search_batch(coll: Collection, specs: list[SearchSpec]) -> list[list[dict[st
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, s in enumerate(specs):
-        groups.setdefault((s.using, s.filter_key), []).append(i)
+        groups.setdefault((s.using, s.filter_key, s.hnsw_ef, s.exact), []).append(i)
     view = take_view(coll)
     for idx in groups.values():
         for i, res in zip(idx, _search_group(coll, view, [specs[i] for i in idx]), strict=True):
@@ -297,13 +300,20 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
         if allowed == 0:
             continue
         seg.touch()
-        try:
-            vals, rows = _segment_search(seg, n, vspec.name, queries, k, dist.metric,
-                                         None if allowed == n else mask)
-        except DeviceFailure as exc:
-            coll.fall_back_to_cpu(str(exc))  # logged once; the same search runs on the host
-            vals, rows = _segment_search(seg, n, vspec.name, queries, k, dist.metric,
-                                         None if allowed == n else mask)
+        index = None if seg.on_device else seg.ann.get(vspec.name)
+        row_bytes = seg.vectors[vspec.name].dtype.itemsize * vspec.size
+        full_scan = int(coll.config.hnsw_config.get("full_scan_threshold") or 0) * 1024
+        if ann.use_index(index, spec0.exact, allowed, n, full_scan // max(row_bytes, 1)):
+            vals, rows = _index_search(seg, n, vspec.name, queries, k, dist.metric, mask, allowed,
+                                       index, spec0.hnsw_ef or coll._hnsw()[1])
+        else:
+            try:
+                vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric,
+                                             None if allowed == n else mask)
+            except DeviceFailure as exc:
+                coll.fall_back_to_cpu(str(exc))  # logged once; the same search runs on the host
+                vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric,
+                                             None if allowed == n else mask)
         keys = np.where(rows >= 0, rows + (seg.seg_id << ROW_BITS), -1)
         parts.append((vals, keys))
     vals, keys = merge(parts, k) if parts else (np.empty((len(specs), 0), np.float32),
@@ -326,13 +336,35 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
     return out
 
 
-def _segment_search(seg: Segment, n: int, name: str, queries: np.ndarray, k: int, metric: str,
-                    mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    vectors = seg.vectors[name][:n]
+def _segment_search(seg: Segment, start: int, n: int, name: str, queries: np.ndarray, k: int,
+                    metric: str, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over rows [start, n) of a segment; returned rows count from `start`."""
+    vectors = seg.vectors[name][start:n]
     norms = seg.sq_norms.get(name)
     if norms is not None and is_device_array(norms) != is_device_array(vectors):
         norms = None  # caught mid-move between host and device: recompute
-    return flat.search(vectors, queries, k, metric, mask, None if norms is None else norms[:n])
+    return flat.search(vectors, queries, k, metric, mask,
+                       None if norms is None else norms[start:n])
+
+
+def _index_search(seg: Segment, n: int, name: str, queries: np.ndarray, k: int, metric: str,
+                  mask: np.ndarray, allowed: int, index: ann.HnswIndex, ef: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """HNSW over the indexed rows, exact scan of the unindexed tail, merged."""
+    covered = min(index.rows, n)
+    sel = None
+    if allowed < n or index.rows > n:  # rows appended after this view began are not visible
+        sel = np.zeros(index.rows, bool)
+        sel[:covered] = mask[:covered]
+        ef = ann.filtered_ef(ef, allowed, n)
+    vals, rows = index.search(queries, k, ef, sel)
+    if covered < n:
+        tail = mask[covered:n]
+        tv, tr = _segment_search(seg, covered, n, name, queries, k, metric,
+                                 None if tail.all() else tail)
+        tr = np.where(tr >= 0, tr + covered, -1)
+        vals, rows = merge([(vals, rows), (tv, tr)], k)
+    return vals, rows
 
 
 def vector_of_point(coll: Collection, raw_id: Any, using: str) -> np.ndarray:

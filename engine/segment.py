@@ -41,6 +41,7 @@ class FrozenSegment:
     versions: np.ndarray
     payloads: list[dict[str, Any]]
     payloads_changed: bool
+    ann: dict[str, Any]  # vector name → HnswIndex over its leading rows (immutable)
 
 
 class Segment:
@@ -61,6 +62,7 @@ class Segment:
         self.deleted = np.zeros(0, bool)
         self.versions = np.zeros(0, np.uint64)
         self.payloads: list[dict[str, Any]] = []
+        self.ann: dict[str, Any] = {}  # vector name → engine.ann.HnswIndex, swapped whole
         self.payload_version = 0
         self._changes: list[tuple[int, np.ndarray]] = []
         self._columns: dict[str, Column] = {}
@@ -263,6 +265,7 @@ class Segment:
             versions=self.versions[:n].copy(),
             payloads=self.payloads[:n],
             payloads_changed=self.payloads_dirty,
+            ann=dict(self.ann),
         )
 
     @classmethod
@@ -286,6 +289,7 @@ class Segment:
         seg.deleted[:n] = data["deleted"]
         seg.versions[:n] = data["versions"]
         seg.payloads = list(data["payloads"])
+        seg.ann = dict(data.get("ann") or {})
         from engine.ids import records_to_ids  # noqa: PLC0415 - avoid a cycle at import
         seg.ids = records_to_ids(data["id_recs"])
         seg.n = n

@@ -4,6 +4,9 @@
     segments/<id>/vec-<hexname>.bin        raw vector rows in storage dtype, append-only
     segments/<id>/masks.<gen>.npz          deleted, versions, present-<hexname>
     segments/<id>/payloads.<gen>.json      list of payload dicts
+    segments/<id>/hnsw-<hexname>.npz       HNSW graph over the leading rows (engine/ann.py),
+                                           written by the background indexer; ignored on load
+                                           if it covers more rows than were committed
 
 Appends go past the row count the collection's state.json records, and the state file is
 the commit point: rows beyond it (from a crashed flush) are truncated away on load.
@@ -11,6 +14,7 @@ the commit point: rows beyond it (from a crashed flush) are truncated away on lo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from typing import Any
@@ -96,11 +100,47 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> d
             "versions": masks["versions"], "present": present, "payloads": payloads}
 
 
+GRAPH_KEYS = ("levels", "offsets", "neighbors", "entry")
+
+
+def graph_file(name: str) -> str:
+    return f"hnsw-{name.encode().hex()}.npz"
+
+
+def ids_fingerprint(id_recs: np.ndarray) -> np.ndarray:
+    """sha256 of the id records a graph covers: proves, after WAL replay rebuilt rows that
+    were never flushed, that the graph still describes the same rows."""
+    return np.frombuffer(hashlib.sha256(np.ascontiguousarray(id_recs).tobytes()).digest(),
+                         dtype=np.uint8)
+
+
+def write_graph(seg_dir: str, name: str, graph: dict[str, np.ndarray],
+                id_recs: np.ndarray) -> None:
+    """Persist an index's graph atomically (temp file → rename → directory fsync)."""
+    try:
+        os.makedirs(seg_dir, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, ids_sha=ids_fingerprint(id_recs), **{k: graph[k] for k in GRAPH_KEYS})
+        with atomic_writer(os.path.join(seg_dir, graph_file(name))) as f:
+            f.write(buf.getvalue())
+        fsync_dir(seg_dir)
+    except OSError as exc:
+        raise io_error(exc, "writing an HNSW graph") from exc
+
+
+def read_graph(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
+    path = os.path.join(seg_dir, graph_file(name))
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in (*GRAPH_KEYS, "ids_sha")}
+
+
 def prune_generations(seg_dir: str, gen: int, payload_gen: int) -> None:
     """Remove mask/payload files of older generations and stray temp files."""
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):
-        if name in keep or name.startswith("vec-"):
+        if name in keep or name.startswith(("vec-", "hnsw-")):
             continue
         if name.startswith(("masks.", "payloads.", ".tmp-")):
             try:

@@ -9,6 +9,10 @@
     segments/<i>/deleted.npy               deleted-row mask
     segments/<i>/versions.npy              per-row operation sequence numbers
     segments/<i>/payloads.json             payload per row
+    segments/<i>/hnsw-<hexname>-<part>.npy HNSW graph over the segment's leading rows (levels,
+                                           offsets, neighbors, entry): recovery rebuilds the
+                                           index from these and the vectors, never re-running
+                                           construction; bounds-checked before faiss sees them
 
 Writing hashes every member in memory before its bytes go out, so the manifest can come
 first, and hashes the whole archive as it streams (the `.checksum` sidecar): no file is
@@ -45,7 +49,8 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
 _MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
-                        r"present-[0-9a-f]*)\.(npy|json)$")
+                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry))"
+                        r"\.(npy|json)$")
 CHUNK = 8 << 20
 
 
@@ -89,6 +94,10 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
         out.append(Member(base + f"vectors-{hx}.npy", _npy_bytes(to_host(arr))))
         out.append(Member(base + f"present-{hx}.npy", _npy_bytes(fz.present[name])))
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
+    for name, index in fz.ann.items():  # the graph only: its vectors are the segment's own
+        hx = name.encode().hex()
+        for key, arr in index.graph().items():
+            out.append(Member(base + f"hnsw-{hx}-{key}.npy", _npy_bytes(arr)))
     return out
 
 

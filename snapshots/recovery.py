@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 import numpy as np
 
-from engine import jsonio
+from engine import ann, jsonio
 from engine.catalog import Catalog, validate_name
 from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
@@ -34,6 +34,7 @@ from engine.errors import (
 )
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES
+from engine.segment_store import GRAPH_KEYS
 from snapshots.archive import CHUNK, SnapshotFormatError, load_npy, unpack
 
 PRIORITIES = ("replica", "snapshot", "no_sync")
@@ -223,6 +224,7 @@ class Recovery:
                 vectors[name] = arr
                 present[name] = load_npy(member(f"present-{hx}.npy"))
                 _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
+            ann_indexes = self._graphs(unpacked, base, cfg, vectors)
             with open(member("payloads.json"), "rb") as f:
                 try:
                     payloads = jsonio.loads(f.read())
@@ -232,8 +234,33 @@ class Recovery:
                     or not all(isinstance(p, dict) for p in payloads):
                 raise SnapshotFormatError("Invalid snapshot: payloads do not match the segment")
             out.append(({"id_recs": ids, "vectors": vectors, "present": present,
-                         "deleted": deleted, "versions": versions, "payloads": payloads},
-                        bool(seg.get("sealed"))))
+                         "deleted": deleted, "versions": versions, "payloads": payloads,
+                         "ann": ann_indexes}, bool(seg.get("sealed"))))
+        return out
+
+    @staticmethod
+    def _graphs(unpacked: Any, base: str, cfg: Any, vectors: dict[str, np.ndarray]
+                ) -> dict[str, Any]:
+        """HNSW indexes the archive carries, rebuilt from their graphs (no construction)."""
+        out: dict[str, Any] = {}
+        m = int(cfg.hnsw_config.get("m") or 0)
+        ef = int(cfg.hnsw_config.get("ef_construct") or 100)
+        for name, spec in cfg.vectors.items():
+            hx = name.encode().hex()
+            paths = {key: unpacked.files.get(f"{base}hnsw-{hx}-{key}.npy") for key in GRAPH_KEYS}
+            if not any(paths.values()):
+                continue
+            if not all(paths.values()):
+                raise SnapshotFormatError(f"Invalid snapshot: incomplete HNSW graph for {name!r}")
+            if not ann.available():
+                continue  # faiss missing here: searches stay exact, nothing is lost
+            graph = {key: load_npy(path) for key, path in paths.items()}
+            try:
+                out[name] = ann.HnswIndex.from_graph(vectors[name], graph, spec.distance.metric,
+                                                     m, ef)
+            except (ann.GraphError, ValueError, TypeError) as exc:
+                raise SnapshotFormatError(f"Invalid snapshot: HNSW graph for {name!r}: {exc}"
+                                          ) from None
         return out
 
 

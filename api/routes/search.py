@@ -41,12 +41,26 @@ def _threshold(v: Any) -> float | None:
     return float(v)
 
 
+def _search_params(params: Any) -> tuple[int | None, bool]:
+    """Qdrant's SearchParams: `hnsw_ef` and `exact` steer the index; the rest (quantization,
+    indexed_only, acorn) is accepted and has nothing to change here."""
+    if params is None:
+        return None, False
+    if not isinstance(params, dict):
+        raise BadRequest("`params` must be an object")
+    ef = params.get("hnsw_ef")
+    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 0):
+        raise BadRequest("`params.hnsw_ef` must be a non-negative integer")
+    exact = params.get("exact")
+    if exact is not None and not isinstance(exact, bool):
+        raise BadRequest("`params.exact` must be a boolean")
+    return (ef or None), bool(exact)
+
+
 def _base_spec(coll: Collection, b: dict[str, Any], vector: np.ndarray, using: str | None,
                wp_default: Any, exclude: tuple[Any, ...] = ()) -> query.SearchSpec:
     flt = b.get("filter")
-    params = b.get("params")
-    if params is not None and not isinstance(params, dict):
-        raise BadRequest("`params` must be an object")
+    hnsw_ef, exact = _search_params(b.get("params"))
     return query.SearchSpec(
         vector=vector,
         using=coll.config.vector(using).name,
@@ -58,6 +72,8 @@ def _base_spec(coll: Collection, b: dict[str, Any], vector: np.ndarray, using: s
         with_vector=False if b.get("with_vector", b.get("with_vectors")) is None
         else b.get("with_vector", b.get("with_vectors")),
         exclude_ids=exclude,
+        hnsw_ef=hnsw_ef,
+        exact=exact,
         filter_key=orjson.dumps(flt).decode() if flt is not None else "",
     )
 

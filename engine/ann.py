@@ -1,0 +1,188 @@
+"""HNSW indexes over a segment's leading rows (faiss-cpu), and when to use them.
+
+Rows are immutable once written, so an index built over a segment's first `rows` rows stays
+valid while the segment keeps growing: a search asks the index for those rows and scans the
+unindexed tail exactly, and results merge like any two segments'. Deleted and filtered-out
+rows are excluded inside the graph walk with a faiss IDSelectorBitmap. Indexes are built (and
+extended) in the background on a copy, then swapped in with one reference assignment, so
+readers and writers never wait for a build.
+
+Qdrant's semantics kept: `indexing_threshold` (KB of vectors; 0 disables indexing) decides
+when a segment gets an index; `hnsw_config.m` / `ef_construct` shape it; `params.hnsw_ef`
+sets the search beam and `params.exact` bypasses the index; a filter matching fewer vectors
+than `full_scan_threshold` (KB) is answered exactly, since a graph walk through mostly
+excluded nodes loses recall.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+try:
+    import faiss
+except ImportError:  # pragma: no cover - the bare GPU image has no faiss: exact search only
+    faiss = None
+
+FAISS_METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2", "l1": "METRIC_L1"}
+# A filter keeping less than this fraction of a segment is searched exactly as well: faiss
+# walks the whole graph and drops excluded nodes, so tiny fractions would starve the beam.
+MIN_FILTERED_FRACTION = 0.05
+MAX_EF = 4096
+_CORES = os.cpu_count() or 1
+_build_count = 0
+_count_lock = threading.Lock()
+
+
+def available() -> bool:
+    return faiss is not None
+
+
+def builds() -> int:
+    """How many index builds/extensions ran in this process (tests prove recovery adds none)."""
+    return _build_count
+
+
+@dataclass(frozen=True)
+class HnswIndex:
+    """An immutable HNSW graph over rows [0, rows) of one segment's vectors."""
+
+    index: Any
+    rows: int
+    metric: str
+    m: int
+    ef_construct: int
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, metric: str, m: int, ef_construct: int,
+              base: HnswIndex | None = None) -> HnswIndex:
+        """Index `vectors` (host float32, all rows to cover). With `base`, extend a copy of
+        it by the rows it lacks instead of starting over."""
+        global _build_count
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if base is not None and base.m == m and base.metric == metric and base.rows <= len(x):
+            index = faiss.deserialize_index(faiss.serialize_index(base.index))  # a private copy
+            start = base.rows
+        else:
+            index = faiss.IndexHNSWFlat(x.shape[1], m, getattr(faiss, FAISS_METRICS[metric]))
+            index.hnsw.efConstruction = ef_construct
+            start = 0
+        faiss.omp_set_num_threads(_CORES)
+        if start < len(x):
+            index.add(x[start:])
+        with _count_lock:
+            _build_count += 1
+        return cls(index, len(x), metric, m, ef_construct)
+
+    def search(self, queries: np.ndarray, k: int, ef: int, mask: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the indexed rows as (similarity, rows), higher first; -inf/-1 padded.
+        `mask` (bool, >= rows long) keeps only allowed rows."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(min(max(ef, k), MAX_EF))
+        if mask is not None:
+            bits = np.packbits(mask[: self.rows], bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
+        faiss.omp_set_num_threads(_CORES if len(q) >= 8 else 1)
+        dist, idx = self.index.search(q, min(k, self.rows), params=params)  # `bits` alive here
+        missing = idx < 0
+        if self.metric == "ip":
+            sim = dist
+        elif self.metric == "l2":
+            sim = -np.sqrt(np.maximum(dist, 0.0))
+        else:
+            sim = -dist
+        sim = np.where(missing, -np.inf, sim).astype(np.float32)
+        return sim, np.where(missing, -1, idx).astype(np.int64)
+
+    # ---- serialised form: the graph as plain arrays (the vectors are the segment's own) ----
+
+    def graph(self) -> dict[str, np.ndarray]:
+        """The graph (levels, offsets, neighbors, entry point) as arrays; with the segment's
+        vectors this is the whole index, so archives and segment files never copy vectors."""
+        h = self.index.hnsw
+        return {"levels": faiss.vector_to_array(h.levels).astype(np.int32),
+                "offsets": faiss.vector_to_array(h.offsets).astype(np.uint64),
+                "neighbors": faiss.vector_to_array(h.neighbors).astype(np.int32),
+                "entry": np.array([h.entry_point, h.max_level], dtype=np.int64)}
+
+    @classmethod
+    def from_graph(cls, vectors: np.ndarray, graph: dict[str, np.ndarray], metric: str, m: int,
+                   ef_construct: int) -> HnswIndex:
+        """Rebuild an index from its arrays and the first `rows` vectors, without re-running
+        the construction. Every array is bounds-checked first: a hostile archive must not be
+        able to make faiss read or write outside its buffers."""
+        levels, offsets = graph["levels"], graph["offsets"]
+        neighbors, entry = graph["neighbors"], graph["entry"]
+        rows = len(levels)
+        x = np.ascontiguousarray(vectors[:rows], dtype=np.float32)
+        index = faiss.IndexHNSWFlat(x.shape[1], m, getattr(faiss, FAISS_METRICS[metric]))
+        index.hnsw.efConstruction = ef_construct
+        cum = faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level).astype(np.int64)
+        _check_graph(levels, offsets, neighbors, entry, cum, len(x))
+        index.storage.add(x)
+        faiss.copy_array_to_vector(levels.astype(np.int32), index.hnsw.levels)
+        faiss.copy_array_to_vector(offsets.astype(np.uint64), index.hnsw.offsets)
+        faiss.copy_array_to_vector(neighbors.astype(np.int32), index.hnsw.neighbors)
+        index.hnsw.entry_point = int(entry[0])
+        index.hnsw.max_level = int(entry[1])
+        index.ntotal = rows
+        return cls(index, rows, metric, m, ef_construct)
+
+
+class GraphError(ValueError):
+    """An HNSW graph whose arrays are inconsistent (corrupt or hostile)."""
+
+
+def _check_graph(levels: np.ndarray, offsets: np.ndarray, neighbors: np.ndarray,
+                 entry: np.ndarray, cum: np.ndarray, nvec: int) -> None:
+    rows = len(levels)
+    if levels.ndim != 1 or offsets.shape != (rows + 1,) or neighbors.ndim != 1 \
+            or entry.shape != (2,):
+        raise GraphError("HNSW graph arrays have the wrong shapes")
+    if rows > nvec:
+        raise GraphError(f"HNSW graph covers {rows} rows but the segment has {nvec}")
+    if rows == 0:
+        if len(neighbors) or int(offsets[0]) != 0:
+            raise GraphError("empty HNSW graph with neighbours")
+        return
+    if levels.min() < 1 or levels.max() >= len(cum):
+        raise GraphError("HNSW graph levels out of range")
+    sizes = cum[levels.astype(np.int64)]
+    if int(offsets[0]) != 0 or not np.array_equal(np.diff(offsets.astype(np.int64)), sizes) \
+            or int(offsets[-1]) != len(neighbors):
+        raise GraphError("HNSW graph offsets do not match its levels")
+    if len(neighbors) and (neighbors.min() < -1 or neighbors.max() >= rows):
+        raise GraphError("HNSW graph neighbours out of range")
+    ep, top = int(entry[0]), int(entry[1])
+    if not 0 <= ep < rows or top != int(levels.max()) - 1 or int(levels[ep]) - 1 != top:
+        raise GraphError("HNSW graph entry point is invalid")
+
+
+def threshold_rows(indexing_threshold_kb: Any, row_bytes: int) -> int | None:
+    """Rows of unindexed vectors that trigger a build; None when indexing is disabled."""
+    if not isinstance(indexing_threshold_kb, int | float) or indexing_threshold_kb <= 0:
+        return None
+    return max(1, int(indexing_threshold_kb * 1024 // max(row_bytes, 1)))
+
+
+def use_index(index: HnswIndex | None, exact: bool, allowed: int, n: int,
+              full_scan_rows: int) -> bool:
+    """Whether a search over a segment of n rows, `allowed` of them passing filter and
+    deletions, should walk the graph (else: exact scan of the allowed rows)."""
+    if index is None or exact or index.rows == 0:
+        return False
+    if allowed < n and (allowed < full_scan_rows or allowed < n * MIN_FILTERED_FRACTION):
+        return False
+    return True
+
+
+def filtered_ef(ef: int, allowed: int, n: int) -> int:
+    """Widen the beam as a filter gets more selective, so recall stays close to unfiltered."""
+    frac = allowed / n if n else 1.0
+    return int(min(MAX_EF, ef / max(frac, 0.1)))
