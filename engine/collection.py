@@ -19,6 +19,7 @@ import numpy as np
 
 from engine import ann, jsonio
 from engine import payload as payload_ops
+from engine.coalesce import Coalescer
 from engine.config import CollectionConfig, apply_update, from_state, parse_create
 from engine.durable import fsync_dir, write_atomic
 from engine.errors import BadRequest, NotFound, StorageError
@@ -60,6 +61,7 @@ class Collection:
         self.payload_schema = payload_schema
         self.xp = get_xp()
         self.device_fallback: str | None = None
+        self.coalescer = Coalescer()
         self.write_lock = threading.RLock()
         self.flush_lock = threading.Lock()
         self.segments: list[Segment] = []

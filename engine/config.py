@@ -110,6 +110,10 @@ def _parse_vector_params(name: str, raw: Any) -> VectorSpec:
     datatype = raw.get("datatype") or "float32"
     if datatype not in DATATYPES:
         raise BadRequest(f"unknown datatype {datatype!r}")
+    if datatype == "uint8" and dist.normalise:
+        # Cosine stores unit vectors, whose components would all truncate to 0 or 1 as bytes
+        raise BadRequest("datatype uint8 supports Dot, Euclid and Manhattan distances, not "
+                         "Cosine: normalise the vectors and use Dot, or store float16")
     if raw.get("multivector_config") is not None:
         raise BadRequest("multivector_config is not supported by Quiver")
     return VectorSpec(name, size, dist, datatype)

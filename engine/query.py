@@ -267,6 +267,14 @@ class SearchSpec:
     exact: bool = False  # params.exact: bypass the HNSW index
 
 
+def search(coll: Collection, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
+    """The entry point for requests: on a device-resident collection, concurrent requests are
+    coalesced into batches (engine/coalesce.py); on the CPU each runs as it comes."""
+    if any(seg.on_device for seg in coll.segments):
+        return coll.coalescer.search(coll, specs)
+    return search_batch(coll, specs)
+
+
 def search_batch(coll: Collection, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
     """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)

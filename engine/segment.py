@@ -152,10 +152,10 @@ class Segment:
                 pos, arr = pos[order], arr[order]
             dest = rows[pos]
             try:
-                self._write_rows(name, dest, arr.astype(dev.dtype, copy=False), len(dest) == m)
+                self._write_rows(name, dest, to_storage(arr, dev.dtype), len(dest) == m)
             except DeviceFailure:
                 self.move_to_host()
-                self._write_rows(name, dest, arr.astype(dev.dtype, copy=False), len(dest) == m)
+                self._write_rows(name, dest, to_storage(arr, dev.dtype), len(dest) == m)
             self.present[name][dest] = True
         self.id_recs[start : start + m] = id_recs
         self.versions[start : start + m] = version
@@ -326,6 +326,14 @@ class Segment:
 
     def live_count(self) -> int:
         return int(self.n - np.count_nonzero(self.deleted[: self.n]))
+
+
+def to_storage(arr: np.ndarray, dtype: Any) -> np.ndarray:
+    """Vectors in the storage dtype. uint8 saturates and truncates toward zero (how a float
+    becomes a byte in Qdrant's Rust core), never wraps: 300 → 255, -1 → 0, 7.9 → 7."""
+    if np.dtype(dtype) == np.uint8 and arr.dtype != np.uint8:
+        return np.trunc(np.clip(arr, 0, 255)).astype(np.uint8)
+    return arr.astype(dtype, copy=False)
 
 
 def _alloc(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:

@@ -120,7 +120,7 @@ def _scroll_as_query(coll: Collection, b: dict[str, Any]) -> list[dict[str, Any]
 def _run_queries(coll: Collection, bodies: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     specs: list[query.SearchSpec | None] = [query_spec(coll, body_dict(b)) for b in bodies]
     real = [s for s in specs if s is not None]
-    found = iter(query.search_batch(coll, real)) if real else iter(())
+    found = iter(query.search(coll, real)) if real else iter(())
     return [next(found) if s is not None else _scroll_as_query(coll, body_dict(b))
             for s, b in zip(specs, bodies, strict=True)]
 
@@ -149,7 +149,7 @@ def _legacy_spec(coll: Collection, b: dict[str, Any]) -> query.SearchSpec:
 
 def search(request: Request, body: Any) -> list[dict[str, Any]]:
     coll = _coll(request)
-    return query.search_batch(coll, [_legacy_spec(coll, body_dict(body))])[0]
+    return query.search(coll, [_legacy_spec(coll, body_dict(body))])[0]
 
 
 def search_batch(request: Request, body: Any) -> list[list[dict[str, Any]]]:
@@ -157,7 +157,7 @@ def search_batch(request: Request, body: Any) -> list[list[dict[str, Any]]]:
     searches = body_dict(body).get("searches")
     if not isinstance(searches, list):
         raise BadRequest("`searches` must be a list")
-    return query.search_batch(coll, [_legacy_spec(coll, body_dict(s)) for s in searches])
+    return query.search(coll, [_legacy_spec(coll, body_dict(s)) for s in searches])
 
 
 P = "/collections/{collection_name}/points"
