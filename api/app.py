@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auth import ApiKeyAuth, keys_from_settings
 from api.errors import error
 from api.http import BodyLimit, NormalizePath
 from api.routes import collections, points, search, service, snapshots
@@ -89,7 +90,11 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
     max_mb = settings["service"].get("max_request_size_mb") or 32
     app.add_middleware(BodyLimit, max_bytes=int(max_mb * (1 << 20)),
                        exempt=("/snapshots/upload",))
-    app.add_middleware(NormalizePath)
+    api_key, read_only_key = keys_from_settings(settings["service"])
+    if api_key or read_only_key:  # outside BodyLimit: a refused request is never read at all
+        app.add_middleware(ApiKeyAuth, api_key=api_key, read_only_api_key=read_only_key)
+        log.info("API keys required (read-only key %s)", "set" if read_only_key else "unset")
+    app.add_middleware(NormalizePath)  # outermost: auth sees the normalised path, as in Qdrant
     return app
 
 

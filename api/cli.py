@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import ssl
 import sys
+from typing import Any
 
 from api.settings import load_settings
 
@@ -27,6 +30,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def tls_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn's ssl_* arguments from Qdrant's `service.enable_tls` and `tls:` section."""
+    svc, tls = settings["service"], settings.get("tls") or {}
+    if not svc.get("enable_tls"):
+        return {}
+    needed = ["cert", "key"]
+    if svc.get("verify_https_client_certificate"):
+        needed.append("ca_cert")
+    for name in needed:  # fail at start-up, not at the first handshake
+        path = tls.get(name)
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"service.enable_tls is set but tls.{name} ({path}) is not a file")
+    opts: dict[str, Any] = {"ssl_certfile": tls["cert"], "ssl_keyfile": tls["key"]}
+    if svc.get("verify_https_client_certificate"):
+        opts |= {"ssl_ca_certs": tls["ca_cert"], "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides: dict = {"service": {}, "storage": {}}
@@ -38,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["storage"]["storage_path"] = args.storage_path
     try:
         settings = load_settings(args.config_path, overrides=overrides)
+        tls = tls_options(settings)
     except (OSError, ValueError) as exc:
         print(f"quiver: cannot load configuration: {exc}", file=sys.stderr)
         return 2
@@ -72,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, catalog=catalog, owns_catalog=True)
     svc = settings["service"]
     uvicorn.run(app, host=svc["host"], port=int(svc["http_port"]), log_level="warning",
-                access_log=False, timeout_graceful_shutdown=30)
+                access_log=False, timeout_graceful_shutdown=30, **tls)
     return 0
 
 

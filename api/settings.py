@@ -16,8 +16,11 @@ DEFAULTS: dict[str, Any] = {
         "max_request_size_mb": 32,
         "api_key": None,
         "read_only_api_key": None,
+        "enable_tls": False,
+        "verify_https_client_certificate": False,
         "enable_cors": True,
     },
+    "tls": {"cert": "./tls/cert.pem", "key": "./tls/key.pem", "ca_cert": "./tls/cacert.pem"},
     "storage": {
         "storage_path": "./storage",
         "snapshots_path": "./snapshots",
@@ -35,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 ENV_PREFIX = "QUIVER__"
+# Secrets are taken verbatim from the environment: a key like 0x1F, 007 or "yes" must not
+# become 31, 7 or True.
+VERBATIM = frozenset({"api_key", "read_only_api_key", "access_key", "secret_key"})
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def load_settings(config_path: str | None = None, env: dict[str, str] | None = N
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"{key}: {p} is not a section")
-        node[path[-1]] = _coerce(value)
+        node[path[-1]] = value if path[-1] in VERBATIM else _coerce(value)
     if overrides:
         settings = _merge(settings, overrides)
     return settings
