@@ -147,7 +147,7 @@ class Catalog:
         if self._flusher is not None:
             self._flusher.join(timeout=30)
         if self._indexer is not None:
-            self._indexer.join(timeout=300)  # an index build in flight finishes first
+            self._indexer.join(timeout=10)  # a build still running is discarded (daemon thread)
         for coll in list(self.collections.values()):
             coll.close()
 
