@@ -126,23 +126,37 @@ class _Reader(io.RawIOBase):
         return 0
 
 
-class HashingWriter(io.RawIOBase):
-    """Counts and hashes everything written through it (the archive's sha256, while writing).
+class BackgroundHash:
+    """sha256 computed on a second thread (hashlib releases the GIL), so hashing overlaps the
+    reads and writes around it instead of adding to them. At most 8 chunks queue up."""
 
-    Hashing runs on a second thread (hashlib releases the GIL), overlapping the file writes
-    and the kernel's write-back instead of adding to them."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.size = 0
+    def __init__(self) -> None:
         self._h = hashlib.sha256()
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=64)
-        self._t = threading.Thread(target=self._run, name="quiver-archive-hash", daemon=True)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._t = threading.Thread(target=self._run, name="quiver-hash", daemon=True)
         self._t.start()
 
     def _run(self) -> None:
         while (chunk := self._q.get()) is not None:
             self._h.update(chunk)
+
+    def update(self, data: bytes) -> None:
+        self._q.put(data)
+
+    def hexdigest(self) -> str:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+        return self._h.hexdigest()
+
+
+class HashingWriter(io.RawIOBase):
+    """Counts and hashes everything written through it (the archive's sha256, while writing)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.size = 0
+        self._hash = BackgroundHash()
 
     def writable(self) -> bool:
         return True
@@ -152,20 +166,41 @@ class HashingWriter(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         data = bytes(b)  # callers may reuse their buffer
-        self._q.put(data)
+        self._hash.update(data)
         n = self.f.write(data)
         self.size += len(data)
         return n if n is not None else len(data)
 
     def hexdigest(self) -> str:
-        if self._t.is_alive():
-            self._q.put(None)
-            self._t.join()
-        return self._h.hexdigest()
+        return self._hash.hexdigest()
 
     def close(self) -> None:
         self.hexdigest()
         super().close()
+
+
+class HashingReader(io.RawIOBase):
+    """Reads through `f`, hashing every byte read (a `checksum` verified in the same pass
+    that unpacks the archive, instead of reading the file twice)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self._hash = BackgroundHash()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.f.readinto(b)
+        if n:
+            self._hash.update(bytes(memoryview(b)[:n]))
+        return n or 0
+
+    def finish(self) -> str:
+        """Read whatever the unpacker left (tar padding, a rejected tail) and return the hash."""
+        while chunk := self.f.read(CHUNK):
+            self._hash.update(chunk)
+        return self._hash.hexdigest()
 
 
 def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) -> tuple[str, int]:
@@ -268,17 +303,20 @@ def unpack(src: BinaryIO, dest_dir: str, max_total_bytes: int | None = None) -> 
             path = os.path.join(dest_dir, f"m{len(files):06d}")
             f = tar.extractfile(info)
             assert f is not None
-            h = hashlib.sha256()
-            with open(path, "wb") as out:
-                remaining = info.size
-                while remaining:
-                    chunk = f.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise SnapshotFormatError("Invalid snapshot: truncated archive")
-                    h.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
-            if h.hexdigest() != want["sha256"]:
+            h = BackgroundHash()
+            try:
+                with open(path, "wb") as out:
+                    remaining = info.size
+                    while remaining:
+                        chunk = f.read(min(CHUNK, remaining))
+                        if not chunk:
+                            raise SnapshotFormatError("Invalid snapshot: truncated archive")
+                        h.update(chunk)
+                        out.write(chunk)
+                        remaining -= len(chunk)
+            finally:
+                digest = h.hexdigest()  # also stops the hashing thread on failure
+            if digest != want["sha256"]:
                 raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is corrupt "
                                           "(sha256 mismatch)")
             files[info.name] = path

@@ -9,7 +9,7 @@ and the staging directory is removed (or, after a crash, wiped at start-up).
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
 import re
 import shutil
@@ -35,7 +35,7 @@ from engine.errors import (
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES
 from engine.segment_store import GRAPH_KEYS
-from snapshots.archive import CHUNK, SnapshotFormatError, load_npy, unpack
+from snapshots.archive import CHUNK, HashingReader, SnapshotFormatError, load_npy, unpack
 
 PRIORITIES = ("replica", "snapshot", "no_sync")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -58,12 +58,9 @@ def check_checksum(checksum: Any) -> str | None:
     return checksum.lower()
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def _check_sum(expected: str, actual: str) -> None:
+    if actual != expected:
+        raise ChecksumMismatch(f"Checksum mismatch: expected {expected}, actual {actual}")
 
 
 class Recovery:
@@ -132,17 +129,23 @@ class Recovery:
 
     def recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
         validate_name(collection)
-        if checksum is not None:
-            actual = file_sha256(path)
-            if actual != checksum:
-                raise ChecksumMismatch(f"Checksum mismatch: expected {checksum}, actual {actual}")
         staging = self.catalog.staging_dir()
         try:
             members_dir = os.path.join(staging, "members")
             os.mkdir(members_dir)
             free = shutil.disk_usage(staging).free
             with open(path, "rb") as f:
-                unpacked = unpack(f, members_dir, max_total_bytes=free)
+                if checksum is None:
+                    unpacked = unpack(f, members_dir, max_total_bytes=free)
+                else:  # verified in the same pass; a mismatch wins over any format error
+                    reader = HashingReader(f)
+                    try:
+                        unpacked = unpack(io.BufferedReader(reader, CHUNK), members_dir,
+                                          max_total_bytes=free)
+                    except BaseException:
+                        _check_sum(checksum, reader.finish())
+                        raise
+                    _check_sum(checksum, reader.finish())
             manifest = unpacked.manifest
             seq = manifest.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < (1 << 63):
