@@ -282,7 +282,13 @@ def _check_unique_ids(segments: list[tuple[dict[str, Any], bool]]) -> None:
     if not live:
         return
     recs = np.concatenate(live)
-    if len(np.unique(recs)) != len(recs):
+    if len(recs) < 2:
+        return
+    if not recs["kind"].any():  # integer ids only: sort the plain uint64s (structured sorts
+        keys = np.sort(recs["lo"])  # compare field by field, ~25x slower)
+    else:  # byte-wise order of the whole record is fine for an equality check
+        keys = np.sort(np.ascontiguousarray(recs).view(f"V{recs.dtype.itemsize}"))
+    if (keys[1:] == keys[:-1]).any():
         raise SnapshotFormatError("Invalid snapshot: a point id appears more than once")
 
 
