@@ -125,7 +125,7 @@ class Catalog:
                 if self._stop.is_set():
                     return
                 try:
-                    built = coll.build_pending_index() or built
+                    built = coll.build_pending_index() or coll.digest_sealed() or built
                 except Exception:  # noqa: BLE001 - searches stay exact meanwhile
                     log.exception("building an index for %s failed", coll.name)
             if not built:

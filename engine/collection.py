@@ -25,6 +25,7 @@ from engine.durable import fsync_dir, write_atomic
 from engine.errors import BadRequest, NotFound, StorageError
 from engine.filters import parse_filter
 from engine.ids import PointId, ids_to_records, parse_ids
+from engine.npy import npy_sha256
 from engine.points_input import parse_points, parse_vector_updates
 from engine.segment import FrozenSegment, Segment
 from engine.segment_store import (
@@ -614,6 +615,20 @@ class Collection:
         log.info("collection %s: HNSW index over %d rows of segment %d (%r)", self.name,
                  index.rows, seg.seg_id, name)
         return True
+
+    def digest_sealed(self) -> bool:
+        """Hash one sealed segment's vectors member ahead of any snapshot (they never change
+        again), so snapshot creation only hashes what is still growing. False: none left."""
+        for seg in list(self.segments):
+            if not seg.sealed or self._closed:
+                continue
+            for name in self.config.vectors:
+                n = seg.n
+                if seg.digests.get(name, (-1, ""))[0] != n:
+                    seg.digests = {**seg.digests,
+                                   name: (n, npy_sha256(to_host(seg.vectors[name][:n])))}
+                    return True
+        return False
 
     def indexed_vectors(self) -> int:
         return sum(index.rows for seg in self.segments for index in seg.ann.values())

@@ -42,6 +42,7 @@ class FrozenSegment:
     payloads: list[dict[str, Any]]
     payloads_changed: bool
     ann: dict[str, Any]  # vector name → HnswIndex over its leading rows (immutable)
+    digests: dict[str, str]  # vector name → sha256 of its .npy member, where precomputed
 
 
 class Segment:
@@ -63,6 +64,7 @@ class Segment:
         self.versions = np.zeros(0, np.uint64)
         self.payloads: list[dict[str, Any]] = []
         self.ann: dict[str, Any] = {}  # vector name → engine.ann.HnswIndex, swapped whole
+        self.digests: dict[str, tuple[int, str]] = {}  # name → (rows, sha256 of .npy member)
         self.payload_version = 0
         self._changes: list[tuple[int, np.ndarray]] = []
         self._columns: dict[str, Column] = {}
@@ -266,6 +268,7 @@ class Segment:
             payloads=self.payloads[:n],
             payloads_changed=self.payloads_dirty,
             ann=dict(self.ann),
+            digests={name: d for name, (rows, d) in self.digests.items() if rows == n},
         )
 
     @classmethod

@@ -41,6 +41,7 @@ import numpy as np
 
 from engine import QUIVER_VERSION, jsonio
 from engine.errors import BadRequest
+from engine.npy import npy_parts, parts_sha256
 from engine.segment import FrozenSegment
 from gpu.xp import to_host
 
@@ -59,46 +60,36 @@ class SnapshotFormatError(BadRequest):
     """The archive is not a valid Quiver snapshot (400, nothing is touched)."""
 
 
-def _npy_bytes(a: np.ndarray) -> list[bytes | memoryview]:
-    """An .npy file as [header, data] without copying the data."""
-    a = np.ascontiguousarray(a)
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
-    data = memoryview(a).cast("B") if a.size else b""  # (an empty array can't be cast)
-    return [buf.getvalue(), data]
-
-
 @dataclass
 class Member:
     name: str
     parts: list[bytes | memoryview]
+    digest: str | None = None  # precomputed sha256 (sealed segments' vectors)
 
     @property
     def size(self) -> int:
         return sum(len(p) for p in self.parts)
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        for p in self.parts:
-            h.update(p)
-        return h.hexdigest()
+        return self.digest or parts_sha256(self.parts)
 
 
 def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
     """Device → host sync of one frozen segment, as archive members."""
     base = f"segments/{index}/"
-    out = [Member(base + "ids.npy", _npy_bytes(fz.id_recs)),
-           Member(base + "deleted.npy", _npy_bytes(fz.deleted)),
-           Member(base + "versions.npy", _npy_bytes(fz.versions))]
+    out = [Member(base + "ids.npy", npy_parts(fz.id_recs)),
+           Member(base + "deleted.npy", npy_parts(fz.deleted)),
+           Member(base + "versions.npy", npy_parts(fz.versions))]
     for name, arr in fz.vectors.items():
         hx = name.encode().hex()
-        out.append(Member(base + f"vectors-{hx}.npy", _npy_bytes(to_host(arr))))
-        out.append(Member(base + f"present-{hx}.npy", _npy_bytes(fz.present[name])))
+        out.append(Member(base + f"vectors-{hx}.npy", npy_parts(to_host(arr)),
+                          fz.digests.get(name)))
+        out.append(Member(base + f"present-{hx}.npy", npy_parts(fz.present[name])))
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
     for name, index in fz.ann.items():  # the graph only: its vectors are the segment's own
         hx = name.encode().hex()
         for key, arr in index.graph().items():
-            out.append(Member(base + f"hnsw-{hx}-{key}.npy", _npy_bytes(arr)))
+            out.append(Member(base + f"hnsw-{hx}-{key}.npy", npy_parts(arr)))
     return out
 
 
