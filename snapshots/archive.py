@@ -194,8 +194,16 @@ class HashingReader(io.RawIOBase):
         return self._hash.hexdigest()
 
 
-def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) -> tuple[str, int]:
-    """Write manifest + members as a tar into `out`; returns (sha256 hex, size)."""
+@dataclass
+class PreparedArchive:
+    """Manifest + members with every hash computed and the exact tar size known, so the
+    archive can be streamed somewhere that needs its size up front (a full snapshot's tar)."""
+
+    entries: list[tuple[tarfile.TarInfo, list[bytes | memoryview]]]
+    size: int
+
+
+def prepare_archive(header: dict[str, Any], members: list[Member]) -> PreparedArchive:
     manifest = dict(header)
     # The manifest comes first, so member hashes precede the write: hash members on every core
     # (hashlib releases the GIL; a 1 GB collection is several segments, so several members).
@@ -205,22 +213,105 @@ def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) 
                     quiver_version=QUIVER_VERSION,
                     members=[{"name": m.name, "size": m.size, "sha256": d}
                              for m, d in zip(members, digests, strict=True)])
+    now = int(time.time())
+    entries = []
+    size = 0
+    for m in [Member(MANIFEST, [jsonio.dumps(manifest, indent=True)])] + members:
+        info = tarfile.TarInfo(m.name)
+        info.size, info.mode, info.mtime = m.size, 0o644, now
+        entries.append((info, m.parts))
+        # what tarfile writes: header blocks, data padded to 512; then two zero blocks and
+        # padding to a whole record (tarfile.TarFile.close)
+        size += len(info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        size += -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    size += 2 * tarfile.BLOCKSIZE
+    size = -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+    return PreparedArchive(entries, size)
+
+
+def write_prepared(out: BinaryIO, prepared: PreparedArchive) -> None:
+    # Plain "w" (not the "w|" stream mode, whose small buffer re-slices every write) with
+    # 8 MiB copies: the archive streams out at memory speed.
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.copybufsize = CHUNK
+        for info, parts in prepared.entries:
+            tar.addfile(info, io.BufferedReader(_Reader(parts), buffer_size=CHUNK))
+
+
+def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) -> tuple[str, int]:
+    """Write manifest + members as a tar into `out`; returns (sha256 hex, size)."""
+    prepared = prepare_archive(header, members)
     hw = HashingWriter(out)
     try:
-        # Plain "w" (not the "w|" stream mode, whose small buffer re-slices every write) with
-        # 8 MiB copies: the archive streams out at memory speed.
-        with tarfile.open(fileobj=hw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            tar.copybufsize = CHUNK
-            manifest_bytes = jsonio.dumps(manifest, indent=True)
-            for m in [Member(MANIFEST, [manifest_bytes])] + members:
-                info = tarfile.TarInfo(m.name)
-                info.size = m.size
-                info.mode = 0o644
-                info.mtime = int(time.time())
-                tar.addfile(info, io.BufferedReader(_Reader(m.parts), buffer_size=CHUNK))
+        write_prepared(hw, prepared)
     finally:
         digest = hw.hexdigest()  # also stops the hashing thread on failure
+    if hw.size != prepared.size:
+        raise RuntimeError(f"archive size {hw.size} != predicted {prepared.size}")
     return digest, hw.size
+
+
+class ArchivePipe(io.RawIOBase):
+    """A prepared archive as a readable stream of exactly `prepared.size` bytes: a thread
+    writes the tar into a bounded queue, the reader (an outer tar) pulls from it. Nested
+    archives go straight into the outer file, never through a temp copy on disk."""
+
+    def __init__(self, prepared: PreparedArchive) -> None:
+        self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+        self._buf = b""
+        self._done = False
+        self._t = threading.Thread(target=self._produce, args=(prepared,), daemon=True,
+                                   name="quiver-archive-pipe")
+        self._t.start()
+
+    def _produce(self, prepared: PreparedArchive) -> None:
+        pipe = self
+
+        class _Sink(io.RawIOBase):
+            written = 0
+
+            def writable(self) -> bool:
+                return True
+
+            def tell(self) -> int:  # tarfile asks where the archive starts
+                return self.written
+
+            def write(self, b: Any) -> int:
+                pipe._q.put(bytes(b))
+                self.written += len(b)
+                return len(b)
+
+        try:
+            write_prepared(_Sink(), prepared)  # type: ignore[arg-type]
+            self._q.put(None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the reading thread
+            self._q.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf and not self._done:
+            item = self._q.get()
+            if item is None:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._done = True
+                raise item
+            else:
+                self._buf = item
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        while self._t.is_alive():  # unblock a producer stuck on a full queue
+            try:
+                self._q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        super().close()
 
 
 # ---- reading --------------------------------------------------------------------------------

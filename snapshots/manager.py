@@ -25,7 +25,14 @@ from engine import jsonio
 from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
-from snapshots.archive import HashingWriter, segment_members, write_archive
+from snapshots.archive import (
+    ArchivePipe,
+    HashingWriter,
+    PreparedArchive,
+    prepare_archive,
+    segment_members,
+    write_prepared,
+)
 from snapshots.storage import (
     SUFFIX,
     Download,
@@ -67,9 +74,9 @@ class SnapshotManager:
                     return name
                 k += 1
 
-    def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
-        """Freeze one collection and write its archive to `dest` (fsynced).
-        Returns (collection name, sha256, size)."""
+    def _prepare_collection(self, collection: str) -> tuple[str, PreparedArchive]:
+        """Freeze one collection (the write lock is held only to record row counts) and
+        prepare its archive: every member hashed, the exact size known."""
         coll = self.catalog.get(collection)
         real = coll.name
         seq, config, schema, frozen = coll.snapshot_view()
@@ -82,11 +89,21 @@ class SnapshotManager:
                   "aliases": [a["alias_name"] for a in self.catalog.list_aliases(real)],
                   "segments": segments,
                   "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")}
+        return real, prepare_archive(header, members)
+
+    def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
+        """Freeze one collection and write its archive to `dest` (fsynced).
+        Returns (collection name, sha256, size)."""
+        real, prepared = self._prepare_collection(collection)
         with open(dest, "wb") as f:
-            checksum, size = write_archive(f, header, members)
+            hw = HashingWriter(f)
+            try:
+                write_prepared(hw, prepared)
+            finally:
+                checksum = hw.hexdigest()
             f.flush()
             os.fsync(f.fileno())
-        return real, checksum, size
+        return real, checksum, hw.size
 
     def create(self, collection: str) -> SnapshotInfo:
         real = self.catalog.get(collection).name
@@ -113,17 +130,12 @@ class SnapshotManager:
         """Every collection's archive plus the aliases, in one tar: config.json first, then
         `<collection>.snapshot` members."""
         name = self._reserve_name("full-snapshot", "")
-        work = os.path.join(self.tmp, uuid.uuid4().hex)
-        tmp = work + ".part"
+        tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
         try:
-            os.makedirs(work)
-            mapping: dict[str, str] = {}
-            files = []
-            for coll in sorted(self.catalog.names()):
-                path = os.path.join(work, f"{coll}.snapshot")
-                self.write_collection_archive(coll, path)
-                mapping[coll] = f"{coll}.snapshot"
-                files.append(path)
+            # every collection frozen first (one moment for all of them), then streamed
+            prepared = {coll: self._prepare_collection(coll)[1]
+                        for coll in sorted(self.catalog.names())}
+            mapping = {coll: f"{coll}.snapshot" for coll in prepared}
             aliases = {a["alias_name"]: a["collection_name"] for a in self.catalog.list_aliases()
                        if a["collection_name"] in mapping}
             config = jsonio.dumps({"collections_mapping": mapping,
@@ -136,8 +148,18 @@ class SnapshotManager:
                         info = tarfile.TarInfo(FULL_CONFIG)
                         info.size, info.mtime, info.mode = len(config), int(time.time()), 0o644
                         tar.addfile(info, io.BytesIO(config))
-                        for path in files:
-                            tar.add(path, arcname=os.path.basename(path), recursive=False)
+                        for coll, member in mapping.items():
+                            info = tarfile.TarInfo(member)
+                            info.size, info.mtime, info.mode = (prepared[coll].size,
+                                                                int(time.time()), 0o644)
+                            pipe = ArchivePipe(prepared[coll])
+                            try:
+                                stream = io.BufferedReader(pipe, 8 << 20)
+                                tar.addfile(info, stream)
+                                if stream.read(1):  # the size was predicted, never trusted
+                                    raise OSError(f"{member} outgrew its predicted size")
+                            finally:
+                                pipe.close()
                 finally:
                     digest = hw.hexdigest()
                 f.flush()
@@ -146,7 +168,6 @@ class SnapshotManager:
         except OSError as exc:
             raise io_error(exc, "creating full snapshot") from exc
         finally:
-            shutil.rmtree(work, ignore_errors=True)
             self._release(name, tmp)
 
     def list_full(self) -> list[SnapshotInfo]:
