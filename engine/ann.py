@@ -83,9 +83,12 @@ class HnswIndex:
         """Top-k over the indexed rows as (similarity, rows), higher first; -inf/-1 padded.
         `mask` (bool, >= rows long) keeps only allowed rows."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = int(min(max(ef, k), MAX_EF))
-        if mask is not None:
+        ef = int(min(max(ef, k), MAX_EF))
+        if mask is None:
+            params = _shared_params(ef)
+        else:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = ef
             bits = np.packbits(mask[: self.rows], bitorder="little")
             params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
         faiss.omp_set_num_threads(_CORES if len(q) >= 8 else 1)
@@ -133,6 +136,20 @@ class HnswIndex:
         index.hnsw.max_level = int(entry[1])
         index.ntotal = rows
         return cls(index, rows, metric, m, ef_construct)
+
+
+_PARAMS: dict[int, Any] = {}
+
+
+def _shared_params(ef: int) -> Any:
+    """Selector-free search parameters, built once per ef (SWIG construction costs more than
+    a small graph walk); faiss only reads them, so threads can share them."""
+    params = _PARAMS.get(ef)
+    if params is None:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef
+        _PARAMS[ef] = params
+    return params
 
 
 class GraphError(ValueError):

@@ -25,7 +25,7 @@ class Distance:
         """Vectors as stored/queried (Cosine: unit length; zero vectors stay zero)."""
         if not self.normalise:
             return vectors
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]
         norms[norms == 0] = 1.0
         return vectors / norms
 

@@ -138,10 +138,17 @@ def _resolve(coll: Collection, ids: list[PointId]) -> tuple[list[int], dict[int,
 
 def segment_mask(coll: Collection, seg: Segment, n: int, pred: Predicate | None,
                  vector: str | None = None) -> np.ndarray:
-    mask = seg.live_mask(n, vector)
-    if pred is not None and mask.any():
-        mask &= pred(SegmentTable(coll, seg, n))
-    return mask
+    """Rows passing deletion, vector presence and the filter (read-only: may be cached)."""
+    return segment_mask_count(coll, seg, n, pred, vector)[0]
+
+
+def segment_mask_count(coll: Collection, seg: Segment, n: int, pred: Predicate | None,
+                       vector: str | None = None) -> tuple[np.ndarray, int]:
+    mask, allowed = seg.live_mask(n, vector)
+    if pred is not None and allowed:
+        mask = mask & pred(SegmentTable(coll, seg, n))
+        allowed = int(np.count_nonzero(mask))
+    return mask, allowed
 
 
 def filtered_ids(coll: Collection, pred: Predicate | None) -> list[PointId]:
@@ -303,8 +310,7 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
     for seg, n in view.segments:
         if n == 0:
             continue
-        mask = segment_mask(coll, seg, n, spec0.pred, vspec.name)
-        allowed = int(np.count_nonzero(mask))
+        mask, allowed = segment_mask_count(coll, seg, n, spec0.pred, vspec.name)
         if allowed == 0:
             continue
         seg.touch()

@@ -64,6 +64,8 @@ class Segment:
         self.versions = np.zeros(0, np.uint64)
         self.payloads: list[dict[str, Any]] = []
         self.ann: dict[str, Any] = {}  # vector name → engine.ann.HnswIndex, swapped whole
+        self.mask_version = 0  # bumped when rows are deleted or lose vectors
+        self._live_cache: dict[str | None, tuple[Any, np.ndarray, int]] = {}
         self.digests: dict[str, tuple[int, str]] = {}  # name → (rows, sha256 of .npy member)
         self.payload_version = 0
         self._changes: list[tuple[int, np.ndarray]] = []
@@ -183,6 +185,7 @@ class Segment:
 
     def delete_rows(self, rows: np.ndarray) -> None:
         self.deleted[rows] = True
+        self.mask_version += 1
         self.dirty = True
 
     def set_payloads(self, rows: np.ndarray, payloads: list[dict[str, Any]], version: int) -> None:
@@ -198,16 +201,26 @@ class Segment:
     def drop_vectors(self, rows: np.ndarray, names: list[str], version: int) -> None:
         for name in names:
             self.present[name][rows] = False
+        self.mask_version += 1
         self.versions[rows] = version
         self.dirty = True
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def live_mask(self, n: int, vector: str | None = None) -> np.ndarray:
+    def live_mask(self, n: int, vector: str | None = None) -> tuple[np.ndarray, int]:
+        """(read-only mask of rows that are live and have `vector`, how many): cached until
+        rows are deleted or lose vectors, so unfiltered searches allocate nothing per query."""
+        key = (vector, n, self.mask_version)
+        hit = self._live_cache.get(vector)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
         mask = ~self.deleted[:n]
         if vector is not None:
             mask &= self.present[vector][:n]
-        return mask
+        mask.setflags(write=False)
+        allowed = int(np.count_nonzero(mask))
+        self._live_cache[vector] = (key, mask, allowed)
+        return mask, allowed
 
     def vectors_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Host float32 copies of some rows' vectors (for responses)."""

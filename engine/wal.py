@@ -23,6 +23,7 @@ import numpy as np
 
 from engine import jsonio
 from engine.durable import fsync_dir, io_error
+from engine.errors import StorageError
 
 log = logging.getLogger("quiver.wal")
 
@@ -68,6 +69,7 @@ class Wal:
         self._fd: int | None = None
         self._file_start: int | None = None
         self.bytes_since_rotate = 0
+        self.fenced: str | None = None  # why appends are refused (see append)
 
     # ---- files ---------------------------------------------------------------------------
 
@@ -82,12 +84,28 @@ class Wal:
         return sorted(out)
 
     def _open_new(self, first_seq: int) -> None:
+        """Switch appends to a new file, only once it is open and its directory entry is
+        durable; on failure the current file stays in use (and a file made here goes)."""
+        path = os.path.join(self.dir, f"{first_seq:020d}.wal")
+        existed = os.path.exists(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise io_error(exc, "creating a write-ahead log file") from exc
+        try:
+            fsync_dir(self.dir)
+        except OSError as exc:
+            os.close(fd)
+            if not existed:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise io_error(exc, "creating a write-ahead log file") from exc
         if self._fd is not None:
             os.close(self._fd)
-        path = os.path.join(self.dir, f"{first_seq:020d}.wal")
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = fd
         self._file_start = first_seq
-        fsync_dir(self.dir)
         self.bytes_since_rotate = 0
 
     # ---- replay ----------------------------------------------------------------------------
@@ -142,25 +160,38 @@ class Wal:
 
     def append(self, op: dict[str, Any]) -> int:
         """Append one record durably; returns its sequence number. Raises on I/O failure and
-        leaves no partial record behind."""
+        leaves no partial record behind: the record is truncated away (and the truncation
+        synced). If even that fails, the record's fate is unknown, so the log is fenced:
+        every later append fails until the collection is reopened (which replays what is
+        intact), and no sequence number is ever reused."""
         body = encode(op)
         with self.lock:
+            if self.fenced is not None:
+                raise StorageError(f"the write-ahead log is unusable after an I/O error "
+                                   f"({self.fenced}); restart to recover")
             seq = self.last_seq + 1
             seq_b = struct.pack("<Q", seq)
             rec = _HEAD.pack(len(body), zlib.crc32(body, zlib.crc32(seq_b)), seq) + body
-            assert self._fd is not None
-            pos = os.lseek(self._fd, 0, os.SEEK_END)
+            if self._fd is None:
+                raise StorageError("the write-ahead log is closed")
+            pos = None
             try:
+                pos = os.lseek(self._fd, 0, os.SEEK_END)
                 written = os.write(self._fd, rec)
                 while written < len(rec):
                     written += os.write(self._fd, rec[written:])
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as exc:
-                try:
-                    os.ftruncate(self._fd, pos)
-                except OSError:
-                    pass
+                if pos is not None:
+                    try:
+                        os.ftruncate(self._fd, pos)
+                        if self.fsync:
+                            os.fsync(self._fd)
+                    except OSError as again:
+                        self.fenced = f"{exc}; then {again}"
+                        log.error("WAL %s: a failed append could not be undone (%s); no "
+                                  "further writes until restart", self.dir, self.fenced)
                 raise io_error(exc, "appending to the write-ahead log") from exc
             self.last_seq = seq
             self.bytes_since_rotate += len(rec)
@@ -178,7 +209,11 @@ class Wal:
         files = self.files()
         for (_start, path), nxt in zip(files, files[1:], strict=False):
             if nxt[0] <= seq + 1:
-                os.unlink(path)
+                try:
+                    os.unlink(path)
+                except OSError as exc:  # harmless: replay skips records <= the flushed seq
+                    log.warning("WAL: could not remove %s (%s); retried after the next flush",
+                                path, exc)
         self.bytes_since_rotate = sum(os.path.getsize(p) for _, p in self.files())
 
     def close(self) -> None:
