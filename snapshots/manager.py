@@ -22,6 +22,7 @@ import uuid
 from datetime import UTC, datetime
 
 from engine import jsonio
+from engine.background import run_low_priority
 from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
@@ -111,7 +112,8 @@ class SnapshotManager:
         name = self._reserve_name(f"{real}-{self.node_id}", real)
         tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
         try:
-            _, checksum, _ = self.write_collection_archive(real, tmp)
+            # throughput work: below searches' CPU priority (engine/background.py)
+            _, checksum, _ = run_low_priority(self.write_collection_archive, real, tmp)
             return self.store.publish(tmp, real, name, checksum)
         except OSError as exc:
             raise io_error(exc, "creating snapshot") from exc
@@ -128,7 +130,10 @@ class SnapshotManager:
 
     def create_full(self) -> SnapshotInfo:
         """Every collection's archive plus the aliases, in one tar: config.json first, then
-        `<collection>.snapshot` members."""
+        `<collection>.snapshot` members (built below searches' CPU priority)."""
+        return run_low_priority(self._create_full)
+
+    def _create_full(self) -> SnapshotInfo:
         name = self._reserve_name("full-snapshot", "")
         tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
         try:
