@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -121,89 +122,23 @@ def _classify(v: Any, vocab: Vocab) -> tuple[int, float, int, int]:
     return KIND_OBJ, np.nan, -1, 0
 
 
-class Column:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-        self._reset()
+@dataclass(frozen=True)
+class ColumnData:
+    """One consistent state of a column: parallel entry arrays that are never modified.
 
-    def _reset(self) -> None:
-        self.vocab = Vocab()
-        self.rows = np.empty(0, np.int64)
-        self.kinds = np.empty(0, np.int8)
-        self.nums = np.empty(0, np.float64)
-        self.codes = np.empty(0, np.int32)
-        self.ints = np.empty(0, np.int64)  # exact integer values (floats lose them past 2^53)
-        # values_count semantics: one count per value the path reaches (lists whole).
-        self.count_rows = np.empty(0, np.int64)
-        self.counts = np.empty(0, np.int64)
-        self.n_rows = 0
-        self.version = -1
+    A sync builds new arrays and publishes a new ColumnData with one assignment, so a filter
+    evaluating against the state it got can never see arrays of different lengths while a
+    writer extracts new rows (a race the load test found)."""
 
-    def _extract(self, src: PayloadSource, rows: np.ndarray) -> None:
-        r_list: list[int] = []
-        k_list: list[int] = []
-        n_list: list[float] = []
-        c_list: list[int] = []
-        i_list: list[int] = []
-        cr_list: list[int] = []
-        cn_list: list[int] = []
-        path, vocab = self.path, self.vocab
-        for row in rows.tolist():
-            for raw in raw_values_at(src.payload_at(row), path):
-                if isinstance(raw, list):
-                    cr_list.append(row)
-                    cn_list.append(len(raw))
-                    leaves = raw
-                else:
-                    cr_list.append(row)
-                    cn_list.append(0 if raw is None else 1)
-                    leaves = (raw,)
-                for v in leaves:
-                    k, num, code, exact = _classify(v, vocab)
-                    r_list.append(row)
-                    k_list.append(k)
-                    n_list.append(num)
-                    c_list.append(code)
-                    i_list.append(exact)
-        if cr_list:
-            self.count_rows = np.concatenate([self.count_rows, np.array(cr_list, np.int64)])
-            self.counts = np.concatenate([self.counts, np.array(cn_list, np.int64)])
-        if r_list:
-            self.rows = np.concatenate([self.rows, np.array(r_list, np.int64)])
-            self.kinds = np.concatenate([self.kinds, np.array(k_list, np.int8)])
-            self.nums = np.concatenate([self.nums, np.array(n_list, np.float64)])
-            self.codes = np.concatenate([self.codes, np.array(c_list, np.int32)])
-            self.ints = np.concatenate([self.ints, np.array(i_list, np.int64)])
-
-    def sync(self, src: PayloadSource) -> Column:
-        """Bring the column up to date with `src`; cheap when nothing changed."""
-        n, version = src.payload_rows(), src.payload_version
-        if n == self.n_rows and version == self.version:
-            return self
-        with self.lock:
-            n, version = src.payload_rows(), src.payload_version
-            if n == self.n_rows and version == self.version:
-                return self
-            changed = src.payload_changes_since(self.version) if self.version >= 0 else None
-            if changed is None and self.version >= 0 and version != self.version:
-                self._reset()  # change history too old: rebuild from scratch
-            if changed is not None and len(changed):
-                changed = changed[changed < self.n_rows]
-                if len(changed):
-                    keep = ~np.isin(self.rows, changed)
-                    self.rows, self.kinds = self.rows[keep], self.kinds[keep]
-                    self.nums, self.codes = self.nums[keep], self.codes[keep]
-                    self.ints = self.ints[keep]
-                    keep = ~np.isin(self.count_rows, changed)
-                    self.count_rows, self.counts = self.count_rows[keep], self.counts[keep]
-                    self._extract(src, np.unique(changed))
-            if n > self.n_rows:
-                self._extract(src, np.arange(self.n_rows, n, dtype=np.int64))
-            self.n_rows, self.version = n, version
-        return self
-
-    # ---- per-row aggregates ----------------------------------------------------------------
+    vocab: Vocab
+    rows: np.ndarray
+    kinds: np.ndarray
+    nums: np.ndarray
+    codes: np.ndarray
+    ints: np.ndarray  # exact integer values (floats lose them past 2^53)
+    # values_count semantics: one count per value the path reaches (lists whole).
+    count_rows: np.ndarray
+    counts: np.ndarray
 
     def rows_where(self, sel: np.ndarray, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)
@@ -226,6 +161,94 @@ class Column:
     def non_empty(self, n: int) -> np.ndarray:
         """Rows with some resolved value that is neither null nor []."""
         return self.rows_where_counts(self.counts > 0, n)
+
+
+def _empty(vocab: Vocab) -> ColumnData:
+    return ColumnData(vocab, np.empty(0, np.int64), np.empty(0, np.int8),
+                      np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int64),
+                      np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+class Column:
+    """A payload field's column over one table, kept in sync incrementally; `sync` returns
+    the current immutable ColumnData."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.data = _empty(Vocab())
+        self.n_rows = 0
+        self.version = -1
+
+    def _extract(self, src: PayloadSource, rows: np.ndarray, d: ColumnData) -> ColumnData:
+        r_list: list[int] = []
+        k_list: list[int] = []
+        n_list: list[float] = []
+        c_list: list[int] = []
+        i_list: list[int] = []
+        cr_list: list[int] = []
+        cn_list: list[int] = []
+        path, vocab = self.path, d.vocab
+        for row in rows.tolist():
+            for raw in raw_values_at(src.payload_at(row), path):
+                if isinstance(raw, list):
+                    cr_list.append(row)
+                    cn_list.append(len(raw))
+                    leaves = raw
+                else:
+                    cr_list.append(row)
+                    cn_list.append(0 if raw is None else 1)
+                    leaves = (raw,)
+                for v in leaves:
+                    k, num, code, exact = _classify(v, vocab)
+                    r_list.append(row)
+                    k_list.append(k)
+                    n_list.append(num)
+                    c_list.append(code)
+                    i_list.append(exact)
+        if not cr_list and not r_list:
+            return d
+        return ColumnData(
+            vocab,
+            np.concatenate([d.rows, np.array(r_list, np.int64)]),
+            np.concatenate([d.kinds, np.array(k_list, np.int8)]),
+            np.concatenate([d.nums, np.array(n_list, np.float64)]),
+            np.concatenate([d.codes, np.array(c_list, np.int32)]),
+            np.concatenate([d.ints, np.array(i_list, np.int64)]),
+            np.concatenate([d.count_rows, np.array(cr_list, np.int64)]),
+            np.concatenate([d.counts, np.array(cn_list, np.int64)]))
+
+    def sync(self, src: PayloadSource) -> ColumnData:
+        """Bring the column up to date with `src` (cheap when nothing changed) and return
+        its current state."""
+        n, version = src.payload_rows(), src.payload_version
+        if n == self.n_rows and version == self.version:
+            return self.data
+        with self.lock:
+            n, version = src.payload_rows(), src.payload_version
+            if n == self.n_rows and version == self.version:
+                return self.data
+            changed = src.payload_changes_since(self.version) if self.version >= 0 else None
+            if changed is None and self.version >= 0 and version != self.version:
+                self._reset()  # change history too old: rebuild from scratch
+            d = self.data
+            if changed is not None and len(changed):
+                changed = changed[changed < self.n_rows]
+                if len(changed):
+                    keep = ~np.isin(d.rows, changed)
+                    ckeep = ~np.isin(d.count_rows, changed)
+                    d = ColumnData(d.vocab, d.rows[keep], d.kinds[keep], d.nums[keep],
+                                   d.codes[keep], d.ints[keep], d.count_rows[ckeep],
+                                   d.counts[ckeep])
+                    d = self._extract(src, np.unique(changed), d)
+            if n > self.n_rows:
+                d = self._extract(src, np.arange(self.n_rows, n, dtype=np.int64), d)
+            self.data = d  # publish: one assignment, then the bookkeeping readers check
+            self.n_rows, self.version = n, version
+        return self.data
 
 
 _TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)

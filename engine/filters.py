@@ -21,7 +21,7 @@ from engine.columns import (
     KIND_FLOAT,
     KIND_INT,
     KIND_NULL,
-    Column,
+    ColumnData,
     parse_datetime,
     tokenize,
 )
@@ -33,7 +33,7 @@ from engine.payload import parse_path
 class FilterTable(Protocol):
     n: int
 
-    def column(self, path: str) -> Column: ...
+    def column(self, path: str) -> ColumnData: ...
     def nested(self, path: str) -> tuple[FilterTable, np.ndarray]: ...
     def id_rows(self, ids: list[Any]) -> np.ndarray: ...
     def vector_mask(self, name: str) -> np.ndarray: ...
@@ -207,7 +207,7 @@ def _field_condition(c: dict[str, Any]) -> Predicate:
 # ---- match --------------------------------------------------------------------------------
 
 
-def _value_selector(v: Any) -> Callable[[Column], np.ndarray]:
+def _value_selector(v: Any) -> Callable[[ColumnData], np.ndarray]:
     """Entries of a column equal to a keyword/integer/bool value."""
     if isinstance(v, bool):
         return lambda col: (col.kinds == KIND_BOOL) & (col.nums == float(v))
@@ -218,7 +218,7 @@ def _value_selector(v: Any) -> Callable[[Column], np.ndarray]:
     if isinstance(v, float):
         raise BadRequest("match value must be a string, integer or bool (floats cannot be matched)")
     if isinstance(v, str):
-        def sel(col: Column) -> np.ndarray:
+        def sel(col: ColumnData) -> np.ndarray:
             code = col.vocab.index.get(v)
             if code is None:
                 return np.zeros(len(col.rows), dtype=bool)
@@ -227,7 +227,7 @@ def _value_selector(v: Any) -> Callable[[Column], np.ndarray]:
     raise BadRequest(f"match value must be a string, integer or bool, got {v!r}")
 
 
-def _any_selector(values: list[Any]) -> Callable[[Column], np.ndarray]:
+def _any_selector(values: list[Any]) -> Callable[[ColumnData], np.ndarray]:
     if not isinstance(values, list):
         raise BadRequest("match `any`/`except` must be a list")
     strs = [v for v in values if isinstance(v, str)]
@@ -235,7 +235,7 @@ def _any_selector(values: list[Any]) -> Callable[[Column], np.ndarray]:
     if len(strs) + len(ints) != len(values):
         raise BadRequest("match `any`/`except` values must be strings or integers")
 
-    def sel(col: Column) -> np.ndarray:
+    def sel(col: ColumnData) -> np.ndarray:
         out = np.zeros(len(col.rows), dtype=bool)
         if strs:
             codes = [c for c in (col.vocab.index.get(s) for s in strs) if c is not None]
@@ -249,7 +249,7 @@ def _any_selector(values: list[Any]) -> Callable[[Column], np.ndarray]:
     return sel
 
 
-def _text_selector(text: Any, mode: str) -> Callable[[Column, str | None], np.ndarray]:
+def _text_selector(text: Any, mode: str) -> Callable[[ColumnData, str | None], np.ndarray]:
     """Full-text style matches, decided once per distinct string value, then mapped to entries.
 
     As in Qdrant: with a full-text index, `text` matches when every query token is present;
@@ -260,7 +260,7 @@ def _text_selector(text: Any, mode: str) -> Callable[[Column, str | None], np.nd
     q_tokens = tokenize(text)
     q_set = frozenset(q_tokens)
 
-    def decide(col: Column, index_type: str | None) -> np.ndarray:
+    def decide(col: ColumnData, index_type: str | None) -> np.ndarray:
         vocab = col.vocab
         if not vocab.values:
             return np.zeros(0, dtype=bool)
@@ -282,7 +282,7 @@ def _text_selector(text: Any, mode: str) -> Callable[[Column, str | None], np.nd
         return np.fromiter((_has_phrase(t, q_tokens) for t in vocab.token_lists()), bool,
                            len(vocab.values))
 
-    def sel(col: Column, index_type: str | None) -> np.ndarray:
+    def sel(col: ColumnData, index_type: str | None) -> np.ndarray:
         hit = decide(col, index_type)
         if hit.size == 0:
             return np.zeros(len(col.rows), dtype=bool)
@@ -307,7 +307,7 @@ def _match(key: str, m: Any) -> Predicate:
         ex = _any_selector(m["except"])
 
         # `except`: some non-null value equal to none of the listed values.
-        def plain(col: Column) -> np.ndarray:
+        def plain(col: ColumnData) -> np.ndarray:
             return (col.kinds != KIND_NULL) & ~ex(col)
     else:
         mode = next((k for k in TEXT_MODES if k in m), None)

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine import ann
 from engine import payload as payload_ops
-from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column
+from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column, ColumnData
 from engine.errors import BadInput, BadRequest, NotFound
 from engine.filters import Predicate, parse_filter
 from engine.ids import PointId, id_order_key, ids_to_records, parse_id
@@ -40,7 +40,7 @@ class SegmentTable:
     def __init__(self, coll: Collection, seg: Segment, n: int) -> None:
         self.coll, self.seg, self.n = coll, seg, n
 
-    def column(self, path: str) -> Column:
+    def column(self, path: str) -> ColumnData:
         return self.seg.column(path)
 
     def nested(self, path: str) -> tuple[Any, np.ndarray]:
@@ -87,7 +87,7 @@ class ElementTable:
     def payload_changes_since(self, version: int) -> np.ndarray | None:
         return np.empty(0, np.int64)
 
-    def column(self, path: str) -> Column:
+    def column(self, path: str) -> ColumnData:
         col = self._cols.get(path)
         if col is None:
             col = self._cols[path] = Column(path)

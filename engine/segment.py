@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.columns import Column
+from engine.columns import Column, ColumnData
 from engine.config import VectorSpec
 from engine.ids import ID_DTYPE, PointId
 from engine.payload import raw_values_at
@@ -242,7 +242,7 @@ class Segment:
     def payload_at(self, row: int) -> dict[str, Any]:
         return self.payloads[row]
 
-    def column(self, path: str) -> Column:
+    def column(self, path: str) -> ColumnData:
         col = self._columns.get(path)
         if col is None:
             with self.lock:
