@@ -68,6 +68,7 @@ class Vocab:
         self._dates: np.ndarray | None = None
         self._tokens: list[frozenset[str]] = []
         self._token_lists: list[list[str]] = []
+        self._lock = threading.Lock()
 
     def code(self, s: str) -> int:
         c = self.index.get(s)
@@ -83,23 +84,30 @@ class Vocab:
             self._arr = np.array(self.values, dtype=_STRDT)
         return self._arr
 
+    # Derived per-code caches are filled by readers; the lock keeps two concurrent readers
+    # from appending the same entries twice (which would shift every later code).
+
     def token_sets(self) -> list[frozenset[str]]:
         """Token sets per distinct string, computed once per new vocabulary entry."""
-        for s in self.values[len(self._tokens):]:
-            self._tokens.append(frozenset(tokenize(s)))
-        return self._tokens
+        with self._lock:
+            for s in self.values[len(self._tokens):]:
+                self._tokens.append(frozenset(tokenize(s)))
+            return list(self._tokens)
 
     def token_lists(self) -> list[list[str]]:
-        for s in self.values[len(self._token_lists):]:
-            self._token_lists.append(tokenize(s))
-        return self._token_lists
+        with self._lock:
+            for s in self.values[len(self._token_lists):]:
+                self._token_lists.append(tokenize(s))
+            return list(self._token_lists)
 
     def datetimes(self) -> np.ndarray:
-        done = 0 if self._dates is None else len(self._dates)
-        if done < len(self.values):
-            new = np.array([parse_datetime(s) for s in self.values[done:]], dtype=np.float64)
-            self._dates = new if self._dates is None else np.concatenate([self._dates, new])
-        return self._dates if self._dates is not None else np.empty(0)
+        with self._lock:
+            done = 0 if self._dates is None else len(self._dates)
+            if done < len(self.values):
+                new = np.array([parse_datetime(s) for s in self.values[done:]],
+                               dtype=np.float64)
+                self._dates = new if self._dates is None else np.concatenate([self._dates, new])
+            return self._dates if self._dates is not None else np.empty(0)
 
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
