@@ -92,13 +92,13 @@ class Vocab:
         with self._lock:
             for s in self.values[len(self._tokens):]:
                 self._tokens.append(frozenset(tokenize(s)))
-            return list(self._tokens)
+            return self._tokens  # append-only: safe to hand out
 
     def token_lists(self) -> list[list[str]]:
         with self._lock:
             for s in self.values[len(self._token_lists):]:
                 self._token_lists.append(tokenize(s))
-            return list(self._token_lists)
+            return self._token_lists
 
     def datetimes(self) -> np.ndarray:
         with self._lock:
