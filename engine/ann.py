@@ -104,6 +104,16 @@ class HnswIndex:
             sim = np.where(missing, -np.inf, sim).astype(np.float32)
         return sim, idx  # faiss returns float32 / int64 already
 
+    def vectors_view(self) -> np.ndarray:
+        """The index's own float32 copy of its rows, as a read-only array that keeps the
+        index alive: a sealed segment serves its vectors from here instead of holding them
+        twice."""
+        storage = faiss.downcast_index(self.index.storage)
+        d = storage.d
+        addr = faiss.rev_swig_ptr(storage.get_xb(), self.rows * d).ctypes.data if self.rows \
+            else 0
+        return np.asarray(_Borrowed(self.index, addr, (self.rows, d)))
+
     # ---- serialised form: the graph as plain arrays (the vectors are the segment's own) ----
 
     def graph(self) -> dict[str, np.ndarray]:
@@ -137,6 +147,16 @@ class HnswIndex:
         index.hnsw.max_level = int(entry[1])
         index.ntotal = rows
         return cls(index, rows, metric, m, ef_construct)
+
+
+class _Borrowed:
+    """Exposes faiss-owned memory to numpy; numpy keeps this object (and so the index) as
+    the array's base."""
+
+    def __init__(self, owner: Any, addr: int, shape: tuple[int, int]) -> None:
+        self.owner = owner
+        self.__array_interface__ = {"data": (addr, True), "shape": shape, "typestr": "<f4",
+                                    "version": 3}
 
 
 _PARAMS: dict[int, Any] = {}

@@ -148,8 +148,8 @@ class Collection:
                             graph["ids_sha"], ids_fingerprint(seg.id_recs[:rows])):
                         raise ValueError("it describes other rows")
                     vectors = to_host(seg.vectors[name][:rows])
-                    seg.ann = {**seg.ann, name: ann.HnswIndex.from_graph(
-                        vectors, graph, spec.distance.metric, *self._hnsw())}
+                    seg.adopt_index(name, ann.HnswIndex.from_graph(
+                        vectors, graph, spec.distance.metric, *self._hnsw()))
                 except (OSError, ValueError, KeyError) as exc:
                     log.warning("collection %s: ignoring HNSW graph in %s (%s); it will be "
                                 "rebuilt", self.name, seg_dir, exc)
@@ -609,7 +609,7 @@ class Collection:
         with self.write_lock:
             if self.seg_by_id.get(seg.seg_id) is not seg or self._closed:
                 return True  # vacuumed or dropped meanwhile: the new segment gets its own
-            seg.ann = {**seg.ann, name: index}
+            seg.adopt_index(name, index)
         write_graph(os.path.join(self.path, "segments", str(seg.seg_id)), name, index.graph(),
                     seg.id_recs[: index.rows])
         log.info("collection %s: HNSW index over %d rows of segment %d (%r)", self.name,

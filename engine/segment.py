@@ -91,6 +91,16 @@ class Segment:
     def touch(self) -> None:
         self.last_used = now()
 
+    def adopt_index(self, name: str, index: Any) -> None:
+        """Attach an HNSW index; a sealed host segment whose float32 rows it covers entirely
+        then serves its vectors from the index's storage (same values), so they are held
+        once, not twice."""
+        self.ann = {**self.ann, name: index}
+        arr = self.vectors.get(name)
+        if (self.sealed and not self.on_device and arr is not None and arr.dtype == np.float32
+                and index.rows == self.n and self.n > 0):
+            self.vectors[name] = index.vectors_view()
+
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
             return
@@ -305,11 +315,12 @@ class Segment:
         seg.deleted[:n] = data["deleted"]
         seg.versions[:n] = data["versions"]
         seg.payloads = list(data["payloads"])
-        seg.ann = dict(data.get("ann") or {})
         from engine.ids import records_to_ids  # noqa: PLC0415 - avoid a cycle at import
         seg.ids = records_to_ids(data["id_recs"])
         seg.n = n
         seg.sealed = sealed
+        for name, index in (data.get("ann") or {}).items():
+            seg.adopt_index(name, index)
         return seg
 
     @classmethod

@@ -195,3 +195,28 @@ def test_graph_checks_reject_inconsistent_arrays() -> None:
             ann.HnswIndex.from_graph(vecs, graph, "ip", 16, 64)
     with pytest.raises(ann.GraphError):  # built with m=16, read with m=32: offsets disagree
         ann.HnswIndex.from_graph(x, good, "ip", 32, 64)
+
+
+def test_sealed_segment_serves_vectors_from_its_index(tmp_path, monkeypatch) -> None:
+    """Memory: a sealed, fully indexed float32 segment holds its vectors once (the index's
+    storage), with identical values and answers."""
+    from engine.collection import Collection
+
+    monkeypatch.setattr("engine.collection.SEGMENT_MAX_BYTES", 64 * 1024)
+    coll = Collection.create("m", str(tmp_path / "m"), CONFIG)
+    x = clustered(3000, 8)
+    for s in range(0, 3000, 500):
+        coll.upsert({"batch": {"ids": list(range(s, s + 500)), "vectors": x[s : s + 500]}})
+    before = {seg.seg_id: np.array(seg.vectors[""][: seg.n]) for seg in coll.segments}
+    while coll.build_pending_index():
+        pass
+    shared = [seg for seg in coll.segments if seg.sealed and "" in seg.ann]
+    assert shared
+    for seg in shared:
+        arr = seg.vectors[""]
+        assert not arr.flags.writeable and isinstance(arr.base, ann._Borrowed)
+        np.testing.assert_array_equal(arr[: seg.n], before[seg.seg_id])
+    coll.close()
+    again = Collection.load("m", str(tmp_path / "m"))  # graphs re-attached, still shared
+    assert any(isinstance(s.vectors[""].base, ann._Borrowed) for s in again.segments)
+    again.close()
