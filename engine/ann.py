@@ -93,15 +93,16 @@ class HnswIndex:
             params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
         faiss.omp_set_num_threads(_CORES if len(q) >= 8 else 1)
         dist, idx = self.index.search(q, min(k, self.rows), params=params)  # `bits` alive here
-        missing = idx < 0
         if self.metric == "ip":
             sim = dist
         elif self.metric == "l2":
             sim = -np.sqrt(np.maximum(dist, 0.0))
         else:
             sim = -dist
-        sim = np.where(missing, -np.inf, sim).astype(np.float32)
-        return sim, np.where(missing, -1, idx).astype(np.int64)
+        if idx.min() < 0:  # fewer than k reachable: pad as the exact path does
+            missing = idx < 0
+            sim = np.where(missing, -np.inf, sim).astype(np.float32)
+        return sim, idx  # faiss returns float32 / int64 already
 
     def vectors_view(self) -> np.ndarray:
         """The index's own float32 copy of its rows, as a read-only array that keeps the

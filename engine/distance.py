@@ -21,11 +21,14 @@ class Distance:
     normalise: bool
     higher_is_better: bool
 
-    def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        """Vectors as stored/queried (Cosine: unit length; zero vectors stay zero)."""
+    def prepare(self, vectors: np.ndarray, sq_norms: np.ndarray | None = None) -> np.ndarray:
+        """Vectors as stored/queried (Cosine: unit length; zero vectors stay zero).
+        `sq_norms`: the rows' squared norms, when the caller has them already."""
         if not self.normalise:
             return vectors
-        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]
+        if sq_norms is None:
+            sq_norms = np.einsum("ij,ij->i", vectors, vectors)
+        norms = np.sqrt(sq_norms)[:, None]
         norms[norms == 0] = 1.0
         return vectors / norms
 

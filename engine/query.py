@@ -185,6 +185,12 @@ def render(coll: Collection, seg: Segment, rows: list[int], with_payload: Any,
             vecs[name] = [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
     bare = (with_vector is True and not coll.config.named)
     versions = seg.versions[np.asarray(rows, dtype=np.int64)].tolist() if rows else []
+    if names is None and (with_payload is None or with_payload is False):
+        ids = seg.ids
+        if scores is None:
+            return [{"id": ids[r]} for r in rows]
+        return [{"id": ids[r], "version": ver, "score": sc}
+                for r, ver, sc in zip(rows, versions, scores, strict=True)]
     for i, row in enumerate(rows):
         rec: dict[str, Any] = {"id": seg.ids[row]}
         if scores is not None:
@@ -207,6 +213,12 @@ def render_handles(coll: Collection, segs: dict[int, Segment], handles: list[int
                    with_payload: Any, with_vector: Any,
                    scores: list[float] | None = None) -> list[dict[str, Any]]:
     """Render points given by handles, keeping their order."""
+    if not handles:
+        return []
+    first = handles[0] >> ROW_BITS
+    if all(h >> ROW_BITS == first for h in handles):  # the common case: one segment
+        return render(coll, segs[first], [h & ROW_MASK for h in handles], with_payload,
+                      with_vector, scores)
     out: list[dict[str, Any] | None] = [None] * len(handles)
     by_seg: dict[int, list[int]] = {}
     for i, h in enumerate(handles):
@@ -299,12 +311,7 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
     spec0 = specs[0]
     vspec = coll.config.vector(spec0.using)
     dist = vspec.distance
-    queries = np.stack([s.vector for s in specs]).astype(np.float32, copy=False)
-    if queries.shape[1] != vspec.size:
-        raise BadInput(f"Vector dimension error: expected dim: {vspec.size}, got {queries.shape[1]}")
-    if not np.isfinite(queries).all():
-        raise BadInput("Query vector must not contain NaN or infinite values")
-    queries = dist.prepare(queries)
+    queries = _prepared_queries(specs, vspec.size, dist)
     k = max(s.limit + s.offset + len(s.exclude_ids) for s in specs)
     parts = []
     for seg, n in view.segments:
@@ -328,26 +335,44 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
                 coll.fall_back_to_cpu(str(exc))  # logged once; the same search runs on the host
                 vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric,
                                              None if allowed == n else mask)
-        keys = np.where(rows >= 0, rows + (seg.seg_id << ROW_BITS), -1)
-        parts.append((vals, keys))
+        # a missing result carries -inf (and row -1): the finite check below drops it
+        parts.append((vals, rows + (seg.seg_id << ROW_BITS)))
     vals, keys = merge(parts, k) if parts else (np.empty((len(specs), 0), np.float32),
                                                  np.empty((len(specs), 0), np.int64))
+    # one pass for the whole batch: drop misses, apply thresholds, convert to Python once
+    ok = np.isfinite(vals) & (keys >= 0)
+    thresholds = [s.score_threshold for s in specs]
+    if any(t is not None for t in thresholds):
+        limits = np.array([-np.inf if t is None else dist.threshold_to_sim(t)
+                           for t in thresholds], np.float64)
+        ok &= vals > limits[:, None]  # strict, as Qdrant
+    scores_all = dist.to_score(vals.astype(np.float64)).tolist()
+    keys_all, ok_all = keys.tolist(), ok.tolist()
     out = []
     for qi, s in enumerate(specs):
-        v, h = vals[qi], keys[qi]
-        ok = (h >= 0) & np.isfinite(v)
-        if s.score_threshold is not None:
-            ok &= v > dist.threshold_to_sim(s.score_threshold)  # strict, as Qdrant
-        v, h = v[ok], h[ok]
+        pairs = [(h, sc) for h, sc, good in zip(keys_all[qi], scores_all[qi], ok_all[qi],
+                                                strict=True) if good]
         if s.exclude_ids:
             ex = {coll.id_map.get(e) for e in s.exclude_ids}
-            keep = np.array([x not in ex for x in h.tolist()], dtype=bool)
-            v, h = v[keep], h[keep]
-        v, h = v[s.offset : s.offset + s.limit], h[s.offset : s.offset + s.limit]
-        scores = dist.to_score(v.astype(np.float64)).tolist()
-        out.append(render_handles(coll, view.by_id, h.tolist(), s.with_payload, s.with_vector,
-                                  scores))
+            pairs = [p for p in pairs if p[0] not in ex]
+        pairs = pairs[s.offset : s.offset + s.limit]
+        out.append(render_handles(coll, view.by_id, [h for h, _ in pairs], s.with_payload,
+                                  s.with_vector, [sc for _, sc in pairs]))
     return out
+
+
+def _prepared_queries(specs: list[SearchSpec], dim: int, dist: Any) -> np.ndarray:
+    """(b, d) float32 queries, checked (dimension, finite) and prepared (Cosine: unit)."""
+    if len(specs) == 1:
+        queries = np.asarray(specs[0].vector, dtype=np.float32).reshape(1, -1)
+    else:
+        queries = np.stack([s.vector for s in specs]).astype(np.float32, copy=False)
+    if queries.shape[1] != dim:
+        raise BadInput(f"Vector dimension error: expected dim: {dim}, got {queries.shape[1]}")
+    sq = np.einsum("ij,ij->i", queries, queries)  # also the norms Cosine needs
+    if not np.isfinite(sq).all() and not np.isfinite(queries).all():
+        raise BadInput("Query vector must not contain NaN or infinite values")
+    return dist.prepare(queries, sq)
 
 
 def _segment_search(seg: Segment, start: int, n: int, name: str, queries: np.ndarray, k: int,
