@@ -18,7 +18,6 @@ import uuid
 from typing import Any
 
 from engine import jsonio
-from engine.background import lower_this_thread
 from engine.collection import Collection
 from engine.durable import fsync_dir, write_atomic
 from engine.errors import AlreadyExists, BadRequest, NotFound, StorageError
@@ -120,7 +119,6 @@ class Catalog:
 
     def _index_loop(self) -> None:
         """The optimizer: builds HNSW indexes one at a time, off every request's path."""
-        lower_this_thread()
         while not self._stop.is_set():
             built = False
             for coll in list(self.collections.values()):

@@ -22,7 +22,6 @@ import uuid
 from datetime import UTC, datetime
 
 from engine import jsonio
-from engine.background import run_low_priority
 from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
@@ -112,8 +111,7 @@ class SnapshotManager:
         name = self._reserve_name(f"{real}-{self.node_id}", real)
         tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
         try:
-            # throughput work: below searches' CPU priority (engine/background.py)
-            _, checksum, _ = run_low_priority(self.write_collection_archive, real, tmp)
+            _, checksum, _ = self.write_collection_archive(real, tmp)
             return self.store.publish(tmp, real, name, checksum)
         except OSError as exc:
             raise io_error(exc, "creating snapshot") from exc
@@ -130,10 +128,7 @@ class SnapshotManager:
 
     def create_full(self) -> SnapshotInfo:
         """Every collection's archive plus the aliases, in one tar: config.json first, then
-        `<collection>.snapshot` members (built below searches' CPU priority)."""
-        return run_low_priority(self._create_full)
-
-    def _create_full(self) -> SnapshotInfo:
+        `<collection>.snapshot` members."""
         name = self._reserve_name("full-snapshot", "")
         tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
         try:

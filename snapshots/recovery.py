@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 
 from engine import ann, jsonio
-from engine.background import run_low_priority
 from engine.catalog import Catalog, validate_name
 from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
@@ -129,11 +128,7 @@ class Recovery:
         raise BadRequest(f"URL {location} with scheme {scheme} is not supported")
 
     def recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
-        """Unpack, validate, build and install (below searches' CPU priority)."""
         validate_name(collection)
-        return run_low_priority(self._recover_file, collection, path, checksum)
-
-    def _recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
         staging = self.catalog.staging_dir()
         try:
             members_dir = os.path.join(staging, "members")
