@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench bench-quick clean
+.PHONY: serve test lint bench bench-quick bench-foundation clean
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,11 +35,20 @@ lint: $(VENV)/.dev
 test: lint tests/js/node_modules/.installed  ## run the whole test suite
 	$(BIN)/python -m pytest -q $(ARGS)
 
-bench: $(VENV)/.dev
-	$(BIN)/python -m bench.foundation $(ARGS)
+# The benchmark suite (bench/suite.py): every section and peer in one run, JSON + Markdown
+# report + plots in bench/results/. Full <= 30 min on 2 cores, quick <= 2 min.
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
 
-bench-quick: $(VENV)/.dev
-	$(BIN)/python -m bench.foundation --quick $(ARGS)
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench $(ARGS)
+
+bench-quick: $(VENV)/.bench
+	$(BIN)/python -m bench --quick $(ARGS)
+
+bench-foundation: $(VENV)/.dev
+	$(BIN)/python -m bench.foundation $(ARGS)
 
 clean:
 	rm -rf $(VENV) storage snapshots_data .pytest_cache .ruff_cache

@@ -13,9 +13,11 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api import observability
 from api.auth import ApiKeyAuth, keys_from_settings
 from api.errors import error
 from api.http import BodyLimit, NormalizePath
+from api.observability import Metrics, RequestContext, install_log_filter, instrument_snapshots
 from api.routes import collections, points, search, service, snapshots
 from engine.catalog import Catalog
 from gpu import xp
@@ -73,10 +75,12 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
     app.state.snapshots = SnapshotManager(
         catalog, st["snapshots_path"], app.state.node_id, st.get("temp_path"),
         make_storage(st["snapshots_path"], st.get("snapshots_config")))
+    app.state.metrics = Metrics()
+    instrument_snapshots(app.state.snapshots, app.state.metrics)
     app.state.recovery = Recovery(catalog, st["snapshots_path"],
                                   bool(st.get("enable_snapshot_url_recovery", True)))
-    for r in service.routes + collections.routes + snapshots.routes + search.routes \
-            + points.routes + points.tail_routes:
+    for r in service.routes + observability.routes + collections.routes + snapshots.routes \
+            + search.routes + points.routes + points.tail_routes:
         app.router.routes.append(r)
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -94,6 +98,11 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
     if api_key or read_only_key:  # outside BodyLimit: a refused request is never read at all
         app.add_middleware(ApiKeyAuth, api_key=api_key, read_only_api_key=read_only_key)
         log.info("API keys required (read-only key %s)", "set" if read_only_key else "unset")
+    # request id, access log, request metrics: outside auth (refusals are counted and carry
+    # the id), inside NormalizePath (route templates match the normalised path)
+    app.add_middleware(RequestContext, metrics=app.state.metrics, router_app=app,
+                       access=bool(settings["service"].get("access_log", True)))
+    install_log_filter()
     app.add_middleware(NormalizePath)  # outermost: auth sees the normalised path, as in Qdrant
     return app
 

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
         "enable_tls": False,
         "verify_https_client_certificate": False,
         "enable_cors": True,
+        "access_log": True,
     },
     "tls": {"cert": "./tls/cert.pem", "key": "./tls/key.pem", "ca_cert": "./tls/cacert.pem"},
     "storage": {

@@ -49,7 +49,14 @@ class Catalog:
                  flush_wal_bytes: int = 32 << 20, flush_idle_s: float = 5.0) -> None:
         self.root = os.path.abspath(storage_path)
         self.coll_root = os.path.join(self.root, "collections")
-        os.makedirs(self.coll_root, exist_ok=True)
+        if not os.path.isdir(self.coll_root):
+            os.makedirs(self.coll_root, exist_ok=True)
+            # the new directories' entries must survive a power cut too
+            for d in (self.coll_root, self.root, os.path.dirname(self.root)):
+                try:
+                    fsync_dir(d)
+                except OSError:
+                    pass
         self.wal_fsync = wal_fsync
         self.flush_wal_bytes = flush_wal_bytes
         self.flush_idle_s = flush_idle_s
@@ -183,16 +190,23 @@ class Catalog:
             if name in self.collections or name in self.aliases or name in self.broken:
                 raise AlreadyExists(f"Collection `{name}` already exists!")
             tmp = os.path.join(self.root, f".tmp-{uuid.uuid4().hex}")
+            final = os.path.join(self.coll_root, name)
+            renamed = False
             try:
                 coll = Collection.create(name, tmp, body, self.wal_fsync)
                 coll.close(flush=False)
-                final = os.path.join(self.coll_root, name)
                 os.rename(tmp, final)
+                renamed = True
                 fsync_dir(self.coll_root)
+                coll = Collection.load(name, final, self.wal_fsync)
             except BaseException:
+                if renamed:  # not durable or not loadable: take it back, a retry starts clean
+                    try:
+                        os.rename(final, tmp)
+                    except OSError:
+                        shutil.rmtree(final, ignore_errors=True)
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            coll = Collection.load(name, final, self.wal_fsync)
             self.collections[name] = coll
             return coll
 

@@ -174,20 +174,24 @@ class Collection:
         continuing after `seq`. Returns the live collection (Catalog.install moves it)."""
         os.makedirs(os.path.join(path, "segments"), exist_ok=True)
         coll = cls(name, path, from_state(config_state), dict(payload_schema), wal_fsync)
-        coll._write_config()
-        for data, sealed in segments:
-            coll._register(Segment.from_arrays(coll.next_segment_id, coll.config.vectors,
-                                               coll.xp, data, sealed))
-            coll.next_segment_id += 1
-        if not coll.segments or coll.segments[-1].sealed:
-            coll._new_appendable()
-        coll.wal.last_seq = seq
-        coll.wal.open_for_append()
-        coll.flush()
-        for seg in coll.segments:  # indexes that came with the archive: persisted, not rebuilt
-            for name, index in seg.ann.items():
-                write_graph(os.path.join(path, "segments", str(seg.seg_id)), name, index.graph(),
-                            seg.id_recs[: index.rows])
+        try:
+            coll._write_config()
+            for data, sealed in segments:
+                coll._register(Segment.from_arrays(coll.next_segment_id, coll.config.vectors,
+                                                   coll.xp, data, sealed))
+                coll.next_segment_id += 1
+            if not coll.segments or coll.segments[-1].sealed:
+                coll._new_appendable()
+            coll.wal.last_seq = seq
+            coll.wal.open_for_append()
+            coll.flush()
+            for seg in coll.segments:  # the archive's indexes: persisted, never rebuilt
+                for vname, index in seg.ann.items():
+                    write_graph(os.path.join(path, "segments", str(seg.seg_id)), vname,
+                                index.graph(), seg.id_recs[: index.rows])
+        except BaseException:
+            coll.close(flush=False)  # release the WAL file (e.g. disk full midway)
+            raise
         return coll
 
     def relocate(self, path: str) -> None:

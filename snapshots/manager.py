@@ -58,6 +58,8 @@ class SnapshotManager:
         os.makedirs(self.root, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)  # debris of creations killed midway
         os.makedirs(self.tmp, exist_ok=True)
+        if isinstance(self.store, LocalStorage):
+            self.store.clean()
 
     # ---- create --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tarfile
+import traceback
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -130,6 +131,7 @@ class Recovery:
     def recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
         validate_name(collection)
         staging = self.catalog.staging_dir()
+        unpacked = segments = None
         try:
             members_dir = os.path.join(staging, "members")
             os.mkdir(members_dir)
@@ -156,13 +158,20 @@ class Recovery:
             built_path = os.path.join(staging, "collection")
             built = Collection.build(collection, built_path, config_state, schema, segments,
                                      seq, self.catalog.wal_fsync)
-            del segments  # drop the memory maps before the staging files go
+            segments = None  # drop the memory maps before the staging files go
             try:
                 self.catalog.install(collection, built_path, replace=True, built=built)
             except BaseException:
                 built.close(flush=False)
                 raise
+        except BaseException as exc:
+            # the traceback's finished frames hold the memory-mapped members; clearing them
+            # frees their disk space now, not at the next garbage collection
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
+            # on failure too: mapped members would keep their disk space until collected
+            unpacked = segments = None  # noqa: F841
             shutil.rmtree(staging, ignore_errors=True)
         return True
 

@@ -83,11 +83,32 @@ class LocalStorage:
         directory = self._dir(folder)
         os.makedirs(directory, exist_ok=True)
         final = os.path.join(directory, name)
-        os.replace(tmp, final)
+        # sidecar first: an archive is never listed without its checksum; a sidecar whose
+        # archive never arrived (crash or full disk in between) is removed by `clean`
         with atomic_writer(final + ".checksum") as f:
             f.write(checksum.encode())
+        os.replace(tmp, final)
         fsync_dir(directory)
         return self._describe(directory, name)
+
+    def clean(self) -> None:
+        """At start-up: remove orphan `.checksum` sidecars and interrupted atomic writes
+        (`.tmp-*`) in the snapshot folders; never anything else."""
+        if not os.path.isdir(self.root):
+            return
+        folders = [self.root] + [e.path for e in os.scandir(self.root)
+                                 if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+        for folder in folders:
+            for e in os.scandir(folder):
+                if not e.is_file(follow_symlinks=False):
+                    continue
+                orphan = (e.name.endswith(SUFFIX + ".checksum")
+                          and not os.path.exists(e.path[: -len(".checksum")]))
+                if orphan or (e.name.startswith(".tmp-") and SUFFIX in e.name):
+                    try:
+                        os.unlink(e.path)
+                    except OSError:
+                        pass
 
     def _describe(self, directory: str, name: str) -> SnapshotInfo:
         path = os.path.join(directory, name)
