@@ -418,6 +418,8 @@ class Collection:
             return self._log_and_apply({"op": "delete", "ids": ids})
 
     def payload_write(self, kind: str, body: dict[str, Any]) -> int:
+        if kind not in ("set_payload", "overwrite_payload", "delete_payload", "clear_payload"):
+            raise ValueError(f"unknown payload operation {kind!r}")  # before the WAL sees it
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         op: dict[str, Any] = {"op": kind}

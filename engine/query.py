@@ -143,12 +143,27 @@ def segment_mask(coll: Collection, seg: Segment, n: int, pred: Predicate | None,
 
 
 def segment_mask_count(coll: Collection, seg: Segment, n: int, pred: Predicate | None,
-                       vector: str | None = None) -> tuple[np.ndarray, int]:
+                       vector: str | None = None, cache_key: str = ""
+                       ) -> tuple[np.ndarray, int]:
+    """(read-only mask, allowed rows). With `cache_key` (the filter's canonical JSON) the
+    result is remembered per segment until rows, deletions, payloads or payload indexes
+    change: a filter repeated across queries (a tenant, a category) is evaluated once."""
     mask, allowed = seg.live_mask(n, vector)
-    if pred is not None and allowed:
-        mask = mask & pred(SegmentTable(coll, seg, n))
-        allowed = int(np.count_nonzero(mask))
-    return mask, allowed
+    if pred is None or not allowed:
+        return mask, allowed
+    key = None
+    if cache_key:
+        schema = tuple(sorted((f, str(e.get("type"))) for f, e in coll.payload_schema.items()))
+        key = (cache_key, vector, n, seg.mask_version, seg.payload_version, schema)
+        hit = seg.filter_cache.get(key)
+        if hit is not None:
+            return hit
+    mask = mask & pred(SegmentTable(coll, seg, n))
+    mask.setflags(write=False)
+    result = (mask, int(np.count_nonzero(mask)))
+    if key is not None:
+        seg.remember_filter(key, result)
+    return result
 
 
 def filtered_ids(coll: Collection, pred: Predicate | None) -> list[PointId]:
@@ -317,7 +332,8 @@ def _search_group(coll: Collection, view: View, specs: list[SearchSpec]) -> list
     for seg, n in view.segments:
         if n == 0:
             continue
-        mask, allowed = segment_mask_count(coll, seg, n, spec0.pred, vspec.name)
+        mask, allowed = segment_mask_count(coll, seg, n, spec0.pred, vspec.name,
+                                           spec0.filter_key)
         if allowed == 0:
             continue
         seg.touch()

@@ -24,6 +24,7 @@ from gpu.budget import BUDGET, now
 from gpu.xp import DeviceFailure, guard, to_device, to_host, xp_of
 
 CHANGE_LOG_LIMIT = 256
+FILTER_CACHE = 32
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
@@ -65,6 +66,7 @@ class Segment:
         self.payloads: list[dict[str, Any]] = []
         self.ann: dict[str, Any] = {}  # vector name → engine.ann.HnswIndex, swapped whole
         self.mask_version = 0  # bumped when rows are deleted or lose vectors
+        self.filter_cache: dict[Any, tuple[np.ndarray, int]] = {}  # see query.segment_mask_count
         self._live_cache: dict[str | None, tuple[Any, np.ndarray, int]] = {}
         self.digests: dict[str, tuple[int, str]] = {}  # name → (rows, sha256 of .npy member)
         self.payload_version = 0
@@ -90,6 +92,14 @@ class Segment:
 
     def touch(self) -> None:
         self.last_used = now()
+
+    def remember_filter(self, key: Any, result: tuple[np.ndarray, int]) -> None:
+        """Keep the most recent FILTER_CACHE filter masks (each n bools); older ones go."""
+        with self.lock:  # readers on several threads insert; eviction iterates
+            cache = self.filter_cache
+            cache[key] = result
+            while len(cache) > FILTER_CACHE:
+                cache.pop(next(iter(cache)), None)
 
     def adopt_index(self, name: str, index: Any) -> None:
         """Attach an HNSW index; a sealed host segment whose float32 rows it covers entirely
