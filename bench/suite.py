@@ -33,7 +33,6 @@ import contextlib
 import datetime as dt
 import gc
 import glob
-import importlib.metadata
 import io
 import json
 import os
@@ -56,6 +55,7 @@ import orjson
 from bench import data, sysload
 from bench.foundation import (
     JSON_HEADERS,
+    _version,
     check,
     ingest_raw,
     lat_stats,
@@ -264,18 +264,11 @@ class Section:
                                  f"{peer}: MISSING — {why}")
 
 
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def peer_versions() -> dict[str, Any]:
     v = versions()
     for dist in ("hnswlib", "qdrant-edge-py", "matplotlib", "scikit-learn", "scipy", "cupy",
                  "cupy-cuda12x", "torch", "py-spy"):
-        v[dist] = _dist_version(dist)
+        v[dist] = _version(dist)
     return v
 
 
@@ -372,7 +365,7 @@ class Edge:
 
     @staticmethod
     def version() -> str | None:
-        return _dist_version("qdrant-edge-py")
+        return _version("qdrant-edge-py")
 
     def upsert(self, x: np.ndarray, payloads: list[dict[str, Any]] | None = None,
                step: int = 1000) -> None:
@@ -660,7 +653,7 @@ class Suite:
 
             run("QdrantClient(:memory:)", m_one, m_many, box, count=nqm, reps=2, passes=1,
                 batch_q=q[:nqm], gt=gt,
-                extra={"points": nm, "ingest_s": ing_s, "version": _dist_version(
+                extra={"points": nm, "ingest_s": ing_s, "version": _version(
                     "qdrant-client"), "note": f"{nm:,} points, {nqm} queries, batch of {nqm}"
                     + ("" if nm == n else " (capped: local mode is slow)")})
             client.close()
