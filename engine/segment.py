@@ -24,7 +24,7 @@ from gpu.budget import BUDGET, now
 from gpu.xp import DeviceFailure, guard, to_device, to_host, xp_of
 
 CHANGE_LOG_LIMIT = 256
-FILTER_CACHE = 32
+FILTER_CACHE = 8  # masks of n bools each: bounded memory per segment
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
