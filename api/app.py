@@ -77,8 +77,10 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
         make_storage(st["snapshots_path"], st.get("snapshots_config")))
     app.state.metrics = Metrics()
     instrument_snapshots(app.state.snapshots, app.state.metrics)
-    app.state.recovery = Recovery(catalog, st["snapshots_path"],
-                                  bool(st.get("enable_snapshot_url_recovery", True)))
+    app.state.recovery = Recovery(
+        catalog, st["snapshots_path"], bool(st.get("enable_snapshot_url_recovery", True)),
+        float(st.get("snapshot_url_idle_timeout_s") or 60),
+        st.get("snapshot_url_allowed_hosts"), st.get("snapshot_url_max_bytes"))
     for r in service.routes + observability.routes + collections.routes + snapshots.routes \
             + search.routes + points.routes + points.tail_routes:
         app.router.routes.append(r)

@@ -27,6 +27,9 @@ DEFAULTS: dict[str, Any] = {
         "snapshots_path": "./snapshots",
         "temp_path": None,
         "enable_snapshot_url_recovery": True,
+        "snapshot_url_allowed_hosts": None,
+        "snapshot_url_max_bytes": None,
+        "snapshot_url_idle_timeout_s": 60,
         "snapshots_config": {
             "snapshots_storage": "local",
             "s3_config": {"bucket": None, "region": None, "access_key": None,

@@ -64,13 +64,20 @@ def _check_sum(expected: str, actual: str) -> None:
         raise ChecksumMismatch(f"Checksum mismatch: expected {expected}, actual {actual}")
 
 
+MAX_REDIRECTS = 5
+
+
 class Recovery:
     def __init__(self, catalog: Catalog, snapshots_root: str, url_recovery: bool = True,
-                 download_timeout_s: float = 60.0) -> None:
+                 download_timeout_s: float = 60.0, url_allowed_hosts: list[str] | None = None,
+                 url_max_bytes: int | None = None) -> None:
         self.catalog = catalog
         self.root = os.path.realpath(snapshots_root)
         self.url_recovery = url_recovery
-        self.download_timeout_s = download_timeout_s
+        self.download_timeout_s = download_timeout_s  # also the idle (between bytes) timeout
+        self.url_allowed_hosts = (None if url_allowed_hosts is None
+                                  else {h.lower() for h in url_allowed_hosts})
+        self.url_max_bytes = url_max_bytes
 
     # ---- locations -----------------------------------------------------------------------
 
@@ -88,21 +95,60 @@ class Recovery:
         return real
 
     def download(self, location: str, dest: str, api_key: str | None) -> None:
+        """Stream a snapshot from an http(s) URL into `dest`: redirects are followed by hand
+        (at most MAX_REDIRECTS) and every hop re-checked (scheme, allow-list); the `api-key`
+        header goes to the original host only; the read timeout is an idle timeout; the body
+        may not exceed `url_max_bytes` nor the free space."""
         if not self.url_recovery:
             raise Forbidden("Snapshot recovery from remote URLs is disabled in the configuration")
-        headers = {"api-key": api_key} if api_key else {}
         timeout = httpx.Timeout(self.download_timeout_s, connect=10.0)
+        origin = urlparse(location).netloc.lower()
+        limit = shutil.disk_usage(os.path.dirname(dest)).free
+        if self.url_max_bytes:
+            limit = min(limit, self.url_max_bytes)
+        url = location
         try:
-            with httpx.stream("GET", location, headers=headers, timeout=timeout,
-                              follow_redirects=False) as r:
-                if r.status_code // 100 != 2:
-                    raise BadInput(f"Failed to download tar from {location}: status - "
-                                   f"{r.status_code} {r.reason_phrase}")
-                with open(dest, "wb") as f:
-                    for chunk in r.iter_bytes(CHUNK):
-                        f.write(chunk)
+            with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+                for _hop in range(MAX_REDIRECTS + 1):
+                    self._check_url(url)
+                    same_host = urlparse(url).netloc.lower() == origin
+                    headers = {"api-key": api_key} if api_key and same_host else {}
+                    with client.stream("GET", url, headers=headers) as r:
+                        if r.is_redirect and "location" in r.headers:
+                            url = str(r.url.join(r.headers["location"]))
+                            continue
+                        if r.status_code // 100 != 2:
+                            raise BadInput(f"Failed to download tar from {location}: status - "
+                                           f"{r.status_code} {r.reason_phrase}")
+                        declared = int(r.headers.get("content-length") or 0)
+                        if declared > limit:
+                            raise self._too_big(location, limit)
+                        got = 0
+                        with open(dest, "wb") as f:
+                            for chunk in r.iter_bytes(CHUNK):
+                                got += len(chunk)
+                                if got > limit:
+                                    raise self._too_big(location, limit)
+                                f.write(chunk)
+                        return
+                raise BadInput(f"Failed to download tar from {location}: more than "
+                               f"{MAX_REDIRECTS} redirects")
         except httpx.HTTPError as exc:
             raise BadInput(f"Failed to download tar from {location}: {exc}") from None
+
+    def _check_url(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme.lower() not in ("http", "https"):
+            raise BadInput(f"Failed to download tar from {url}: only http(s) URLs are followed")
+        host = (parsed.hostname or "").lower()
+        if self.url_allowed_hosts is not None and host not in self.url_allowed_hosts \
+                and parsed.netloc.lower() not in self.url_allowed_hosts:
+            raise Forbidden(f"Snapshot recovery from host {host!r} is not allowed "
+                            "(storage.snapshot_url_allowed_hosts)")
+
+    def _too_big(self, location: str, limit: int) -> BadInput:
+        return BadInput(f"Failed to download tar from {location}: larger than {limit} bytes "
+                        "(storage.snapshot_url_max_bytes, or the free space)")
 
     # ---- recover ---------------------------------------------------------------------------
 
