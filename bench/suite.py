@@ -735,22 +735,13 @@ class Suite:
                     for ef in cfg.efs:
                         for i in range(min(20, len(q))):
                             eng.search_one(q[i], ef)
-                        lat, found = [], np.empty((len(q), K), np.int64)
-                        t0 = time.perf_counter_ns()
-                        for i in range(len(q)):
-                            t = time.perf_counter_ns()
-                            found[i] = eng.search_one(q[i], ef)
-                            lat.append(time.perf_counter_ns() - t)
-                        wall = (time.perf_counter_ns() - t0) / 1e9
-                        st = stats_ms(lat)
+                        found, st = ann.single_pass(eng, q, ef)
                         er["single"].append({"ef": ef, "recall": tie_recall(x, q, found, K),
-                                             "qps": len(q) / wall, "p50_ms": st["p50_ms"],
+                                             "qps": st["qps"], "p50_ms": st["p50_ms"],
                                              "p99_ms": st["p99_ms"]})
-                        t = time.perf_counter()
-                        found = eng.search_many(q, ef)
-                        wall = time.perf_counter() - t
+                        found, st = ann.batch_pass(eng, q, ef)
                         er["batch"].append({"ef": ef, "recall": tie_recall(x, q, found, K),
-                                            "qps": len(q) / wall, "wall_s": wall})
+                                            "qps": st["qps"], "wall_s": st["wall_s"]})
                     er["at_recall"] = {md: ann.qps_at_recall(er[md], TARGETS["ann_recall"])
                                        for md in ("single", "batch")}
                 finally:

@@ -16,11 +16,10 @@ import os
 import re
 import shutil
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import hostile_archives as H
 import httpx
 import numpy as np
 import pytest
+import web_stub
 from openapi_contract import install_httpx_hook
 from server import QuiverServer, free_port
 
@@ -39,21 +39,6 @@ ID_DTYPE = np.dtype([("kind", "u1"), ("hi", "<u8"), ("lo", "<u8")])  # engine.id
 
 
 # ---- harness -------------------------------------------------------------------------------
-
-
-class _Web(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        status, headers, body = self.server.routes.get(  # type: ignore[attr-defined]
-            self.path, (404, {}, b"not here"))
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -131,9 +116,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("snapsafety")
     storage, snaps = base / "storage", base / "snaps"
     srv = QuiverServer(storage, env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(snaps)}).start()
-    web = ThreadingHTTPServer(("127.0.0.1", 0), _Web)
-    web.routes = {}  # type: ignore[attr-defined]
-    threading.Thread(target=web.serve_forever, daemon=True).start()
+    web = web_stub.start()
     c = httpx.Client(base_url=srv.url, timeout=60)
     install_httpx_hook(c)
     try:

@@ -4,40 +4,21 @@ real server, with the collection untouched whenever a download is refused."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import web_stub
 from server import QuiverServer
-
-
-class _Web(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.seen.append((self.path, self.headers.get("api-key")))  # type: ignore[attr-defined]
-        status, headers, body = self.server.routes.get(  # type: ignore[attr-defined]
-            self.path, (404, {}, b"not here"))
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def web() -> Iterator[ThreadingHTTPServer]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Web)
-    srv.routes, srv.seen = {}, []  # type: ignore[attr-defined]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
+    with web_stub.serving() as srv:
+        yield srv
 
 
 def _start(tmp: Path, **env: str) -> QuiverServer:
