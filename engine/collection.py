@@ -30,6 +30,7 @@ from engine.points_input import parse_points, parse_vector_updates
 from engine.segment import FrozenSegment, Segment
 from engine.segment_store import (
     ids_fingerprint,
+    prune_blobs,
     prune_generations,
     read_graph,
     read_segment,
@@ -171,14 +172,20 @@ class Collection:
               payload_schema: dict[str, Any], segments: list[tuple[dict[str, Any], bool]],
               seq: int, wal_fsync: bool = True) -> Collection:
         """Write a complete collection directory from host arrays (snapshot recovery), its WAL
-        continuing after `seq`. Returns the live collection (Catalog.install moves it)."""
+        continuing after `seq`. Segments whose data carries a `blob` keep their rows in that
+        archive under `path`/blobs (only their masks and payloads are written). Returns the
+        live collection (Catalog.install moves it)."""
         os.makedirs(os.path.join(path, "segments"), exist_ok=True)
         coll = cls(name, path, from_state(config_state), dict(payload_schema), wal_fsync)
         try:
             coll._write_config()
             for data, sealed in segments:
-                coll._register(Segment.from_arrays(coll.next_segment_id, coll.config.vectors,
-                                                   coll.xp, data, sealed))
+                seg = Segment.from_arrays(coll.next_segment_id, coll.config.vectors, coll.xp,
+                                          data, sealed)
+                if seg.blob is not None:  # its rows and payloads stay in the archive
+                    seg.flushed_n = seg.n
+                    seg.payloads_dirty = False
+                coll._register(seg)
                 coll.next_segment_id += 1
             if not coll.segments or coll.segments[-1].sealed:
                 coll._new_appendable()
@@ -217,6 +224,7 @@ class Collection:
         for seg_id, meta in self.seg_meta.items():
             prune_generations(os.path.join(seg_root, str(seg_id)), meta["gen"],
                               meta["payload_gen"])
+        prune_blobs(self.path, self.seg_meta.values())
 
     def _new_appendable(self) -> Segment:
         seg = Segment(self.next_segment_id, self.config.vectors, self.xp)
@@ -547,11 +555,15 @@ class Collection:
             try:
                 for seg, fz, flushed_n, pay_dirty in frozen:
                     old = self.seg_meta.get(seg.seg_id)
-                    pgen = gen if (pay_dirty or old is None) else old["payload_gen"]
+                    # payload_gen None: the payloads are still the recovered archive's
+                    fresh = pay_dirty or (old is None and seg.blob is None)
+                    pgen = gen if fresh else (old["payload_gen"] if old else None)
                     write_segment(os.path.join(self.path, "segments", str(seg.seg_id)), fz,
-                                  flushed_n, gen, pgen if (pay_dirty or old is None) else None)
+                                  flushed_n, gen, pgen if fresh else None)
                     metas[seg.seg_id] = {"id": seg.seg_id, "n": fz.n, "gen": gen,
                                          "payload_gen": pgen, "sealed": fz.sealed}
+                    if seg.blob is not None:
+                        metas[seg.seg_id]["blob"] = seg.blob
                 fsync_dir(os.path.join(self.path, "segments"))
                 prev_seq, prev_gen = self.flushed_seq, self.gen
                 self.flushed_seq, self.gen = seq, gen

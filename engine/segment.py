@@ -69,6 +69,8 @@ class Segment:
         self.filter_cache: dict[Any, tuple[np.ndarray, int]] = {}  # see query.segment_mask_count
         self._live_cache: dict[str | None, tuple[Any, np.ndarray, int]] = {}
         self.digests: dict[str, tuple[int, str]] = {}  # name → (rows, sha256 of .npy member)
+        self.blob: dict[str, Any] | None = None  # rows stored in a recovered archive (see
+        # engine.segment_store); such a segment is sealed and its row files never written
         self.payload_version = 0
         self._changes: list[tuple[int, np.ndarray]] = []
         self._columns: dict[str, Column] = {}
@@ -307,19 +309,23 @@ class Segment:
     @classmethod
     def from_arrays(cls, seg_id: int, specs: dict[str, VectorSpec], xp: Any,
                     data: dict[str, Any], sealed: bool) -> Segment:
-        """A segment holding host arrays (from disk or a snapshot): one large copy per array."""
+        """A segment from host arrays (from disk or a snapshot). A sealed segment on the host
+        keeps memory-mapped vectors as they are (its rows never change: the page cache serves
+        them, nothing is copied); otherwise one large copy per array, to the device if any."""
         n = len(data["id_recs"])
         seg = cls(seg_id, specs, xp, capacity=max(n, 16))
         seg.sealed = sealed
         for name, arr in data["vectors"].items():
-            if n:
+            if n and sealed and not seg.on_device and isinstance(arr, np.memmap):
+                seg.vectors[name] = arr.view(np.ndarray)
+            elif n:
                 try:  # chunked pinned copies straight from the (memory-mapped) file
                     transfer.fill(seg.vectors[name][:n], arr)
                 except DeviceFailure:
                     seg.move_to_host()
                     transfer.fill(seg.vectors[name][:n], arr)
-                if name in seg.sq_norms:
-                    seg.sq_norms[name][:n] = _sq_norms(seg.vectors[name][:n])
+            if n and name in seg.sq_norms:
+                seg.sq_norms[name][:n] = _sq_norms(seg.vectors[name][:n])
             seg.present[name][:n] = data["present"][name]
         seg.id_recs[:n] = data["id_recs"]
         seg.deleted[:n] = data["deleted"]
@@ -329,6 +335,8 @@ class Segment:
         seg.ids = records_to_ids(data["id_recs"])
         seg.n = n
         seg.sealed = sealed
+        seg.blob = data.get("blob")
+        seg.digests = {name: (n, d) for name, d in (data.get("digests") or {}).items()}
         for name, index in (data.get("ann") or {}).items():
             seg.adopt_index(name, index)
         return seg

@@ -7,6 +7,11 @@
     segments/<id>/hnsw-<hexname>.npz       HNSW graph over the leading rows (engine/ann.py),
                                            written by the background indexer; ignored on load
                                            if it covers more rows than were committed
+    blobs/<uuid>.snapshot                  a recovered snapshot archive (hard-linked, never
+                                           copied): segments whose state.json entry has a
+                                           `blob` map their ids and vectors from it at the
+                                           recorded offsets and have no ids/vec files; it is
+                                           deleted once no committed segment refers to it
 
 Appends go past the row count the collection's state.json records, and the state file is
 the commit point: rows beyond it (from a crashed flush) are truncated away on load.
@@ -51,14 +56,15 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
     try:
         os.makedirs(seg_dir, exist_ok=True)
         n = frozen.n
-        ids_path = os.path.join(seg_dir, "ids.bin")
-        _truncate_to(ids_path, flushed_n * ID_DTYPE.itemsize)
-        append_durable(ids_path, _raw(frozen.id_recs[flushed_n:n]))
-        for name, arr in frozen.vectors.items():
-            path = os.path.join(seg_dir, vec_file(name))
-            host = to_host(arr[flushed_n:n])
-            _truncate_to(path, flushed_n * host.dtype.itemsize * (host.shape[1] if host.ndim == 2 else 1))
-            append_durable(path, _raw(host))
+        if n > flushed_n:  # new rows (never for sealed segments, whose files are complete)
+            ids_path = os.path.join(seg_dir, "ids.bin")
+            _truncate_to(ids_path, flushed_n * ID_DTYPE.itemsize)
+            append_durable(ids_path, _raw(frozen.id_recs[flushed_n:n]))
+            for name, arr in frozen.vectors.items():
+                path = os.path.join(seg_dir, vec_file(name))
+                host = to_host(arr[flushed_n:n])
+                _truncate_to(path, flushed_n * host.dtype.itemsize * host.shape[1])
+                append_durable(path, _raw(host))
         masks: dict[str, np.ndarray] = {"deleted": frozen.deleted, "versions": frozen.versions}
         for name, p in frozen.present.items():
             masks[f"present-{name.encode().hex()}"] = p
@@ -77,27 +83,61 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
 def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:
     """Read exactly the committed rows of a segment (truncating any uncommitted tail)."""
     n = int(meta["n"])
-    ids_path = os.path.join(seg_dir, "ids.bin")
-    _truncate_to(ids_path, n * ID_DTYPE.itemsize)
-    id_recs = np.fromfile(ids_path, dtype=ID_DTYPE, count=n) if n else np.zeros(0, ID_DTYPE)
+    blob = meta.get("blob")
+    if blob is not None:
+        blob_path = os.path.join(os.path.dirname(os.path.dirname(seg_dir)), BLOBS, blob["file"])
+        id_recs = np.fromfile(blob_path, ID_DTYPE, n, offset=blob["ids"])
+    else:
+        ids_path = os.path.join(seg_dir, "ids.bin")
+        _truncate_to(ids_path, n * ID_DTYPE.itemsize)
+        id_recs = np.fromfile(ids_path, dtype=ID_DTYPE, count=n) if n else np.zeros(0, ID_DTYPE)
     vectors: dict[str, np.ndarray] = {}
     for name, spec in specs.items():
         dt = np.dtype(STORAGE_DTYPES[spec.datatype])
-        path = os.path.join(seg_dir, vec_file(name))
-        _truncate_to(path, n * spec.size * dt.itemsize)
-        if n:
-            # mapped, not read: the segment copies it once, straight to its final home
-            vectors[name] = np.memmap(path, dtype=dt, mode="r", shape=(n, spec.size))
-        else:
+        if not n:
             vectors[name] = np.zeros((0, spec.size), dt)
+            continue
+        if blob is not None:
+            path, offset = blob_path, blob["vectors"][name.encode().hex()]
+        else:
+            path, offset = os.path.join(seg_dir, vec_file(name)), 0
+            _truncate_to(path, n * spec.size * dt.itemsize)
+        # mapped, not read: a sealed host segment serves it from the page cache, anything
+        # else copies it once, straight to its final home
+        vectors[name] = np.memmap(path, dtype=dt, mode="r", shape=(n, spec.size), offset=offset)
     with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
         masks = {k: z[k] for k in z.files}
-    with open(os.path.join(seg_dir, f"payloads.{meta['payload_gen']}.json"), "rb") as f:
-        payloads = jsonio.loads(f.read())
+    if meta["payload_gen"] is None:  # never changed since recovery: the archive's member
+        offset, size = blob["payloads"]
+        with open(blob_path, "rb") as f:
+            f.seek(offset)
+            payloads = jsonio.loads(f.read(size))
+    else:
+        with open(os.path.join(seg_dir, f"payloads.{meta['payload_gen']}.json"), "rb") as f:
+            payloads = jsonio.loads(f.read())
     present = {name: masks.get(f"present-{name.encode().hex()}", np.zeros(n, bool))
                for name in specs}
     return {"id_recs": id_recs, "vectors": vectors, "deleted": masks["deleted"],
-            "versions": masks["versions"], "present": present, "payloads": payloads}
+            "versions": masks["versions"], "present": present, "payloads": payloads,
+            "blob": blob}
+
+
+BLOBS = "blobs"  # next to segments/: recovered archives segments map their rows from
+
+
+def prune_blobs(coll_dir: str, metas: Any) -> None:
+    """Delete recovered archives no committed segment refers to any more (vacuumed away).
+    Open memory maps keep the data readable until their readers finish."""
+    blob_dir = os.path.join(coll_dir, BLOBS)
+    if not os.path.isdir(blob_dir):
+        return
+    used = {m["blob"]["file"] for m in metas if m.get("blob")}
+    for name in os.listdir(blob_dir):
+        if name not in used:
+            try:
+                os.unlink(os.path.join(blob_dir, name))
+            except OSError:
+                pass
 
 
 GRAPH_KEYS = ("levels", "offsets", "neighbors", "entry")
@@ -136,7 +176,7 @@ def read_graph(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in (*GRAPH_KEYS, "ids_sha")}
 
 
-def prune_generations(seg_dir: str, gen: int, payload_gen: int) -> None:
+def prune_generations(seg_dir: str, gen: int, payload_gen: int | None) -> None:
     """Remove mask/payload files of older generations and stray temp files."""
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):

@@ -16,10 +16,9 @@
 
 Writing hashes every member in memory before its bytes go out, so the manifest can come
 first, and hashes the whole archive as it streams (the `.checksum` sidecar): no file is
-ever re-read. Reading trusts nothing: members must be exactly the manifest's, in any order
-after it, regular files, no duplicates, sizes and hashes as declared, arrays as configured.
-tarfile's extraction machinery is never used: members are streamed into files whose names
-we choose.
+ever re-read. Reading (snapshots.scan) trusts nothing and extracts nothing: members must be
+exactly the manifest's, in any order after it, regular files, no duplicates, sizes and
+hashes as declared, arrays as configured; recovered segments then map the archive itself.
 """
 
 from __future__ import annotations
@@ -32,12 +31,9 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
-
-import numpy as np
 
 from engine import QUIVER_VERSION, jsonio
 from engine.errors import BadRequest
@@ -50,7 +46,7 @@ FORMAT_VERSION = (1, 0)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
-_MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
+MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
                         r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry))"
                         r"\.(npy|json)$")
 CHUNK = 8 << 20
@@ -168,30 +164,6 @@ class HashingWriter(io.RawIOBase):
     def close(self) -> None:
         self.hexdigest()
         super().close()
-
-
-class HashingReader(io.RawIOBase):
-    """Reads through `f`, hashing every byte read (a `checksum` verified in the same pass
-    that unpacks the archive, instead of reading the file twice)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self._hash = BackgroundHash()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self.f.readinto(b)
-        if n:
-            self._hash.update(bytes(memoryview(b)[:n]))
-        return n or 0
-
-    def finish(self) -> str:
-        """Read whatever the unpacker left (tar padding, a rejected tail) and return the hash."""
-        while chunk := self.f.read(CHUNK):
-            self._hash.update(chunk)
-        return self._hash.hexdigest()
 
 
 @dataclass
@@ -312,119 +284,3 @@ class ArchivePipe(io.RawIOBase):
             except queue.Empty:
                 pass
         super().close()
-
-
-# ---- reading --------------------------------------------------------------------------------
-
-
-@dataclass
-class Unpacked:
-    manifest: dict[str, Any]
-    files: dict[str, str]  # member name → path of its verified copy
-
-
-def _check_manifest(raw: bytes) -> dict[str, Any]:
-    try:
-        manifest = jsonio.loads(raw)
-    except jsonio.JSONDecodeError as exc:
-        raise SnapshotFormatError(f"Invalid snapshot: manifest.json is not JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SnapshotFormatError("Invalid snapshot: not a Quiver collection snapshot")
-    version = str(manifest.get("format_version", ""))
-    m = re.match(r"^(\d+)\.(\d+)$", version)
-    if not m:
-        raise SnapshotFormatError(f"Invalid snapshot: bad format_version {version!r}")
-    if int(m.group(1)) > FORMAT_VERSION[0]:
-        raise SnapshotFormatError(
-            f"Snapshot format version {version} is newer than this Quiver supports "
-            f"({FORMAT_VERSION[0]}.x); upgrade Quiver to recover it")
-    members = manifest.get("members")
-    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
-        raise SnapshotFormatError("Invalid snapshot: bad member list")
-    seen = set()
-    for mem in members:
-        if not isinstance(mem, dict) or not isinstance(mem.get("name"), str) \
-                or not _MEMBER_RE.fullmatch(mem["name"]) or mem["name"] in seen \
-                or not isinstance(mem.get("size"), int) or mem["size"] < 0 \
-                or not isinstance(mem.get("sha256"), str) \
-                or not re.fullmatch(r"[0-9a-f]{64}", mem["sha256"]):
-            raise SnapshotFormatError(f"Invalid snapshot: bad member entry {str(mem)[:200]}")
-        seen.add(mem["name"])
-    return manifest
-
-
-def unpack(src: BinaryIO, dest_dir: str, max_total_bytes: int | None = None) -> Unpacked:
-    """Validate and copy every member of the archive into `dest_dir` (files named by us)."""
-    try:
-        tar = tarfile.open(fileobj=src, mode="r|", bufsize=CHUNK)
-    except tarfile.TarError as exc:
-        raise SnapshotFormatError(f"Invalid snapshot: not a tar archive ({exc})") from None
-    manifest: dict[str, Any] | None = None
-    expected: dict[str, dict[str, Any]] = {}
-    files: dict[str, str] = {}
-    try:
-        for info in _members(tar):
-            if manifest is None:
-                if info.name != MANIFEST or not info.isreg() or info.size > MAX_MANIFEST_BYTES:
-                    raise SnapshotFormatError("Invalid snapshot: manifest.json must come first")
-                f = tar.extractfile(info)
-                assert f is not None
-                manifest = _check_manifest(f.read())
-                expected = {m["name"]: m for m in manifest["members"]}
-                total = sum(m["size"] for m in expected.values())
-                if max_total_bytes is not None and total > max_total_bytes:
-                    raise SnapshotFormatError(
-                        f"Snapshot declares {total} bytes, over the limit of {max_total_bytes}")
-                continue
-            want = expected.get(info.name)
-            if want is None or info.name in files:
-                raise SnapshotFormatError(f"Invalid snapshot: unexpected member {info.name!r}")
-            if not info.isreg() or info.issparse() or info.size != want["size"]:
-                raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is not a "
-                                          "regular file of the declared size")
-            path = os.path.join(dest_dir, f"m{len(files):06d}")
-            f = tar.extractfile(info)
-            assert f is not None
-            h = BackgroundHash()
-            try:
-                with open(path, "wb") as out:
-                    remaining = info.size
-                    while remaining:
-                        chunk = f.read(min(CHUNK, remaining))
-                        if not chunk:
-                            raise SnapshotFormatError("Invalid snapshot: truncated archive")
-                        h.update(chunk)
-                        out.write(chunk)
-                        remaining -= len(chunk)
-            finally:
-                digest = h.hexdigest()  # also stops the hashing thread on failure
-            if digest != want["sha256"]:
-                raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is corrupt "
-                                          "(sha256 mismatch)")
-            files[info.name] = path
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError | EOFError):
-            raise
-        raise SnapshotFormatError(f"Invalid snapshot: damaged archive ({exc})") from None
-    if manifest is None:
-        raise SnapshotFormatError("Invalid snapshot: empty archive")
-    missing = set(expected) - set(files)
-    if missing:
-        raise SnapshotFormatError(f"Invalid snapshot: missing members {sorted(missing)[:5]}")
-    return Unpacked(manifest, files)
-
-
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    count = 0
-    for info in tar:
-        count += 1
-        if count > MAX_MEMBERS + 1:
-            raise SnapshotFormatError("Invalid snapshot: too many members")
-        yield info
-
-
-def load_npy(path: str, mmap: bool = False) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError) as exc:
-        raise SnapshotFormatError(f"Invalid snapshot: unreadable array ({exc})") from None

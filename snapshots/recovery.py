@@ -1,20 +1,23 @@
 """Collection recovery: from a file inside the snapshots dir, an http(s) URL, or an upload.
 
-Everything is validated before the live collection is touched: the checksum, every archive
-member (snapshots.archive.unpack), and every array against the archive's config. The new
-collection is then built in a staging directory on the storage filesystem and swapped in
-under the catalog lock (Catalog.install); on any failure the old collection keeps serving
-and the staging directory is removed (or, after a crash, wiped at start-up).
+The archive is never extracted. It is hard-linked (copied only across filesystems) into the
+new collection's `blobs/` directory in a staging directory on the storage filesystem, then
+validated in place (snapshots.scan: structure, checksum, every member's sha256, every array
+against the archive's config), and the new collection's segments map their ids and vectors
+straight from it: recovering a file writes only masks, payloads and metadata, and needs no
+second copy of the data on disk. The staged collection is swapped in under the catalog lock
+(Catalog.install); on any failure the old collection keeps serving and the staging directory
+is removed (or, after a crash, wiped at start-up).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 import tarfile
 import traceback
+import uuid
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -25,6 +28,7 @@ from engine import ann, jsonio
 from engine.catalog import Catalog, validate_name
 from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
+from engine.durable import fsync_dir, io_error
 from engine.errors import (
     AlreadyExists,
     BadInput,
@@ -35,8 +39,9 @@ from engine.errors import (
 )
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES
-from engine.segment_store import GRAPH_KEYS
-from snapshots.archive import CHUNK, HashingReader, SnapshotFormatError, load_npy, unpack
+from engine.segment_store import BLOBS, GRAPH_KEYS
+from snapshots.archive import CHUNK, SnapshotFormatError
+from snapshots.scan import Scanned, Verifier, read_headers
 
 PRIORITIES = ("replica", "snapshot", "no_sync")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -57,11 +62,6 @@ def check_checksum(checksum: Any) -> str | None:
     if not isinstance(checksum, str) or not _SHA256.match(checksum):
         raise Unprocessable(f"Validation error: [checksum: invalid_sha256_hash: {checksum!r}]")
     return checksum.lower()
-
-
-def _check_sum(expected: str, actual: str) -> None:
-    if actual != expected:
-        raise ChecksumMismatch(f"Checksum mismatch: expected {expected}, actual {actual}")
 
 
 MAX_REDIRECTS = 5
@@ -177,47 +177,46 @@ class Recovery:
     def recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
         validate_name(collection)
         staging = self.catalog.staging_dir()
-        unpacked = segments = None
+        scanned = segments = None
         try:
-            members_dir = os.path.join(staging, "members")
-            os.mkdir(members_dir)
-            free = shutil.disk_usage(staging).free
-            with open(path, "rb") as f:
-                if checksum is None:
-                    unpacked = unpack(f, members_dir, max_total_bytes=free)
-                else:  # verified in the same pass; a mismatch wins over any format error
-                    reader = HashingReader(f)
-                    try:
-                        unpacked = unpack(io.BufferedReader(reader, CHUNK), members_dir,
-                                          max_total_bytes=free)
-                    except BaseException:
-                        _check_sum(checksum, reader.finish())
-                        raise
-                    _check_sum(checksum, reader.finish())
-            manifest = unpacked.manifest
-            seq = manifest.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < (1 << 63):
-                raise SnapshotFormatError(f"Invalid snapshot: bad sequence number {seq!r}")
-            config_state, schema = self._target_config(collection, manifest)
-            segments = self._segments(unpacked, config_state)
-            _check_unique_ids(segments)
             built_path = os.path.join(staging, "collection")
-            built = Collection.build(collection, built_path, config_state, schema, segments,
-                                     seq, self.catalog.wal_fsync)
-            segments = None  # drop the memory maps before the staging files go
+            blob_name = f"{uuid.uuid4().hex}.snapshot"
+            blob = os.path.join(built_path, BLOBS, blob_name)
+            os.makedirs(os.path.dirname(blob))
+            adopt_archive(path, blob)  # first: what is validated is what the collection keeps
+            built = None
             try:
+                # the collection is built in staging while the archive is hashed; it is
+                # installed only once every hash matched
+                with Verifier(blob, checksum) as verifier:
+                    scanned = read_headers(blob)
+                    verifier.check_members(scanned)
+                    manifest = scanned.manifest
+                    seq = manifest.get("seq")
+                    if not isinstance(seq, int) or isinstance(seq, bool) \
+                            or not 0 <= seq < (1 << 63):
+                        raise SnapshotFormatError(f"Invalid snapshot: bad sequence number "
+                                                  f"{seq!r}")
+                    config_state, schema = self._target_config(collection, manifest)
+                    segments = self._segments(scanned, config_state, blob_name)
+                    _check_unique_ids(segments)
+                    built = Collection.build(collection, built_path, config_state, schema,
+                                             segments, seq, self.catalog.wal_fsync)
+                    verifier.wait()
+                    _check_finite(scanned, segments)
+                segments = None
                 self.catalog.install(collection, built_path, replace=True, built=built)
             except BaseException:
-                built.close(flush=False)
+                if built is not None:
+                    built.close(flush=False)
                 raise
         except BaseException as exc:
-            # the traceback's finished frames hold the memory-mapped members; clearing them
-            # frees their disk space now, not at the next garbage collection
+            # the traceback's finished frames hold memory maps of the staged archive; clearing
+            # them frees its disk space now (when it was copied), not at the next collection
             traceback.clear_frames(exc.__traceback__)
             raise
         finally:
-            # on failure too: mapped members would keep their disk space until collected
-            unpacked = segments = None  # noqa: F841
+            scanned = segments = None  # noqa: F841
             shutil.rmtree(staging, ignore_errors=True)
         return True
 
@@ -240,11 +239,14 @@ class Recovery:
                            f"Vectors: {jsonio.dumps(snap_cfg.vectors_echo).decode()}")
         return live.config.to_state(), dict(live.payload_schema)
 
-    def _segments(self, unpacked: Any, config_state: dict[str, Any]
+    def _segments(self, scanned: Scanned, config_state: dict[str, Any], blob_name: str
                   ) -> list[tuple[dict[str, Any], bool]]:
+        """Every archive segment as host arrays: small ones read, vectors mapped from the
+        archive. All are sealed (their rows live in the archive and never change); new
+        points go to a fresh segment."""
         cfg = from_state(config_state)
         out = []
-        segs = unpacked.manifest.get("segments")
+        segs = scanned.manifest.get("segments")
         if not isinstance(segs, list):
             raise SnapshotFormatError("Invalid snapshot: bad segment list")
         indexes = [s.get("index") if isinstance(s, dict) else None for s in segs]
@@ -253,51 +255,49 @@ class Recovery:
         for seg in segs:
             if not isinstance(seg.get("n"), int) or not 0 <= seg["n"] < (1 << 32):
                 raise SnapshotFormatError("Invalid snapshot: bad segment entry")
-            i, n = seg["index"], seg["n"]
-            base = f"segments/{i}/"
-
-            def member(name: str, base: str = base) -> str:
-                path = unpacked.files.get(base + name)
-                if path is None:
-                    raise SnapshotFormatError(f"Invalid snapshot: missing {base + name}")
-                return path
-
-            ids = load_npy(member("ids.npy"))
-            deleted = load_npy(member("deleted.npy"))
-            versions = load_npy(member("versions.npy"))
+            n, base = seg["n"], f"segments/{seg['index']}/"
+            ids = scanned.array(base + "ids.npy")
+            deleted = scanned.array(base + "deleted.npy")
+            versions = scanned.array(base + "versions.npy")
             _expect(ids, ID_DTYPE, (n,), "ids")
             if n and ids["kind"].max() > 1:
                 raise SnapshotFormatError("Invalid snapshot: unknown point id kind")
             _expect(deleted, np.dtype(bool), (n,), "deleted")
             _expect(versions, np.dtype(np.uint64), (n,), "versions")
-            vectors, present = {}, {}
+            pay = scanned.members[base + "payloads.json"]
+            ref: dict[str, Any] = {"file": blob_name,
+                                   "ids": scanned.npy(base + "ids.npy").data_offset,
+                                   "payloads": [pay.offset, pay.size], "vectors": {}}
+            vectors, present, digests, members = {}, {}, {}, {}
             for name, spec in cfg.vectors.items():
                 hx = name.encode().hex()
-                arr = load_npy(member(f"vectors-{hx}.npy"), mmap=True)
+                member = members[name] = f"{base}vectors-{hx}.npy"
+                arr = scanned.array(member, mmap=True)
                 _expect(arr, np.dtype(STORAGE_DTYPES[spec.datatype]), (n, spec.size),
                         f"vectors {name!r}")
-                if arr.dtype.kind == "f" and not _all_finite(arr):
-                    raise SnapshotFormatError(f"Invalid snapshot: vectors {name!r} hold NaN or "
-                                              "infinite values")
                 vectors[name] = arr
-                present[name] = load_npy(member(f"present-{hx}.npy"))
+                ref["vectors"][hx] = scanned.npy(member).data_offset
+                digests[name] = scanned.sha256[member]
+                present[name] = scanned.array(f"{base}present-{hx}.npy")
                 _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
-            ann_indexes = self._graphs(unpacked, base, cfg, vectors)
-            with open(member("payloads.json"), "rb") as f:
-                try:
-                    payloads = jsonio.loads(f.read())
-                except jsonio.JSONDecodeError:
-                    raise SnapshotFormatError("Invalid snapshot: payloads are not JSON") from None
+            ann_indexes = self._graphs(scanned, base, cfg, vectors)
+            try:
+                payloads = jsonio.loads(scanned.read(base + "payloads.json"))
+            except jsonio.JSONDecodeError:
+                raise SnapshotFormatError("Invalid snapshot: payloads are not JSON") from None
             if not isinstance(payloads, list) or len(payloads) != n \
-                    or not all(isinstance(p, dict) for p in payloads):
+                    or not set(map(type, payloads)) <= {dict}:
                 raise SnapshotFormatError("Invalid snapshot: payloads do not match the segment")
+            if n == 0:
+                continue  # an empty appendable segment: the collection gets a fresh one
             out.append(({"id_recs": ids, "vectors": vectors, "present": present,
                          "deleted": deleted, "versions": versions, "payloads": payloads,
-                         "ann": ann_indexes}, bool(seg.get("sealed"))))
+                         "ann": ann_indexes, "blob": ref, "digests": digests,
+                         "vector_members": members}, True))
         return out
 
     @staticmethod
-    def _graphs(unpacked: Any, base: str, cfg: Any, vectors: dict[str, np.ndarray]
+    def _graphs(scanned: Scanned, base: str, cfg: Any, vectors: dict[str, np.ndarray]
                 ) -> dict[str, Any]:
         """HNSW indexes the archive carries, rebuilt from their graphs (no construction)."""
         out: dict[str, Any] = {}
@@ -305,14 +305,15 @@ class Recovery:
         ef = int(cfg.hnsw_config.get("ef_construct") or 100)
         for name, spec in cfg.vectors.items():
             hx = name.encode().hex()
-            paths = {key: unpacked.files.get(f"{base}hnsw-{hx}-{key}.npy") for key in GRAPH_KEYS}
-            if not any(paths.values()):
+            members = {key: f"{base}hnsw-{hx}-{key}.npy" for key in GRAPH_KEYS}
+            have = [scanned.has(member) for member in members.values()]
+            if not any(have):
                 continue
-            if not all(paths.values()):
+            if not all(have):
                 raise SnapshotFormatError(f"Invalid snapshot: incomplete HNSW graph for {name!r}")
             if not ann.available():
                 continue  # faiss missing here: searches stay exact, nothing is lost
-            graph = {key: load_npy(path) for key, path in paths.items()}
+            graph = {key: scanned.array(member) for key, member in members.items()}
             try:
                 out[name] = ann.HnswIndex.from_graph(vectors[name], graph, spec.distance.metric,
                                                      m, ef)
@@ -322,13 +323,45 @@ class Recovery:
         return out
 
 
-class ChecksumMismatch(BadInput):
-    prefix = ""
+def adopt_archive(src: str, dest: str) -> None:
+    """Make `dest` a durable copy of the archive `src` without copying it when possible: a
+    hard link shares its blocks (snapshot files are never modified in place; creation and
+    uploads publish new files by rename). Across filesystems, a real copy."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        try:
+            with open(src, "rb") as fin, open(dest, "wb") as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+        except OSError as exc:
+            raise io_error(exc, "copying the snapshot into storage") from exc
+    try:
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # free when `src` is one of our own (already synced) snapshots
+        finally:
+            os.close(fd)
+        fsync_dir(os.path.dirname(dest))
+    except OSError as exc:
+        raise io_error(exc, "syncing the recovered snapshot") from exc
 
 
 def _all_finite(arr: np.ndarray) -> bool:
     step = max(1, (64 << 20) // max(1, arr.shape[1] * arr.itemsize))
     return all(np.isfinite(arr[s : s + step]).all() for s in range(0, len(arr), step))
+
+
+def _check_finite(scanned: Scanned, segments: list[tuple[dict[str, Any], bool]]) -> None:
+    """Float vectors must be finite: checked while hashing, else here (odd .npy headers)."""
+    for data, _ in segments:
+        for name, arr in data["vectors"].items():
+            member = data["vector_members"][name]
+            if arr.dtype.kind != "f":
+                continue
+            finite = scanned.finite.get(member)
+            if not (_all_finite(arr) if finite is None else finite):
+                raise SnapshotFormatError(f"Invalid snapshot: vectors {name!r} hold NaN or "
+                                          "infinite values")
 
 
 def _check_unique_ids(segments: list[tuple[dict[str, Any], bool]]) -> None:

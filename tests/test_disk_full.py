@@ -292,11 +292,12 @@ def recovery_setup(tmp_path: Path) -> Iterator[tuple[QuiverServer, Path, Path, s
 def test_recovery_too_big_for_the_disk_keeps_the_old_collection(tmp_path: Path) -> None:
     with recovery_setup(tmp_path) as (srv, disk, storage, location, snap, before):
         with httpx.Client(base_url=srv.url, timeout=120) as http:
-            # less room than the archive: refused before anything is unpacked; then room for
-            # the unpacked members but not for the collection built from them
-            # (one attempt in the second case: see test_failed_recovery_releases_its_files)
+            # The snapshot lives on another filesystem, so recovery copies the archive into
+            # storage (once: it is never extracted). Less room than the archive: the copy
+            # fails; room for the archive but not for the masks and metadata built next to
+            # it: the build fails (one attempt: see test_failed_recovery_releases_its_files)
             for leave, status, tries in ((snap["size"] // 2, (400, 507), 2),
-                                         (snap["size"] * 3 // 2, 507, 1)):
+                                         (snap["size"] + (16 << 10), 507, 1)):
                 filler = fill(disk, leave=leave)
                 for _ in range(tries):
                     r = http.put("/collections/target/snapshots/recover",
@@ -306,6 +307,11 @@ def test_recovery_too_big_for_the_disk_keeps_the_old_collection(tmp_path: Path) 
                     check_points(http, "target", before)  # the previous collection serves
                     assert debris(storage) == []
                 filler.unlink()
+            # no disk doubling: the archive's size plus a little is all a recovery needs
+            filler = fill(disk, leave=snap["size"] + (1 << 20))
+            r = http.put("/collections/target/snapshots/recover", json={"location": location})
+            assert r.status_code == 200, r.text
+            filler.unlink()
             r = http.put("/collections/target/snapshots/recover", json={"location": location})
             assert r.status_code == 200, r.text
             assert http.post("/collections/target/points/count",
@@ -321,7 +327,7 @@ def test_failed_recovery_releases_its_files(tmp_path: Path) -> None:
     with recovery_setup(tmp_path) as (srv, disk, storage, location, snap, before):
         with httpx.Client(base_url=srv.url, timeout=120) as http:
             free = free_bytes(disk)
-            filler = fill(disk, leave=snap["size"] * 3 // 2)
+            filler = fill(disk, leave=snap["size"] + (16 << 10))  # the copy fits, the rest not
             r = http.put("/collections/target/snapshots/recover", json={"location": location})
             assert_envelope(r, 507)
             filler.unlink()

@@ -105,6 +105,33 @@ def test_round_trip_every_distance(srv: QuiverServer, distance: str) -> None:
     assert _answers(client, "rt") == before
 
 
+def test_recovery_shares_the_archive_instead_of_copying_it(srv: QuiverServer) -> None:
+    """file:// and upload recoveries keep the archive's blocks once: the collection maps its
+    rows from a hard link to the snapshot file (no extraction, no second copy on disk)."""
+    client = _client(srv)
+    _fill(client, "src", n=2000)
+    before = _answers(client, "src")
+    snap = client.create_snapshot("src")
+    path = srv.snaps / "src" / snap.name
+    client.recover_snapshot("viafile", f"file://{path}")
+    [blob] = (srv.storage / "collections" / "viafile" / "blobs").iterdir()
+    assert blob.stat().st_ino == path.stat().st_ino
+    with httpx.Client(base_url=srv.url, timeout=60) as http, open(path, "rb") as f:
+        r = http.post("/collections/viaupload/snapshots/upload",
+                      files={"snapshot": ("up.snapshot", f)})
+        assert r.status_code == 200, r.text
+    [blob2] = (srv.storage / "collections" / "viaupload" / "blobs").iterdir()
+    kept = srv.snaps / "viaupload" / "up.snapshot"  # the upload, kept as Qdrant does
+    assert blob2.stat().st_ino == kept.stat().st_ino
+    for name in ("viafile", "viaupload"):
+        assert _answers(client, name) == before
+    client.delete_snapshot("src", snap.name)
+    srv.restart()
+    client = _client(srv)
+    for name in ("viafile", "viaupload"):
+        assert _answers(client, name) == before
+
+
 def test_round_trip_named_vectors(srv: QuiverServer) -> None:
     client = _client(srv)
     client.create_collection("nv", vectors_config={

@@ -1,0 +1,316 @@
+"""Reading a collection archive in place: validate, hash, and locate every member.
+
+Recovery never extracts an archive. The archive file itself becomes part of the recovered
+collection (hard-linked into its `blobs/` directory, see snapshots.recovery), and segments
+map their vectors and ids straight from it. So reading is two passes over the file and no
+writes:
+
+1. the tar headers, seeking over the data: members must be exactly the manifest's (which
+   comes first), regular files, no duplicates, sizes as declared and inside the file;
+2. every member's sha256 (and the whole file's when a `checksum` is given), on a few
+   threads with `pread`, vectors checked for NaN/inf in the same read.
+
+tarfile only parses headers here; its extraction machinery is never used and nothing is
+written, so hostile member names, links and devices have nowhere to go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine import jsonio
+from engine.errors import BadInput
+from snapshots.archive import (
+    CHUNK,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBERS,
+    MEMBER_RE,
+    SnapshotFormatError,
+)
+
+HASH_THREADS = max(2, min(4, os.cpu_count() or 2))
+_VECTORS = re.compile(r"^segments/\d+/vectors-[0-9a-f]*\.npy$")
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class ChecksumMismatch(BadInput):
+    prefix = ""
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int  # of the member's data within the archive file
+    size: int
+
+
+@dataclass(frozen=True)
+class NpyLayout:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    data_offset: int  # where the array's bytes start within the archive file
+
+
+class Scanned:
+    """A verified archive: its manifest and where each member's bytes lie in the file."""
+
+    def __init__(self, path: str, manifest: dict[str, Any], members: dict[str, Extent],
+                 finite: dict[str, bool]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.members = members
+        self.finite = finite  # vectors members checked during hashing (absent: not checked)
+        self.sha256 = {m["name"]: m["sha256"] for m in manifest["members"]}
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def read(self, name: str) -> bytes:
+        ext = self._extent(name)
+        with open(self.path, "rb") as f:
+            f.seek(ext.offset)
+            return f.read(ext.size)
+
+    def npy(self, name: str) -> NpyLayout:
+        """Parse a member's .npy header: plain C-order arrays of a fixed dtype only."""
+        ext = self._extent(name)
+        with open(self.path, "rb") as f:
+            f.seek(ext.offset)
+            head = io.BytesIO(f.read(min(ext.size, 64 << 10)))
+        try:
+            reader = _NPY_HEADERS.get(np.lib.format.read_magic(head))
+            if reader is None:
+                raise ValueError("unsupported .npy version")
+            shape, fortran, dtype = reader(head, max_header_size=1 << 16)
+        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            raise SnapshotFormatError(f"Invalid snapshot: unreadable array {name!r} ({exc})"
+                                      ) from None
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        start = ext.offset + head.tell()
+        if fortran or dtype.hasobject or count * dtype.itemsize != ext.offset + ext.size - start:
+            raise SnapshotFormatError(f"Invalid snapshot: unreadable array {name!r}")
+        return NpyLayout(dtype, tuple(shape), start)
+
+    def array(self, name: str, mmap: bool = False) -> np.ndarray:
+        """A member's array: read into memory, or mapped read-only from the archive."""
+        lay = self.npy(name)
+        count = int(np.prod(lay.shape, dtype=np.int64)) if lay.shape else 1
+        if mmap and count:
+            return np.memmap(self.path, lay.dtype, "r", offset=lay.data_offset, shape=lay.shape)
+        with open(self.path, "rb") as f:
+            f.seek(lay.data_offset)
+            return np.fromfile(f, lay.dtype, count).reshape(lay.shape)
+
+    def _extent(self, name: str) -> Extent:
+        ext = self.members.get(name)
+        if ext is None:
+            raise SnapshotFormatError(f"Invalid snapshot: missing {name}")
+        return ext
+
+
+class Verifier:
+    """Hashes an archive on a few threads while the caller already uses it (recovery builds
+    the new collection in staging meanwhile; nothing is installed before `wait`). A format
+    error raised inside the `with` block is replaced by the corruption that explains it (a
+    `checksum` mismatch first, then a member's sha256), which is the more useful answer."""
+
+    def __init__(self, path: str, checksum: str | None = None) -> None:
+        self.checksum = checksum
+        self._fd = os.open(path, os.O_RDONLY)
+        self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="quiver-scan")
+        size = os.fstat(self._fd).st_size
+        self._whole = self._pool.submit(_sha256_range, self._fd, 0, size) if checksum else None
+        self._jobs: dict[str, Any] = {}
+        self._scanned: Scanned | None = None
+
+    def check_members(self, scanned: Scanned) -> None:
+        self._scanned = scanned
+        for name, ext in sorted(scanned.members.items(), key=lambda m: -m[1].size):
+            self._jobs[name] = self._pool.submit(_sha256_range, self._fd, ext.offset, ext.size,
+                                                 bool(_VECTORS.match(name)))
+
+    def wait(self) -> None:
+        """Raise if the archive or any member is corrupt; record the vectors' finiteness."""
+        if self._whole is not None:
+            actual = self._whole.result()[0]
+            if actual != self.checksum:
+                raise ChecksumMismatch(f"Checksum mismatch: expected {self.checksum}, "
+                                       f"actual {actual}")
+        if self._scanned is None:
+            return
+        for name, job in self._jobs.items():
+            digest, finite = job.result()
+            if digest != self._scanned.sha256[name]:
+                raise SnapshotFormatError(f"Invalid snapshot: member {name!r} is corrupt "
+                                          "(sha256 mismatch)")
+            if finite is not None:
+                self._scanned.finite[name] = finite
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if isinstance(exc, Exception) and not isinstance(exc, ChecksumMismatch):
+                self.wait()  # raises the corruption behind `exc`, if there is one
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            os.close(self._fd)
+
+
+def scan(path: str, checksum: str | None = None) -> Scanned:
+    """Validate the archive at `path` completely (headers, checksum, every member)."""
+    with Verifier(path, checksum) as verifier:
+        scanned = read_headers(path)
+        verifier.check_members(scanned)
+        verifier.wait()
+    return scanned
+
+
+def read_headers(path: str) -> Scanned:
+    """The archive's structure and manifest (nothing hashed yet: see Verifier)."""
+    manifest, members = _headers(path, os.path.getsize(path))
+    return Scanned(path, manifest, members, {})
+
+
+def _headers(path: str, size: int) -> tuple[dict[str, Any], dict[str, Extent]]:
+    manifest: dict[str, Any] | None = None
+    expected: dict[str, dict[str, Any]] = {}
+    members: dict[str, Extent] = {}
+    try:
+        with open(path, "rb") as f:
+            try:
+                tar = tarfile.open(fileobj=f, mode="r:")
+            except tarfile.TarError as exc:
+                raise SnapshotFormatError(f"Invalid snapshot: not a tar archive ({exc})"
+                                          ) from None
+            for info in _capped(tar):
+                if info.offset_data + info.size > size:
+                    raise SnapshotFormatError("Invalid snapshot: truncated archive")
+                if manifest is None:
+                    if info.name != MANIFEST or not info.isreg() \
+                            or info.size > MAX_MANIFEST_BYTES:
+                        raise SnapshotFormatError("Invalid snapshot: manifest.json must come "
+                                                  "first")
+                    src = tar.extractfile(info)
+                    assert src is not None
+                    manifest = _check_manifest(src.read())
+                    expected = {m["name"]: m for m in manifest["members"]}
+                    total = sum(m["size"] for m in expected.values())
+                    if total > size:  # a size bomb, or a truncated archive
+                        raise SnapshotFormatError(f"Invalid snapshot: the manifest declares "
+                                                  f"{total} bytes of members, the archive "
+                                                  f"holds {size}")
+                    continue
+                want = expected.get(info.name)
+                if want is None or info.name in members:
+                    raise SnapshotFormatError(f"Invalid snapshot: unexpected member "
+                                              f"{info.name!r}")
+                if not info.isreg() or info.issparse() or info.size != want["size"]:
+                    raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is not "
+                                              "a regular file of the declared size")
+                members[info.name] = Extent(info.offset_data, info.size)
+    except (tarfile.TarError, EOFError) as exc:
+        raise SnapshotFormatError(f"Invalid snapshot: damaged archive ({exc})") from None
+    if manifest is None:
+        raise SnapshotFormatError("Invalid snapshot: empty archive")
+    missing = set(expected) - set(members)
+    if missing:
+        raise SnapshotFormatError(f"Invalid snapshot: missing members {sorted(missing)[:5]}")
+    return manifest, members
+
+
+def _capped(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    count = 0
+    while (info := tar.next()) is not None:
+        count += 1
+        if count > MAX_MEMBERS + 1:
+            raise SnapshotFormatError("Invalid snapshot: too many members")
+        tar.members = []  # headers only; keep nothing per member (member-count bombs)
+        yield info
+
+
+def _check_manifest(raw: bytes) -> dict[str, Any]:
+    try:
+        manifest = jsonio.loads(raw)
+    except jsonio.JSONDecodeError as exc:
+        raise SnapshotFormatError(f"Invalid snapshot: manifest.json is not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SnapshotFormatError("Invalid snapshot: not a Quiver collection snapshot")
+    version = str(manifest.get("format_version", ""))
+    m = re.match(r"^(\d+)\.(\d+)$", version)
+    if not m:
+        raise SnapshotFormatError(f"Invalid snapshot: bad format_version {version!r}")
+    if int(m.group(1)) > FORMAT_VERSION[0]:
+        raise SnapshotFormatError(
+            f"Snapshot format version {version} is newer than this Quiver supports "
+            f"({FORMAT_VERSION[0]}.x); upgrade Quiver to recover it")
+    members = manifest.get("members")
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise SnapshotFormatError("Invalid snapshot: bad member list")
+    seen = set()
+    for mem in members:
+        if not isinstance(mem, dict) or not isinstance(mem.get("name"), str) \
+                or not MEMBER_RE.fullmatch(mem["name"]) or mem["name"] in seen \
+                or not isinstance(mem.get("size"), int) or mem["size"] < 0 \
+                or not isinstance(mem.get("sha256"), str) \
+                or not re.fullmatch(r"[0-9a-f]{64}", mem["sha256"]):
+            raise SnapshotFormatError(f"Invalid snapshot: bad member entry {str(mem)[:200]}")
+        seen.add(mem["name"])
+    return manifest
+
+
+def _sha256_range(fd: int, offset: int, size: int, vectors: bool = False
+                  ) -> tuple[str, bool | None]:
+    """sha256 of `size` bytes at `offset` (pread: threads share the descriptor). For a
+    vectors member, also whether its floats are all finite, from the same buffers (None when
+    its header cannot be read here; the array check then reports it)."""
+    h = hashlib.sha256()
+    buf = np.empty(min(CHUNK, max(size, 1)), np.uint8)
+    finite: bool | None = None
+    dtype, start = None, 0
+    pos = 0
+    while pos < size:
+        n = os.preadv(fd, [buf[: min(len(buf), size - pos)]], offset + pos)
+        if n <= 0:
+            raise SnapshotFormatError("Invalid snapshot: truncated archive")
+        view = buf[:n]
+        h.update(view)  # releases the GIL: the threads hash in parallel
+        if vectors and pos == 0:
+            dtype, start = _float_layout(view.tobytes())
+            finite = None if dtype is None else True
+        if dtype is not None and finite:
+            lo = max(start - pos, 0)
+            hi = lo + (n - lo) // dtype.itemsize * dtype.itemsize
+            if (pos + lo - start) % dtype.itemsize:
+                dtype, finite = None, None  # cannot happen for numpy-written headers
+            elif hi > lo and not np.isfinite(view[lo:hi].view(dtype)).all():
+                finite = False
+        pos += n
+    return h.hexdigest(), finite
+
+
+def _float_layout(head: bytes) -> tuple[np.dtype | None, int]:
+    """(float dtype, data offset) from an .npy header; (None, 0) if not a float array."""
+    bio = io.BytesIO(head)
+    try:
+        reader = _NPY_HEADERS.get(np.lib.format.read_magic(bio))
+        if reader is None:
+            return None, 0
+        _, _, dtype = reader(bio, max_header_size=1 << 16)
+    except (ValueError, OSError, EOFError, SyntaxError):
+        return None, 0
+    return (dtype, bio.tell()) if dtype.kind == "f" and not dtype.hasobject else (None, 0)

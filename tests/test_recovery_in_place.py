@@ -1,0 +1,209 @@
+"""Recovery maps the archive instead of extracting it (snapshots.scan, engine.segment_store):
+the archive is hard-linked into the collection's blobs/ (copied only across filesystems), its
+segments have no row files of their own, and the collection behaves like any other through
+restarts, payload edits, deletes, vacuum and new snapshots. Plus the scan's own checks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.catalog import Catalog
+from engine.query import SearchSpec, retrieve, search_batch
+from snapshots.archive import SnapshotFormatError
+from snapshots.manager import SnapshotManager
+from snapshots.recovery import Recovery
+from snapshots.scan import ChecksumMismatch, scan
+
+DIM = 8
+
+
+def _catalog(root: Path) -> Catalog:
+    cat = Catalog(str(root / "storage"))
+    cat.load()
+    return cat
+
+
+def _fill(cat: Catalog, name: str, n: int = 3000, distance: str = "Euclid") -> None:
+    coll = cat.create(name, {"vectors": {"size": DIM, "distance": distance},
+                             "optimizers_config": {"vacuum_min_vector_number": 100}})
+    rng = np.random.default_rng(7)
+    for s in range(0, n, 500):
+        coll.upsert({"batch": {"ids": list(range(s, s + 500)),
+                               "vectors": rng.standard_normal((500, DIM)).astype(np.float32),
+                               "payloads": [{"i": i, "tag": f"t{i % 3}"}
+                                            for i in range(s, s + 500)]}})
+
+
+def _answers(cat: Catalog, name: str) -> list[list[tuple]]:
+    q = np.random.default_rng(3).standard_normal((4, DIM)).astype(np.float32)
+    specs = [SearchSpec(v, "", None, 10, 0, None, True, True) for v in q]
+    return [[(h["id"], round(h["score"], 4), h["payload"]) for h in hits]
+            for hits in search_batch(cat.get(name), specs)]
+
+
+def _snapshot(cat: Catalog, root: Path, name: str) -> tuple[SnapshotManager, str, str]:
+    mgr = SnapshotManager(cat, str(root / "snaps"), 1)
+    info = mgr.create(name)
+    return mgr, mgr.path(name, info.name), info.checksum
+
+
+def _blobs(cat: Catalog, name: str) -> list[Path]:
+    d = Path(cat.get(name).path) / "blobs"
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+@pytest.fixture
+def sealed_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("engine.collection.SEGMENT_MAX_BYTES", 32 * 1024)
+
+
+def test_archive_is_linked_not_extracted(tmp_path: Path, sealed_often: None) -> None:
+    cat = _catalog(tmp_path)
+    _fill(cat, "src")
+    before = _answers(cat, "src")
+    _, path, checksum = _snapshot(cat, tmp_path, "src")
+    Recovery(cat, str(tmp_path / "snaps")).recover_file("copy", path, checksum)
+    assert _answers(cat, "copy") == before
+    [blob] = _blobs(cat, "copy")
+    assert os.stat(blob).st_ino == os.stat(path).st_ino  # the same blocks: no second copy
+    segs = Path(cat.get("copy").path) / "segments"
+    row_files = [p for p in segs.rglob("*") if p.name == "ids.bin" or p.name.startswith("vec-")]
+    assert row_files == []  # rows are read from the archive; nothing was rewritten
+    state = json.loads((Path(cat.get("copy").path) / "state.json").read_text())
+    mapped = [str(m["id"]) for m in state["segments"] if m.get("blob")]
+    assert len(mapped) >= 2
+    payload_files = [p for p in segs.rglob("payloads.*.json") if p.parent.name in mapped]
+    assert payload_files == []  # payloads too, until one changes
+    # the snapshot may be deleted: the collection keeps its own link
+    os.unlink(path)
+    cat.close()
+    cat = _catalog(tmp_path)
+    assert _answers(cat, "copy") == before
+    cat.close()
+
+
+def test_linked_collection_lives_on(tmp_path: Path, sealed_often: None) -> None:
+    """Payload edits, deletes, upserts and a vacuum on archive-backed segments persist across
+    restarts; the archive is dropped once no segment needs it."""
+    cat = _catalog(tmp_path)
+    _fill(cat, "src")
+    _, path, _ = _snapshot(cat, tmp_path, "src")
+    Recovery(cat, str(tmp_path / "snaps")).recover_file("c", path, None)
+    coll = cat.get("c")
+    coll.payload_write("set_payload", {"payload": {"edited": True}, "points": [1, 2]})
+    coll.delete_points({"points": [3]})
+    coll.upsert({"points": [{"id": 99_999, "vector": [0.5] * DIM, "payload": {"new": 1}}]})
+    coll.flush()
+    cat.close()
+    cat = _catalog(tmp_path)
+    coll = cat.get("c")
+    got = {p["id"]: p["payload"] for p in retrieve(coll, [1, 2, 3, 99_999])}
+    assert got[1]["edited"] is True and got[2]["edited"] is True and got[1]["i"] == 1
+    assert 3 not in got and got[99_999] == {"new": 1}
+    assert coll.points_count() == 3000
+    assert _blobs(cat, "c")
+    # replace every point: the archive's segments are all deleted rows, vacuumed away
+    rng = np.random.default_rng(11)
+    for s in range(0, 3000, 500):
+        coll.upsert({"batch": {"ids": list(range(s, s + 500)),
+                               "vectors": rng.standard_normal((500, DIM)).astype(np.float32)}})
+    coll.vacuum()
+    coll.flush()
+    assert _blobs(cat, "c") == []
+    cat.close()
+    cat = _catalog(tmp_path)
+    assert cat.get("c").points_count() == 3001
+    cat.close()
+
+
+def test_snapshot_of_recovered_collection(tmp_path: Path, sealed_often: None) -> None:
+    cat = _catalog(tmp_path)
+    _fill(cat, "src", distance="Cosine")
+    before = _answers(cat, "src")
+    rec = Recovery(cat, str(tmp_path / "snaps"))
+    _, path, _ = _snapshot(cat, tmp_path, "src")
+    rec.recover_file("a", path, None)
+    _, path2, checksum2 = _snapshot(cat, tmp_path, "a")
+    rec.recover_file("b", path2, checksum2)
+    assert _answers(cat, "b") == before
+    cat.close()
+
+
+def test_copy_across_filesystems(tmp_path: Path, sealed_often: None,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cat = _catalog(tmp_path)
+    _fill(cat, "src")
+    before = _answers(cat, "src")
+    _, path, _ = _snapshot(cat, tmp_path, "src")
+
+    def no_link(src: str, dst: str) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr("snapshots.recovery.os.link", no_link)
+    Recovery(cat, str(tmp_path / "snaps")).recover_file("copy", path, None)
+    [blob] = _blobs(cat, "copy")
+    assert os.stat(blob).st_ino != os.stat(path).st_ino
+    assert blob.read_bytes() == Path(path).read_bytes()
+    assert _answers(cat, "copy") == before
+    cat.close()
+
+
+def test_failed_recovery_keeps_old_collection_and_leaves_no_link(
+        tmp_path: Path, sealed_often: None) -> None:
+    cat = _catalog(tmp_path)
+    _fill(cat, "src")
+    before = _answers(cat, "src")
+    _, path, checksum = _snapshot(cat, tmp_path, "src")
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a vectors member
+    bad = tmp_path / "snaps" / "bad.snapshot"
+    bad.write_bytes(bytes(data))
+    rec = Recovery(cat, str(tmp_path / "snaps"))
+    with pytest.raises(SnapshotFormatError, match="corrupt"):
+        rec.recover_file("src", str(bad), None)
+    with pytest.raises(ChecksumMismatch):
+        rec.recover_file("src", str(bad), checksum)
+    assert _answers(cat, "src") == before
+    assert os.stat(bad).st_nlink == 1  # the staged link went with the staging directory
+    assert [p for p in Path(cat.root).iterdir() if p.name.startswith(".tmp-")] == []
+    cat.close()
+
+
+def test_nan_vectors_found_while_hashing(tmp_path: Path) -> None:
+    """A NaN in an archive whose hashes are consistent (a forged manifest) is still refused:
+    the scan checks float vectors in the same pass that hashes them."""
+    cat = _catalog(tmp_path)
+    _fill(cat, "src", n=500)
+    cat.get("src").segments[-1].vectors[""][5, 3] = np.nan  # bypassing the API's check
+    _, path, _ = _snapshot(cat, tmp_path, "src")
+    scanned = scan(path)
+    assert False in scanned.finite.values()
+    with pytest.raises(SnapshotFormatError, match="NaN"):
+        Recovery(cat, str(tmp_path / "snaps")).recover_file("copy", path, None)
+    cat.close()
+
+
+def test_scan_locates_members_exactly(tmp_path: Path) -> None:
+    cat = _catalog(tmp_path)
+    _fill(cat, "src", n=500)
+    _, path, checksum = _snapshot(cat, tmp_path, "src")
+    scanned = scan(path, checksum)
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if info.name == "manifest.json":
+                continue
+            assert scanned.read(info.name) == tar.extractfile(info).read()
+    ids = scanned.array("segments/0/ids.npy")
+    assert len(ids) == 500
+    vec = scanned.array("segments/0/vectors-.npy", mmap=True)
+    assert isinstance(vec, np.memmap) and vec.shape == (500, DIM)
+    with pytest.raises(ChecksumMismatch):
+        scan(path, "0" * 64)
+    cat.close()
