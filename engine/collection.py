@@ -160,10 +160,13 @@ class Collection:
         return int(cfg.get("m") or 0), int(cfg.get("ef_construct") or 100)
 
     def _register(self, seg: Segment) -> None:
-        live = np.flatnonzero(~seg.deleted[: seg.n])
         base = seg.seg_id << ROW_BITS
-        self.id_map.update(zip([seg.ids[r] for r in live.tolist()], (live + base).tolist(),
-                               strict=True))
+        if not seg.deleted[: seg.n].any():  # the common case: no per-row lists to build
+            self.id_map.update(zip(seg.ids, range(base, base + seg.n), strict=True))
+        else:
+            live = np.flatnonzero(~seg.deleted[: seg.n])
+            self.id_map.update(zip([seg.ids[r] for r in live.tolist()], (live + base).tolist(),
+                                   strict=True))
         self.segments.append(seg)
         self.seg_by_id[seg.seg_id] = seg
 

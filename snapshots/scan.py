@@ -74,6 +74,7 @@ class Scanned:
         self.members = members
         self.finite = finite  # vectors members checked during hashing (absent: not checked)
         self.sha256 = {m["name"]: m["sha256"] for m in manifest["members"]}
+        self.members_hashed = False  # whether the Verifier checks `sha256` (else a checksum)
 
     def has(self, name: str) -> bool:
         return name in self.members
@@ -132,15 +133,20 @@ class Verifier:
         self._fd = os.open(path, os.O_RDONLY)
         self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="quiver-scan")
         size = os.fstat(self._fd).st_size
-        self._whole = self._pool.submit(_sha256_range, self._fd, 0, size) if checksum else None
+        self._whole = self._pool.submit(_read_range, self._fd, 0, size) if checksum else None
         self._jobs: dict[str, Any] = {}
         self._scanned: Scanned | None = None
 
     def check_members(self, scanned: Scanned) -> None:
+        """Hash every member against the manifest, unless a `checksum` covers every byte
+        already (then member hashes add nothing: only the vectors are read, for NaN)."""
         self._scanned = scanned
+        scanned.members_hashed = self.checksum is None
         for name, ext in sorted(scanned.members.items(), key=lambda m: -m[1].size):
-            self._jobs[name] = self._pool.submit(_sha256_range, self._fd, ext.offset, ext.size,
-                                                 bool(_VECTORS.match(name)))
+            vectors = bool(_VECTORS.match(name))
+            if self.checksum is None or vectors:
+                self._jobs[name] = self._pool.submit(_read_range, self._fd, ext.offset,
+                                                     ext.size, self.checksum is None, vectors)
 
     def wait(self) -> None:
         """Raise if the archive or any member is corrupt; record the vectors' finiteness."""
@@ -153,7 +159,7 @@ class Verifier:
             return
         for name, job in self._jobs.items():
             digest, finite = job.result()
-            if digest != self._scanned.sha256[name]:
+            if digest is not None and digest != self._scanned.sha256[name]:
                 raise SnapshotFormatError(f"Invalid snapshot: member {name!r} is corrupt "
                                           "(sha256 mismatch)")
             if finite is not None:
@@ -273,12 +279,12 @@ def _check_manifest(raw: bytes) -> dict[str, Any]:
     return manifest
 
 
-def _sha256_range(fd: int, offset: int, size: int, vectors: bool = False
-                  ) -> tuple[str, bool | None]:
-    """sha256 of `size` bytes at `offset` (pread: threads share the descriptor). For a
-    vectors member, also whether its floats are all finite, from the same buffers (None when
-    its header cannot be read here; the array check then reports it)."""
-    h = hashlib.sha256()
+def _read_range(fd: int, offset: int, size: int, hash_: bool = True, vectors: bool = False
+                ) -> tuple[str | None, bool | None]:
+    """sha256 of `size` bytes at `offset` (pread: threads share the descriptor), if `hash_`.
+    For a vectors member, also whether its floats are all finite, from the same buffers (None
+    when its header cannot be read here; the array check then reports it)."""
+    h = hashlib.sha256() if hash_ else None
     buf = np.empty(min(CHUNK, max(size, 1)), np.uint8)
     finite: bool | None = None
     dtype, start = None, 0
@@ -288,7 +294,8 @@ def _sha256_range(fd: int, offset: int, size: int, vectors: bool = False
         if n <= 0:
             raise SnapshotFormatError("Invalid snapshot: truncated archive")
         view = buf[:n]
-        h.update(view)  # releases the GIL: the threads hash in parallel
+        if h is not None:
+            h.update(view)  # releases the GIL: the threads hash in parallel
         if vectors and pos == 0:
             dtype, start = _float_layout(view.tobytes())
             finite = None if dtype is None else True
@@ -300,7 +307,7 @@ def _sha256_range(fd: int, offset: int, size: int, vectors: bool = False
             elif hi > lo and not np.isfinite(view[lo:hi].view(dtype)).all():
                 finite = False
         pos += n
-    return h.hexdigest(), finite
+    return (h.hexdigest() if h is not None else None), finite
 
 
 def _float_layout(head: bytes) -> tuple[np.dtype | None, int]:

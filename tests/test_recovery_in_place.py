@@ -207,3 +207,33 @@ def test_scan_locates_members_exactly(tmp_path: Path) -> None:
     with pytest.raises(ChecksumMismatch):
         scan(path, "0" * 64)
     cat.close()
+
+
+def test_checksum_stands_in_for_member_hashes(tmp_path: Path) -> None:
+    """With a matching `checksum` every byte is proven, so member hashes are not recomputed;
+    the manifest's (here wrong) member hashes are then never reused for later snapshots."""
+    import hashlib  # noqa: PLC0415
+
+    import hostile_archives as H  # noqa: PLC0415
+
+    cat = _catalog(tmp_path)
+    _fill(cat, "src", n=1500)
+    before = _answers(cat, "src")
+    _, path, _ = _snapshot(cat, tmp_path, "src")
+    entries = H.parse(Path(path).read_bytes())
+    manifest = H.manifest_of(entries)
+    for mem in manifest["members"]:
+        if "/vectors-" in mem["name"]:
+            mem["sha256"] = "0" * 64  # a lying producer
+    forged = H.serialise(H.set_manifest(entries, manifest))
+    bad = tmp_path / "snaps" / "forged.snapshot"
+    bad.write_bytes(forged)
+    rec = Recovery(cat, str(tmp_path / "snaps"))
+    with pytest.raises(SnapshotFormatError, match="sha256 mismatch"):
+        rec.recover_file("a", str(bad), None)
+    rec.recover_file("a", str(bad), hashlib.sha256(forged).hexdigest())
+    assert _answers(cat, "a") == before
+    _, path2, _ = _snapshot(cat, tmp_path, "a")
+    rec.recover_file("b", path2, None)  # its manifest carries the real hashes
+    assert _answers(cat, "b") == before
+    cat.close()
