@@ -185,9 +185,12 @@ class Collection:
             for data, sealed in segments:
                 seg = Segment.from_arrays(coll.next_segment_id, coll.config.vectors, coll.xp,
                                           data, sealed)
-                if seg.blob is not None:  # its rows and payloads stay in the archive
+                if seg.blob is not None:  # it stays in the archive until it changes
                     seg.flushed_n = seg.n
-                    seg.payloads_dirty = False
+                    seg.dirty = seg.payloads_dirty = False
+                    coll.seg_meta[seg.seg_id] = {"id": seg.seg_id, "n": seg.n, "gen": None,
+                                                 "payload_gen": None, "sealed": True,
+                                                 "blob": seg.blob}
                 coll._register(seg)
                 coll.next_segment_id += 1
             if not coll.segments or coll.segments[-1].sealed:

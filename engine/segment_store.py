@@ -10,8 +10,10 @@
     blobs/<uuid>.snapshot                  a recovered snapshot archive (hard-linked, never
                                            copied): segments whose state.json entry has a
                                            `blob` map their ids and vectors from it at the
-                                           recorded offsets and have no ids/vec files; it is
-                                           deleted once no committed segment refers to it
+                                           recorded offsets and have no ids/vec files; their
+                                           masks and payloads too while `gen` / `payload_gen`
+                                           are null (until they first change); it is deleted
+                                           once no committed segment refers to it
 
 Appends go past the row count the collection's state.json records, and the state file is
 the commit point: rows beyond it (from a crashed flush) are truncated away on load.
@@ -105,8 +107,14 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> d
         # mapped, not read: a sealed host segment serves it from the page cache, anything
         # else copies it once, straight to its final home
         vectors[name] = np.memmap(path, dtype=dt, mode="r", shape=(n, spec.size), offset=offset)
-    with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
-        masks = {k: z[k] for k in z.files}
+    if meta["gen"] is None:  # never changed since recovery: the archive's members
+        masks = {"deleted": np.fromfile(blob_path, bool, n, offset=blob["deleted"]),
+                 "versions": np.fromfile(blob_path, np.uint64, n, offset=blob["versions"])}
+        for hx, offset in blob["present"].items():
+            masks[f"present-{hx}"] = np.fromfile(blob_path, bool, n, offset=offset)
+    else:
+        with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
+            masks = {k: z[k] for k in z.files}
     if meta["payload_gen"] is None:  # never changed since recovery: the archive's member
         offset, size = blob["payloads"]
         with open(blob_path, "rb") as f:
@@ -176,8 +184,10 @@ def read_graph(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in (*GRAPH_KEYS, "ids_sha")}
 
 
-def prune_generations(seg_dir: str, gen: int, payload_gen: int | None) -> None:
+def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) -> None:
     """Remove mask/payload files of older generations and stray temp files."""
+    if not os.path.isdir(seg_dir):
+        return  # a recovered segment still entirely in its archive
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):
         if name in keep or name.startswith(("vec-", "hnsw-")):

@@ -265,9 +265,10 @@ class Recovery:
             _expect(deleted, np.dtype(bool), (n,), "deleted")
             _expect(versions, np.dtype(np.uint64), (n,), "versions")
             pay = scanned.members[base + "payloads.json"]
-            ref: dict[str, Any] = {"file": blob_name,
-                                   "ids": scanned.npy(base + "ids.npy").data_offset,
-                                   "payloads": [pay.offset, pay.size], "vectors": {}}
+            ref: dict[str, Any] = {"file": blob_name, "payloads": [pay.offset, pay.size],
+                                   "vectors": {}, "present": {}}
+            for key in ("ids", "deleted", "versions"):
+                ref[key] = scanned.npy(f"{base}{key}.npy").data_offset
             vectors, present, digests, members = {}, {}, {}, {}
             for name, spec in cfg.vectors.items():
                 hx = name.encode().hex()
@@ -280,6 +281,7 @@ class Recovery:
                 if scanned.members_hashed:  # proven below, so later snapshots reuse it
                     digests[name] = scanned.sha256[member]
                 present[name] = scanned.array(f"{base}present-{hx}.npy")
+                ref["present"][hx] = scanned.npy(f"{base}present-{hx}.npy").data_offset
                 _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
             ann_indexes = self._graphs(scanned, base, cfg, vectors)
             try:
