@@ -174,7 +174,9 @@ class Recovery:
             raise BadRequest("Format error in JSON body: relative URL without a base")
         raise BadRequest(f"URL {location} with scheme {scheme} is not supported")
 
-    def recover_file(self, collection: str, path: str, checksum: str | None) -> bool:
+    def recover_file(self, collection: str, path: str, checksum: str | None, base: int = 0,
+                     length: int | None = None) -> bool:
+        """Recover from the archive at `path` (or nested in it at `base`, `length` bytes)."""
         validate_name(collection)
         staging = self.catalog.staging_dir()
         scanned = segments = None
@@ -183,13 +185,14 @@ class Recovery:
             blob_name = f"{uuid.uuid4().hex}.snapshot"
             blob = os.path.join(built_path, BLOBS, blob_name)
             os.makedirs(os.path.dirname(blob))
-            adopt_archive(path, blob)  # first: what is validated is what the collection keeps
+            # first: what is validated is what the collection keeps
+            base = adopt_archive(path, blob, base, length)
             built = None
             try:
                 # the collection is built in staging while the archive is hashed; it is
                 # installed only once every hash matched
-                with Verifier(blob, checksum) as verifier:
-                    scanned = read_headers(blob)
+                with Verifier(blob, checksum, base, length) as verifier:
+                    scanned = read_headers(blob, base, length)
                     verifier.check_members(scanned)
                     manifest = scanned.manifest
                     seq = manifest.get("seq")
@@ -326,18 +329,24 @@ class Recovery:
         return out
 
 
-def adopt_archive(src: str, dest: str) -> None:
-    """Make `dest` a durable copy of the archive `src` without copying it when possible: a
-    hard link shares its blocks (snapshot files are never modified in place; creation and
-    uploads publish new files by rename). Across filesystems, a real copy."""
+def adopt_archive(src: str, dest: str, base: int = 0, length: int | None = None) -> int:
+    """Make `dest` a durable copy of the archive `src` (or of its `length` bytes at `base`)
+    without copying it when possible: a hard link shares its blocks (snapshot files are never
+    modified in place; creation and uploads publish new files by rename). Across filesystems,
+    a real copy of just those bytes. Returns where the archive starts in `dest`."""
     try:
         os.link(src, dest)
     except OSError:
         try:
             with open(src, "rb") as fin, open(dest, "wb") as fout:
-                shutil.copyfileobj(fin, fout, CHUNK)
+                fin.seek(base)
+                left = length if length is not None else os.fstat(fin.fileno()).st_size - base
+                while left > 0 and (chunk := fin.read(min(CHUNK, left))):
+                    fout.write(chunk)
+                    left -= len(chunk)
         except OSError as exc:
             raise io_error(exc, "copying the snapshot into storage") from exc
+        base = 0
     try:
         fd = os.open(dest, os.O_RDONLY)
         try:
@@ -347,6 +356,7 @@ def adopt_archive(src: str, dest: str) -> None:
         fsync_dir(os.path.dirname(dest))
     except OSError as exc:
         raise io_error(exc, "syncing the recovered snapshot") from exc
+    return base
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -392,58 +402,55 @@ def _expect(arr: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], what: str)
 
 
 def restore_full(recovery: Recovery, path: str, force: bool) -> list[str]:
-    """`--storage-snapshot`: validate the outer archive, recover every collection it maps,
-    then its aliases. Returns the restored collection names."""
+    """`--storage-snapshot`: validate the outer archive, recover every collection it maps
+    (each straight from its place inside the outer archive: nothing is copied out), then its
+    aliases. Returns the restored collection names."""
     catalog = recovery.catalog
-    staging = catalog.staging_dir()
+    size = os.path.getsize(path)
+    config: dict[str, Any] | None = None
+    nested: dict[str, tuple[int, int]] = {}  # member → (offset, size) in the outer file
     try:
-        config: dict[str, Any] | None = None
-        files: dict[str, str] = {}
-        try:
-            with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-                for i, info in enumerate(tar):
-                    if i > 100_000:
-                        raise SnapshotFormatError("Invalid full snapshot: too many members")
-                    if not info.isreg() or info.issparse():
-                        raise SnapshotFormatError(f"Invalid full snapshot: {info.name!r} is not "
-                                                  "a regular file")
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            while (info := tar.next()) is not None:
+                tar.members = []  # headers only
+                if len(nested) >= 100_000:
+                    raise SnapshotFormatError("Invalid full snapshot: too many members")
+                if not info.isreg() or info.issparse() or info.offset_data + info.size > size:
+                    raise SnapshotFormatError(f"Invalid full snapshot: {info.name!r} is not "
+                                              "a regular file inside the archive")
+                if config is None:
+                    if info.name != "config.json" or info.size > (16 << 20):
+                        raise SnapshotFormatError("Invalid full snapshot: config.json must "
+                                                  "come first")
                     src = tar.extractfile(info)
                     assert src is not None
-                    if config is None:
-                        if info.name != "config.json" or info.size > (16 << 20):
-                            raise SnapshotFormatError("Invalid full snapshot: config.json must "
-                                                      "come first")
-                        config = _full_config(src.read())
-                        continue
-                    wanted = set(config["collections_mapping"].values())
-                    if info.name not in wanted or info.name in files:
-                        raise SnapshotFormatError(
-                            f"Invalid full snapshot: unexpected member {info.name!r}")
-                    dest = os.path.join(staging, f"c{len(files):06d}.snapshot")
-                    with open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-                    files[info.name] = dest
-        except (tarfile.TarError, EOFError) as exc:
-            raise SnapshotFormatError(f"Invalid full snapshot: damaged archive ({exc})") from None
-        if config is None:
-            raise SnapshotFormatError("Invalid full snapshot: empty archive")
-        mapping = config["collections_mapping"]
-        missing = set(mapping.values()) - set(files)
-        if missing:
-            raise SnapshotFormatError(f"Invalid full snapshot: missing {sorted(missing)[:5]}")
-        clashes = [c for c in mapping if c in catalog.collections]
-        if clashes and not force:
-            raise AlreadyExists(f"Collection {clashes[0]} already exists. Use --force-snapshot "
-                                "to overwrite it.")
-        for coll, member in sorted(mapping.items()):
-            recovery.recover_file(coll, files[member], None)
-        actions = [{"create_alias": {"collection_name": c, "alias_name": a}}
-                   for a, c in config["collections_aliases"].items() if c in catalog.collections]
-        if actions:
-            catalog.update_aliases(actions)
-        return sorted(mapping)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                    config = _full_config(src.read())
+                    continue
+                wanted = set(config["collections_mapping"].values())
+                if info.name not in wanted or info.name in nested:
+                    raise SnapshotFormatError(
+                        f"Invalid full snapshot: unexpected member {info.name!r}")
+                nested[info.name] = (info.offset_data, info.size)
+    except (tarfile.TarError, EOFError) as exc:
+        raise SnapshotFormatError(f"Invalid full snapshot: damaged archive ({exc})") from None
+    if config is None:
+        raise SnapshotFormatError("Invalid full snapshot: empty archive")
+    mapping = config["collections_mapping"]
+    missing = set(mapping.values()) - set(nested)
+    if missing:
+        raise SnapshotFormatError(f"Invalid full snapshot: missing {sorted(missing)[:5]}")
+    clashes = [c for c in mapping if c in catalog.collections]
+    if clashes and not force:
+        raise AlreadyExists(f"Collection {clashes[0]} already exists. Use --force-snapshot "
+                            "to overwrite it.")
+    for coll, member in sorted(mapping.items()):
+        offset, length = nested[member]
+        recovery.recover_file(coll, path, None, offset, length)
+    actions = [{"create_alias": {"collection_name": c, "alias_name": a}}
+               for a, c in config["collections_aliases"].items() if c in catalog.collections]
+    if actions:
+        catalog.update_aliases(actions)
+    return sorted(mapping)
 
 
 def _full_config(raw: bytes) -> dict[str, Any]:

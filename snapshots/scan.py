@@ -128,12 +128,15 @@ class Verifier:
     error raised inside the `with` block is replaced by the corruption that explains it (a
     `checksum` mismatch first, then a member's sha256), which is the more useful answer."""
 
-    def __init__(self, path: str, checksum: str | None = None) -> None:
+    def __init__(self, path: str, checksum: str | None = None, base: int = 0,
+                 length: int | None = None) -> None:
         self.checksum = checksum
         self._fd = os.open(path, os.O_RDONLY)
         self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="quiver-scan")
-        size = os.fstat(self._fd).st_size
-        self._whole = self._pool.submit(_read_range, self._fd, 0, size) if checksum else None
+        if length is None:
+            length = os.fstat(self._fd).st_size - base
+        self._whole = (self._pool.submit(_read_range, self._fd, base, length) if checksum
+                       else None)
         self._jobs: dict[str, Any] = {}
         self._scanned: Scanned | None = None
 
@@ -186,20 +189,53 @@ def scan(path: str, checksum: str | None = None) -> Scanned:
     return scanned
 
 
-def read_headers(path: str) -> Scanned:
-    """The archive's structure and manifest (nothing hashed yet: see Verifier)."""
-    manifest, members = _headers(path, os.path.getsize(path))
+def read_headers(path: str, base: int = 0, length: int | None = None) -> Scanned:
+    """The archive's structure and manifest (nothing hashed yet: see Verifier). `base` and
+    `length` select an archive nested in another file (a full snapshot's member)."""
+    if length is None:
+        length = os.path.getsize(path) - base
+    manifest, members = _headers(path, base, length)
     return Scanned(path, manifest, members, {})
 
 
-def _headers(path: str, size: int) -> tuple[dict[str, Any], dict[str, Extent]]:
+class Window(io.RawIOBase):
+    """Read-only, seekable view of bytes [base, base + length) of an open file."""
+
+    def __init__(self, f: Any, base: int, length: int) -> None:
+        self._fd = f.fileno()
+        self._base, self._length, self._pos = base, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, start + offset)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._length - self._pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(b).cast("B")[:n]], self._base + self._pos)
+        self._pos += got
+        return got
+
+
+def _headers(path: str, base: int, size: int) -> tuple[dict[str, Any], dict[str, Extent]]:
     manifest: dict[str, Any] | None = None
     expected: dict[str, dict[str, Any]] = {}
     members: dict[str, Extent] = {}
     try:
         with open(path, "rb") as f:
             try:
-                tar = tarfile.open(fileobj=f, mode="r:")
+                tar = tarfile.open(fileobj=Window(f, base, size), mode="r:")
             except tarfile.TarError as exc:
                 raise SnapshotFormatError(f"Invalid snapshot: not a tar archive ({exc})"
                                           ) from None
@@ -228,7 +264,7 @@ def _headers(path: str, size: int) -> tuple[dict[str, Any], dict[str, Extent]]:
                 if not info.isreg() or info.issparse() or info.size != want["size"]:
                     raise SnapshotFormatError(f"Invalid snapshot: member {info.name!r} is not "
                                               "a regular file of the declared size")
-                members[info.name] = Extent(info.offset_data, info.size)
+                members[info.name] = Extent(base + info.offset_data, info.size)
     except (tarfile.TarError, EOFError) as exc:
         raise SnapshotFormatError(f"Invalid snapshot: damaged archive ({exc})") from None
     if manifest is None:

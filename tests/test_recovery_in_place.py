@@ -6,6 +6,7 @@ restarts, payload edits, deletes, vacuum and new snapshots. Plus the scan's own 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tarfile
@@ -237,3 +238,98 @@ def test_checksum_stands_in_for_member_hashes(tmp_path: Path) -> None:
     rec.recover_file("b", path2, None)  # its manifest carries the real hashes
     assert _answers(cat, "b") == before
     cat.close()
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_full_snapshot_restores_in_place(tmp_path: Path, sealed_often: None, link: bool,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--storage-snapshot`: each collection maps its rows from inside the full archive (one
+    shared link, nothing extracted); across filesystems only its own nested archive is
+    copied."""
+    from snapshots.recovery import restore_full  # noqa: PLC0415
+
+    cat = _catalog(tmp_path)
+    _fill(cat, "a")
+    _fill(cat, "b", n=1000, distance="Dot")
+    cat.update_aliases([{"create_alias": {"collection_name": "b", "alias_name": "bee"}}])
+    before = {name: _answers(cat, name) for name in ("a", "b")}
+    mgr = SnapshotManager(cat, str(tmp_path / "snaps"), 1)
+    full = mgr.store.path("", mgr.create_full().name)
+    cat.close()
+    if not link:
+        def no_link(src: str, dst: str) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr("snapshots.recovery.os.link", no_link)
+    fresh = Catalog(str(tmp_path / "restored"))
+    fresh.load()
+    assert restore_full(Recovery(fresh, str(tmp_path / "snaps")), full, False) == ["a", "b"]
+    for name in ("a", "b"):
+        assert _answers(fresh, name) == before[name]
+        [blob] = _blobs(fresh, name)
+        if link:
+            assert os.stat(blob).st_ino == os.stat(full).st_ino
+        else:
+            assert os.path.getsize(blob) < os.path.getsize(full)  # its own archive only
+    assert fresh.resolve("bee") == "b"
+    fresh.close()
+    fresh = Catalog(str(tmp_path / "restored"))  # and after a restart
+    fresh.load()
+    assert _answers(fresh, "a") == before["a"]
+    fresh.close()
+
+
+def _full_archive(tmp_path: Path) -> tuple[Path, list[tarfile.TarInfo], dict[str, bytes]]:
+    cat = _catalog(tmp_path)
+    _fill(cat, "a", n=600)
+    mgr = SnapshotManager(cat, str(tmp_path / "snaps"), 1)
+    full = Path(mgr.store.path("", mgr.create_full().name))
+    cat.close()
+    with tarfile.open(full) as tar:
+        infos = tar.getmembers()
+        data = {i.name: tar.extractfile(i).read() for i in infos}
+    return full, infos, data
+
+
+def _write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+@pytest.mark.parametrize("case", ["symlink", "unexpected", "config_second", "truncated",
+                                  "corrupt_nested", "hardlink"])
+def test_hostile_full_snapshot_is_refused(tmp_path: Path, case: str) -> None:
+    from snapshots.recovery import restore_full  # noqa: PLC0415
+
+    full, infos, data = _full_archive(tmp_path)
+    config, nested = infos[0], infos[1]
+    bad = tmp_path / "bad.snapshot"
+    if case == "symlink":
+        link = tarfile.TarInfo(nested.name)
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        _write_tar(bad, [(config, data[config.name]), (link, None)])
+    elif case == "hardlink":
+        link = tarfile.TarInfo(nested.name)
+        link.type, link.linkname = tarfile.LNKTYPE, "config.json"
+        _write_tar(bad, [(config, data[config.name]), (link, None)])
+    elif case == "unexpected":
+        extra = tarfile.TarInfo("other.snapshot")
+        extra.size = 3
+        _write_tar(bad, [(config, data[config.name]), (extra, b"abc"),
+                         (nested, data[nested.name])])
+    elif case == "config_second":
+        _write_tar(bad, [(nested, data[nested.name]), (config, data[config.name])])
+    elif case == "truncated":
+        bad.write_bytes(full.read_bytes()[: nested.offset_data + nested.size // 2])
+    else:
+        raw = bytearray(full.read_bytes())
+        raw[nested.offset_data + nested.size // 2] ^= 0x55  # inside the nested vectors
+        bad.write_bytes(bytes(raw))
+    fresh = Catalog(str(tmp_path / "restored"))
+    fresh.load()
+    with pytest.raises(SnapshotFormatError):
+        restore_full(Recovery(fresh, str(tmp_path / "snaps")), str(bad), False)
+    assert fresh.names() == []
+    assert [p for p in Path(fresh.root).iterdir() if p.name.startswith(".tmp-")] == []
+    fresh.close()
