@@ -173,7 +173,8 @@ class Verifier:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
-            if isinstance(exc, Exception) and not isinstance(exc, ChecksumMismatch):
+            if isinstance(exc, Exception) and not isinstance(exc, ChecksumMismatch) \
+                    and (self.checksum is not None or isinstance(exc, SnapshotFormatError)):
                 self.wait()  # raises the corruption behind `exc`, if there is one
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
