@@ -135,6 +135,8 @@ class Recovery:
                                f"{MAX_REDIRECTS} redirects")
         except httpx.HTTPError as exc:
             raise BadInput(f"Failed to download tar from {location}: {exc}") from None
+        except OSError as exc:  # writing it: a full disk is 507, not a 500
+            raise io_error(exc, "downloading the snapshot") from exc
 
     def _check_url(self, url: str) -> None:
         parsed = urlparse(url)
@@ -179,7 +181,7 @@ class Recovery:
         """Recover from the archive at `path` (or nested in it at `base`, `length` bytes)."""
         validate_name(collection)
         staging = self.catalog.staging_dir()
-        scanned = segments = None
+        scanned = segments = built = None
         try:
             built_path = os.path.join(staging, "collection")
             blob_name = f"{uuid.uuid4().hex}.snapshot"
@@ -187,7 +189,6 @@ class Recovery:
             os.makedirs(os.path.dirname(blob))
             # first: what is validated is what the collection keeps
             base = adopt_archive(path, blob, base, length)
-            built = None
             try:
                 # the collection is built in staging while the archive is hashed; it is
                 # installed only once every hash matched
@@ -219,7 +220,8 @@ class Recovery:
             traceback.clear_frames(exc.__traceback__)
             raise
         finally:
-            scanned = segments = None  # noqa: F841
+            # this frame outlives the call in the traceback: its maps must not
+            scanned = segments = built = None  # noqa: F841
             shutil.rmtree(staging, ignore_errors=True)
         return True
 

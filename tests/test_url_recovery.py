@@ -85,3 +85,36 @@ def test_allow_list_and_size_cap_refuse_before_anything_changes(tmp_path: Path, 
             assert c.post("/collections/src/points/count", json={}).json()["result"]["count"] == 20
     finally:
         srv.stop()
+
+
+def test_a_download_that_fills_the_disk_is_507(tmp_path: Path, web: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while writing the download is the disk's fault (507), not a server error."""
+    import errno  # noqa: PLC0415
+
+    from engine.catalog import Catalog  # noqa: PLC0415
+    from engine.errors import StorageFull  # noqa: PLC0415
+    from snapshots.recovery import Recovery  # noqa: PLC0415
+
+    web.routes["/big.snapshot"] = (200, {}, b"x" * 4096)
+
+    class Full:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    cat = Catalog(str(tmp_path / "storage"))
+    cat.load()
+    monkeypatch.setattr("snapshots.recovery.open", Full, raising=False)
+    url = f"http://127.0.0.1:{web.server_address[1]}/big.snapshot"
+    with pytest.raises(StorageFull):
+        Recovery(cat, str(tmp_path / "s")).download(url, str(tmp_path / "d.snapshot"), None)
+    cat.close()
