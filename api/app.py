@@ -19,6 +19,7 @@ from api.errors import error
 from api.http import BodyLimit, NormalizePath
 from api.observability import Metrics, RequestContext, install_log_filter, instrument_snapshots
 from api.routes import collections, points, search, service, snapshots
+from api.settings import max_snapshot_upload_bytes
 from engine.catalog import Catalog
 from gpu import xp
 from gpu.budget import BUDGET
@@ -75,6 +76,7 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
     app.state.snapshots = SnapshotManager(
         catalog, st["snapshots_path"], app.state.node_id, st.get("temp_path"),
         make_storage(st["snapshots_path"], st.get("snapshots_config")))
+    app.state.max_snapshot_upload = max_snapshot_upload_bytes(settings)
     app.state.metrics = Metrics()
     instrument_snapshots(app.state.snapshots, app.state.metrics)
     app.state.recovery = Recovery(

@@ -9,7 +9,7 @@ import ssl
 import sys
 from typing import Any
 
-from api.settings import load_settings
+from api.settings import load_settings, max_snapshot_upload_bytes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config_path, overrides=overrides)
         tls = tls_options(settings)
+        max_snapshot_upload_bytes(settings)  # validated before anything is opened
     except (OSError, ValueError) as exc:
         print(f"quiver: cannot load configuration: {exc}", file=sys.stderr)
         return 2

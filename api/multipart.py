@@ -1,5 +1,8 @@
 """Streaming multipart upload: the file part goes straight to a file we name, chunk by chunk,
-hashed as it arrives. Nothing is spooled to the system temp dir or held in memory."""
+hashed as it arrives. Nothing is spooled to the system temp dir or held in memory.
+
+A body over `max_bytes` stops the upload (413); a full disk stops it too (507). Either way,
+and on any other failure, the partial file is removed before the error is raised."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from engine.errors import BadRequest
+from engine.durable import io_error
+from engine.errors import BadRequest, EngineError, PayloadTooLarge
 
 
 @dataclass
@@ -36,9 +40,13 @@ class _State:
     files_seen: int = 0
 
 
-async def receive_file(request: Request, field_name: str, dest: str) -> UploadedFile:
+async def receive_file(request: Request, field_name: str, dest: str,
+                       max_bytes: int | None = None,
+                       limit_name: str = "service.max_snapshot_upload_mb") -> UploadedFile:
     """Stream the multipart field `field_name` into `dest` (fsynced). Other fields are ignored;
-    a second file part, or no such field, is a 400."""
+    a second file part, or no such field, is a 400. More than `max_bytes` of request body is
+    a 413 (reading stops there); running out of disk space is a 507. On any failure `dest` is
+    removed."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     boundary = opts.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -87,17 +95,38 @@ async def receive_file(request: Request, field_name: str, dest: str) -> Uploaded
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
+    seen = 0
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-    except BadRequest:
+        try:
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if max_bytes is not None and seen > max_bytes:
+                    raise upload_too_large(max_bytes, limit_name)
+                parser.write(chunk)
+            parser.finalize()
+        except EngineError:
+            raise
+        except OSError as exc:  # writing or syncing the file: ENOSPC/EDQUOT → 507
+            raise io_error(exc, "writing the uploaded file") from None
+        except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed body
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        finally:
+            if st.file is not None:
+                st.file.close()
+        if st.found is None:
+            raise BadRequest(f"multipart field `{field_name}` (a file) is required")
+    except BaseException:  # the client went away, the upload was refused, ...: no debris
+        _remove(dest)
         raise
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed body
-        raise BadRequest(f"malformed multipart body: {exc}") from None
-    finally:
-        if st.file is not None:
-            st.file.close()
-    if st.found is None:
-        raise BadRequest(f"multipart field `{field_name}` (a file) is required")
     return st.found
+
+
+def upload_too_large(max_bytes: int, limit_name: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the upload exceeds the limit of {max_bytes} bytes ({limit_name})")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

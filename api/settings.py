@@ -14,6 +14,7 @@ DEFAULTS: dict[str, Any] = {
         "host": "0.0.0.0",
         "http_port": 6333,
         "max_request_size_mb": 32,
+        "max_snapshot_upload_mb": 0,
         "api_key": None,
         "read_only_api_key": None,
         "enable_tls": False,
@@ -90,3 +91,18 @@ def load_settings(config_path: str | None = None, env: dict[str, str] | None = N
     if overrides:
         settings = _merge(settings, overrides)
     return settings
+
+
+def mib_to_bytes(value: Any, key: str) -> int:
+    """A size setting in MiB (fractions allowed) as bytes; null or 0 means no limit (0)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{key} must be a non-negative number of MiB, got {value!r}")
+    return int(value * (1 << 20))
+
+
+def max_snapshot_upload_bytes(settings: dict[str, Any]) -> int:
+    """`service.max_snapshot_upload_mb` in bytes; 0: no cap but the free space."""
+    return mib_to_bytes((settings.get("service") or {}).get("max_snapshot_upload_mb"),
+                        "service.max_snapshot_upload_mb")

@@ -31,6 +31,94 @@ DEFAULT_WAL = {"wal_capacity_mb": 32, "wal_segments_ahead": 0}
 DEFAULT_PARAMS = {"shard_number": 1, "replication_factor": 1, "write_consistency_factor": 1,
                   "on_disk_payload": True}
 
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+I32_MAX = (1 << 31) - 1
+# faiss' HNSW: m = 1 divides by log(1) and crashes the process; m and efConstruction are C ints.
+# Beyond 1024 links per node the graph alone needs 8 KB a vector: Quiver's own bound.
+MAX_HNSW_M = 1024
+
+
+def _uint(minimum: int = 0, maximum: int = U64_MAX, *, not_one: bool = False) -> Any:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer, got {value!r}"
+        if not minimum <= value <= maximum:
+            return f"value {value} is invalid. Must be in {minimum}..{maximum}"
+        if not_one and value == 1:
+            return "value 1 is not supported (0 turns the graph off; use 2 or more)"
+        return None
+    return check
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be a boolean, got {value!r}"
+
+
+def _fraction(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return f"must be a number in 0..1, got {value!r}"
+    return None
+
+
+def _threads(value: Any) -> str | None:
+    return None if value == "auto" else _uint()(value)
+
+
+def _anything(value: Any) -> str | None:
+    return None
+
+
+# The typed fields of Qdrant's *ConfigDiff objects (OpenAPI minimums); other keys are kept as
+# given. A value that Quiver later reads as a number must be one: `"abc"` used to be accepted
+# and then failed every search (500) and the background index builds.
+SECTION_FIELDS: dict[str, dict[str, Any]] = {
+    "hnsw_config": {
+        "m": _uint(0, MAX_HNSW_M, not_one=True), "ef_construct": _uint(4, I32_MAX),
+        "full_scan_threshold": _uint(10), "max_indexing_threads": _uint(),
+        "on_disk": _bool, "payload_m": _uint(0, MAX_HNSW_M, not_one=True),
+        "inline_storage": _bool, "memory": _anything,
+    },
+    "optimizers_config": {
+        "deleted_threshold": _fraction, "vacuum_min_vector_number": _uint(100),
+        "default_segment_number": _uint(), "max_segment_size": _uint(1),
+        "memmap_threshold": _uint(), "indexing_threshold": _uint(),
+        "flush_interval_sec": _uint(), "max_optimization_threads": _threads,
+        "prevent_unoptimized": _bool,
+    },
+    "wal_config": {
+        "wal_capacity_mb": _uint(1), "wal_segments_ahead": _uint(), "wal_retain_closed": _uint(),
+    },
+    "params": {
+        "shard_number": _uint(1, U32_MAX), "replication_factor": _uint(1, U32_MAX),
+        "write_consistency_factor": _uint(1, U32_MAX), "on_disk_payload": _bool,
+        "read_fan_out_factor": _uint(0, U32_MAX), "read_fan_out_delay_ms": _uint(),
+    },
+}
+
+
+def _check_section(section: str, given: Any, strict: bool) -> dict[str, Any]:
+    """The non-null entries of a config diff, checked. strict (a request): a bad value is a
+    400. Not strict (stored state, snapshot archives): a bad value is dropped, so the default
+    applies and nothing downstream ever reads it."""
+    if not isinstance(given, dict):
+        if strict:
+            raise BadRequest(f"`{section}` must be an object")
+        return {}
+    fields = SECTION_FIELDS[section]
+    out = {}
+    for key, value in given.items():
+        if value is None:
+            continue  # a diff's null: unchanged
+        check = fields.get(key)
+        problem = check(value) if check is not None else None
+        if problem is not None:
+            if strict:
+                raise BadRequest(f"`{section}.{key}` {problem}")
+            continue
+        out[key] = value
+    return out
+
 
 @dataclass(frozen=True)
 class VectorSpec:
@@ -119,17 +207,27 @@ def _parse_vector_params(name: str, raw: Any) -> VectorSpec:
     return VectorSpec(name, size, dist, datatype)
 
 
-def _merge_section(base: dict[str, Any], given: Any, section: str) -> dict[str, Any]:
+def _merge_section(base: dict[str, Any], given: Any, section: str,
+                   strict: bool = True) -> dict[str, Any]:
     if given is None:
         return base
-    if not isinstance(given, dict):
-        raise BadRequest(f"{section} must be an object")
     out = dict(base)
-    out.update({k: v for k, v in given.items()})
+    out.update(_check_section(section, given, strict))
     return out
 
 
-def parse_create(body: dict[str, Any]) -> CollectionConfig:
+def _object(value: Any, what: str, strict: bool) -> dict[str, Any] | None:
+    """None stays None; an object is returned; anything else is a 400 (strict) or dropped."""
+    if value is None or isinstance(value, dict):
+        return value
+    if strict:
+        raise BadRequest(f"`{what}` must be an object")
+    return None
+
+
+def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
+    """A create request (strict: every known field checked, 400 on a bad one), or stored
+    state via from_state (not strict: bad values fall back to the defaults)."""
     if not isinstance(body, dict):
         raise BadRequest("collection config must be a JSON object")
     raw_vectors = body.get("vectors")
@@ -143,29 +241,29 @@ def parse_create(body: dict[str, Any]) -> CollectionConfig:
     else:
         named = True
         specs = {n: _parse_vector_params(n, p) for n, p in raw_vectors.items()}
-    params = dict(DEFAULT_PARAMS)
-    for key in DEFAULT_PARAMS:
-        if body.get(key) is not None:
-            params[key] = body[key]
-    sparse = body.get("sparse_vectors") or {}
-    if not isinstance(sparse, dict):
-        raise BadRequest("`sparse_vectors` must be an object")
+    given_params = _check_section(
+        "params", {k: body.get(k) for k in DEFAULT_PARAMS}, strict)
+    params = {**DEFAULT_PARAMS, **given_params}
+    sparse = _object(body.get("sparse_vectors"), "sparse_vectors", strict) or {}
+    for name, sparse_params in sparse.items():
+        if _object(sparse_params, f"sparse_vectors.{name}", strict) is None:
+            sparse[name] = {}
     overlap = set(sparse) & set(specs)
     if overlap:
         raise BadInput(f"vector name(s) used for both dense and sparse vectors: {sorted(overlap)}")
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise BadRequest("`metadata` must be an object")
+    metadata = _object(body.get("metadata"), "metadata", strict)
     return CollectionConfig(
         vectors_echo=copy.deepcopy(raw_vectors),
         named=named,
         vectors=specs,
         params=params,
-        hnsw_config=_merge_section(dict(DEFAULT_HNSW), body.get("hnsw_config"), "hnsw_config"),
+        hnsw_config=_merge_section(dict(DEFAULT_HNSW), body.get("hnsw_config"), "hnsw_config",
+                                   strict),
         optimizer_config=_merge_section(
-            dict(DEFAULT_OPTIMIZER), body.get("optimizers_config"), "optimizers_config"
+            dict(DEFAULT_OPTIMIZER), body.get("optimizers_config"), "optimizers_config", strict
         ),
-        wal_config=_merge_section(dict(DEFAULT_WAL), body.get("wal_config"), "wal_config"),
+        wal_config=_merge_section(dict(DEFAULT_WAL), body.get("wal_config"), "wal_config",
+                                  strict),
         sparse_vectors=copy.deepcopy(sparse),
         quantization_config=body.get("quantization_config"),
         strict_mode_config=body.get("strict_mode_config"),
@@ -185,7 +283,7 @@ def from_state(state: dict[str, Any]) -> CollectionConfig:
         "metadata": state.get("metadata"),
         **(state.get("params") or {}),
     }
-    return parse_create(body)
+    return parse_create(body, strict=False)
 
 
 def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfig:
@@ -200,20 +298,16 @@ def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfi
         state["hnsw_config"] = _merge_section(state["hnsw_config"], body["hnsw_config"],
                                               "hnsw_config")
     if body.get("params") is not None:
-        if not isinstance(body["params"], dict):
-            raise BadRequest("`params` must be an object")
-        for k, v in body["params"].items():
-            if k in DEFAULT_PARAMS and v is not None:
+        for k, v in _check_section("params", body["params"], True).items():
+            if k in DEFAULT_PARAMS:
                 state["params"][k] = v
     if body.get("vectors") is not None:
-        vec_updates = body["vectors"]
-        if not isinstance(vec_updates, dict):
-            raise BadRequest("`vectors` must be an object")
+        vec_updates = _object(body["vectors"], "vectors", True) or {}
         for name, upd in vec_updates.items():
             if name not in cfg.vectors:
                 raise BadInput(f"Not existing vector name error: {name}")
             target = state["vectors"] if not cfg.named else state["vectors"][name]
-            for k, v in (upd or {}).items():
+            for k, v in (_object(upd, f"vectors.{name}", True) or {}).items():
                 if k in ("hnsw_config", "quantization_config", "on_disk") and v is not None:
                     target[k] = v
                 elif k not in ("hnsw_config", "quantization_config", "on_disk"):
@@ -224,13 +318,14 @@ def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfi
         state["strict_mode_config"] = body["strict_mode_config"]
     if body.get("metadata") is not None:
         meta = dict(state.get("metadata") or {})
-        meta.update(body["metadata"])
+        meta.update(_object(body["metadata"], "metadata", True) or {})
         state["metadata"] = meta
     if body.get("sparse_vectors") is not None:
         sv = dict(state.get("sparse_vectors") or {})
-        for name, upd in body["sparse_vectors"].items():
+        for name, upd in (_object(body["sparse_vectors"], "sparse_vectors", True) or {}).items():
             if name not in sv:
                 raise BadInput(f"Not existing vector name error: {name}")
+            upd = _object(upd, f"sparse_vectors.{name}", True)
             sv[name] = {**(sv[name] or {}), **(upd or {})}
         state["sparse_vectors"] = sv
     return from_state(state)

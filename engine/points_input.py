@@ -15,11 +15,23 @@ from engine.errors import BadInput, BadRequest
 from engine.ids import PointId, parse_ids
 
 
-def _to_matrix(rows: list[Any], dim: int, name: str) -> np.ndarray:
+def numeric_array(raw: Any) -> np.ndarray | None:
+    """`raw` (lists of JSON numbers) as float32, or None when it is not one: ragged, or
+    holding strings or booleans (`np.asarray(..., dtype=float32)` alone would read "1" as 1.0
+    and true as 1.0, which Qdrant refuses). Costs no more than the direct conversion."""
     try:
-        arr = np.asarray(rows, dtype=np.float32)
-    except (ValueError, TypeError):
-        arr = None
+        arr = np.asarray(raw)
+        if arr.dtype.kind == "O":  # integers beyond 64 bits (or ragged: that fails here)
+            return np.asarray(raw, dtype=np.float32)
+        if arr.dtype.kind not in "iuf":
+            return None
+        return arr.astype(np.float32, copy=False)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _to_matrix(rows: list[Any], dim: int, name: str) -> np.ndarray:
+    arr = numeric_array(rows)
     if arr is None or arr.ndim != 2 or arr.shape[1] != dim:
         for r in rows:  # error path only: find the offending vector to report it
             if not isinstance(r, list):

@@ -69,3 +69,20 @@ def http(server: QuiverServer) -> Iterator[httpx.Client]:
 @pytest.fixture
 def collection_name(request: pytest.FixtureRequest) -> str:
     return "c_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:80]
+
+
+_SUMMARY = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(scope="session")
+def terminal_summary(request: pytest.FixtureRequest) -> list[str]:
+    """Lines a test appends here are printed in pytest's terminal summary (even without -s)."""
+    return request.config.stash.setdefault(_SUMMARY, [])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(_SUMMARY, [])
+    if lines:
+        terminalreporter.section("test reports")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -78,7 +78,8 @@ def get_point(request: Request, body: Any) -> dict[str, Any]:
 
 
 def _parse_path_id(raw: str) -> Any:
-    return int(raw) if raw.isdigit() else raw
+    # ASCII digits only: str.isdigit() also accepts "¹" or "１", which int() rejects or reads
+    return int(raw) if raw.isascii() and raw.isdigit() else raw
 
 
 def retrieve(request: Request, body: Any) -> list[dict[str, Any]]:

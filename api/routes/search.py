@@ -15,6 +15,7 @@ from engine.collection import Collection
 from engine.errors import BadInput, BadRequest
 from engine.filters import parse_filter
 from engine.ids import parse_id
+from engine.points_input import numeric_array
 
 
 def _coll(request: Request) -> Collection:
@@ -24,10 +25,11 @@ def _coll(request: Request) -> Collection:
 def _vector(raw: Any) -> np.ndarray:
     if not isinstance(raw, list) or not raw:
         raise BadRequest("query vector must be a non-empty list of numbers")
-    try:
-        arr = np.asarray(raw, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadInput("Query vector must not contain NaN (null) or non-numeric values") from None
+    arr = numeric_array(raw)
+    if arr is None:
+        if all(isinstance(v, list) for v in raw):
+            raise BadRequest("multi-vector queries are not supported by Quiver")
+        raise BadInput("Query vector must not contain NaN (null) or non-numeric values")
     if arr.ndim != 1:
         raise BadRequest("multi-vector queries are not supported by Quiver")
     return arr

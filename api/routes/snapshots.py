@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -13,13 +14,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.errors import JSONResponse, from_exception, ok
+from api.errors import JSONResponse, from_exception, ok, status_of
 from api.http import body_dict, endpoint, log
-from api.multipart import receive_file
+from api.multipart import receive_file, upload_too_large
 from engine.catalog import validate_name
-from engine.errors import BadRequest, EngineError
+from engine.errors import BadRequest, EngineError, PayloadTooLarge, StorageFull
 from snapshots.manager import SnapshotManager
-from snapshots.recovery import ChecksumMismatch, Recovery, check_checksum, check_priority
+from snapshots.recovery import Recovery, check_checksum, check_priority
+from snapshots.scan import ChecksumMismatch
 from snapshots.storage import check_snapshot_name
 
 
@@ -53,7 +55,12 @@ def _background(fn: Any, *args: Any) -> None:
     def run() -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - wait=false: Qdrant logs and drops the error
+        except EngineError as exc:  # wait=false: Qdrant logs and drops the error
+            if status_of(exc) >= 500:
+                log.error("background snapshot task failed", exc_info=True)
+            else:  # what wait=true would have answered with a 4xx: no traceback
+                log.warning("background snapshot task failed: %s", exc.message)
+        except Exception:  # noqa: BLE001
             log.exception("background snapshot task failed")
     threading.Thread(target=run, name="quiver-snapshot-task", daemon=True).start()
 
@@ -121,10 +128,46 @@ def delete_full(request: Request, body: Any) -> bool:
     return _mgr(request).delete_full(request.path_params["snapshot_name"])
 
 
+def _declared_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit():
+        raise BadRequest(f"invalid Content-Length: {raw!r}")
+    return int(raw)
+
+
+def _check_upload_size(request: Request, tmp_dir: str) -> int | None:
+    """Refuse, before reading a byte of it, an upload whose declared size is over
+    `service.max_snapshot_upload_mb` (413) or over the free space of the snapshots temp dir
+    (507). Returns the byte limit to enforce while streaming (None: only the disk's)."""
+    limit = request.app.state.max_snapshot_upload or None
+    declared = _declared_length(request)
+    if declared is None:
+        return limit
+    if limit is not None and declared > limit:
+        raise upload_too_large(limit, "service.max_snapshot_upload_mb")
+    free = shutil.disk_usage(tmp_dir).free
+    if declared > free:
+        raise StorageFull(f"the upload ({declared} bytes) is larger than the free space "
+                          f"({free} bytes) of the snapshots volume")
+    return limit
+
+
+def _refused(exc: EngineError, started: float) -> Response:
+    """An upload refused before its body was read to the end: answer, and close the
+    connection rather than read (and discard) the rest of the body."""
+    resp = from_exception(exc, started)
+    resp.headers["connection"] = "close"
+    return resp
+
+
 async def upload(request: Request) -> Response:
     """Multipart field `snapshot`, streamed straight into the snapshots temp dir (never whole
     in memory, never spooled elsewhere), kept in the collection's snapshot directory as Qdrant
-    does, then recovered. The checksum is computed while the bytes arrive."""
+    does, then recovered. The checksum is computed while the bytes arrive. Size limits:
+    `service.max_snapshot_upload_mb` (413) and the free space (507), checked against the
+    declared Content-Length up front and again while the body streams in."""
     started = time.perf_counter()
     tmp = None
     try:
@@ -134,8 +177,15 @@ async def upload(request: Request) -> Response:
         checksum = check_checksum(request.query_params.get("checksum"))
         mgr = _mgr(request)
         collection = validate_name(_name(request))
+        try:
+            limit = _check_upload_size(request, mgr.tmp)
+        except (PayloadTooLarge, StorageFull) as exc:
+            return _refused(exc, started)
         tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.upload")
-        got = await receive_file(request, "snapshot", tmp)
+        try:
+            got = await receive_file(request, "snapshot", tmp, max_bytes=limit)
+        except (PayloadTooLarge, StorageFull) as exc:
+            return _refused(exc, started)
         fname = os.path.basename(got.filename)
         try:
             check_snapshot_name(fname)
