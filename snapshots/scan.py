@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import re
 import tarfile
@@ -131,11 +132,18 @@ class Verifier:
     def __init__(self, path: str, checksum: str | None = None, base: int = 0,
                  length: int | None = None) -> None:
         self.checksum = checksum
-        self._fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if length is None:
+                length = os.fstat(fd).st_size - base
+            # start the kernel's readahead over the whole archive now: the disk streams it
+            # sequentially while the threads below hash (one stream beats several seeking)
+            os.posix_fadvise(fd, base, length, os.POSIX_FADV_WILLNEED)
+            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if base + length else None
+        finally:
+            os.close(fd)
         self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="quiver-scan")
-        if length is None:
-            length = os.fstat(self._fd).st_size - base
-        self._whole = (self._pool.submit(_read_range, self._fd, base, length) if checksum
+        self._whole = (self._pool.submit(_read_range, self._mm, base, length) if checksum
                        else None)
         self._jobs: dict[str, Any] = {}
         self._scanned: Scanned | None = None
@@ -148,7 +156,7 @@ class Verifier:
         for name, ext in sorted(scanned.members.items(), key=lambda m: -m[1].size):
             vectors = bool(_VECTORS.match(name))
             if self.checksum is None or vectors:
-                self._jobs[name] = self._pool.submit(_read_range, self._fd, ext.offset,
+                self._jobs[name] = self._pool.submit(_read_range, self._mm, ext.offset,
                                                      ext.size, self.checksum is None, vectors)
 
     def wait(self) -> None:
@@ -178,7 +186,8 @@ class Verifier:
                 self.wait()  # raises the corruption behind `exc`, if there is one
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            os.close(self._fd)
+            if self._mm is not None:
+                self._mm.close()
 
 
 def scan(path: str, checksum: str | None = None) -> Scanned:
@@ -316,35 +325,43 @@ def _check_manifest(raw: bytes) -> dict[str, Any]:
     return manifest
 
 
-def _read_range(fd: int, offset: int, size: int, hash_: bool = True, vectors: bool = False
-                ) -> tuple[str | None, bool | None]:
-    """sha256 of `size` bytes at `offset` (pread: threads share the descriptor), if `hash_`.
-    For a vectors member, also whether its floats are all finite, from the same buffers (None
-    when its header cannot be read here; the array check then reports it)."""
+def _read_range(mm: mmap.mmap, offset: int, size: int, hash_: bool = True,
+                vectors: bool = False) -> tuple[str | None, bool | None]:
+    """sha256 of `size` bytes at `offset` of the mapped archive, if `hash_` (straight from the
+    page cache: no copy; hashlib releases the GIL, so the threads hash in parallel). For a
+    vectors member, also whether its floats are all finite, from the same pages (None when
+    its header cannot be read here; the array check then reports it)."""
     h = hashlib.sha256() if hash_ else None
-    buf = np.empty(min(CHUNK, max(size, 1)), np.uint8)
     finite: bool | None = None
     dtype, start = None, 0
-    pos = 0
-    while pos < size:
-        n = os.preadv(fd, [buf[: min(len(buf), size - pos)]], offset + pos)
-        if n <= 0:
+    with memoryview(mm) as whole:
+        if offset + size > len(whole):
             raise SnapshotFormatError("Invalid snapshot: truncated archive")
-        view = buf[:n]
-        if h is not None:
-            h.update(view)  # releases the GIL: the threads hash in parallel
-        if vectors and pos == 0:
-            dtype, start = _float_layout(view.tobytes())
-            finite = None if dtype is None else True
-        if dtype is not None and finite:
-            lo = max(start - pos, 0)
-            hi = lo + (n - lo) // dtype.itemsize * dtype.itemsize
-            if (pos + lo - start) % dtype.itemsize:
-                dtype, finite = None, None  # cannot happen for numpy-written headers
-            elif hi > lo and not np.isfinite(view[lo:hi].view(dtype)).all():
-                finite = False
-        pos += n
+        for pos in range(0, size, CHUNK):
+            n = min(CHUNK, size - pos)
+            with whole[offset + pos : offset + pos + n] as view:
+                if h is not None:
+                    h.update(view)
+                if vectors and pos == 0:
+                    dtype, start = _float_layout(bytes(view[: 64 << 10]))
+                    finite = None if dtype is None else True
+                if dtype is not None and finite:
+                    lo = max(start - pos, 0)
+                    hi = lo + (n - lo) // dtype.itemsize * dtype.itemsize
+                    if (pos + lo - start) % dtype.itemsize:
+                        dtype, finite = None, None  # cannot happen for numpy-written headers
+                    elif hi > lo and not _finite(np.frombuffer(view[lo:hi], dtype)):
+                        finite = False
     return (h.hexdigest() if h is not None else None), finite
+
+
+def _finite(x: np.ndarray) -> bool:
+    """No NaN or inf in `x`: its sum is finite unless one is there (or the sum overflowed,
+    then look closer). One SIMD pass without a temporary, 2-3x cheaper than isfinite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(x.reshape(-1), dtype=np.float64 if x.dtype == np.float64
+                              else np.float32)
+    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
 
 
 def _float_layout(head: bytes) -> tuple[np.dtype | None, int]:
