@@ -32,7 +32,6 @@ import numpy as np
 from engine import jsonio
 from engine.errors import BadInput
 from snapshots.archive import (
-    CHUNK,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -327,32 +326,23 @@ def _check_manifest(raw: bytes) -> dict[str, Any]:
 
 def _read_range(mm: mmap.mmap, offset: int, size: int, hash_: bool = True,
                 vectors: bool = False) -> tuple[str | None, bool | None]:
-    """sha256 of `size` bytes at `offset` of the mapped archive, if `hash_` (straight from the
-    page cache: no copy; hashlib releases the GIL, so the threads hash in parallel). For a
-    vectors member, also whether its floats are all finite, from the same pages (None when
-    its header cannot be read here; the array check then reports it)."""
-    h = hashlib.sha256() if hash_ else None
-    finite: bool | None = None
-    dtype, start = None, 0
+    """sha256 of `size` bytes at `offset` of the mapped archive, if `hash_`. For a vectors
+    member, also whether its floats are all finite (None when its header cannot be read
+    here; the array check then reports it). Each is one call over the whole range, straight
+    from the page cache: hashlib and numpy release the GIL for all of it, so these threads
+    run in parallel with each other and with the recovery's own Python work, which often
+    holds the GIL for long stretches (JSON parsing, the id map)."""
     with memoryview(mm) as whole:
         if offset + size > len(whole):
             raise SnapshotFormatError("Invalid snapshot: truncated archive")
-        for pos in range(0, size, CHUNK):
-            n = min(CHUNK, size - pos)
-            with whole[offset + pos : offset + pos + n] as view:
-                if h is not None:
-                    h.update(view)
-                if vectors and pos == 0:
-                    dtype, start = _float_layout(bytes(view[: 64 << 10]))
-                    finite = None if dtype is None else True
-                if dtype is not None and finite:
-                    lo = max(start - pos, 0)
-                    hi = lo + (n - lo) // dtype.itemsize * dtype.itemsize
-                    if (pos + lo - start) % dtype.itemsize:
-                        dtype, finite = None, None  # cannot happen for numpy-written headers
-                    elif hi > lo and not _finite(np.frombuffer(view[lo:hi], dtype)):
-                        finite = False
-    return (h.hexdigest() if h is not None else None), finite
+        with whole[offset : offset + size] as view:
+            digest = hashlib.sha256(view).hexdigest() if hash_ else None
+            if not vectors:
+                return digest, None
+            dtype, start = _float_layout(bytes(view[: 64 << 10]))
+            if dtype is None or start > size or (size - start) % dtype.itemsize:
+                return digest, None
+            return digest, _finite(np.frombuffer(view[start:], dtype))
 
 
 def _finite(x: np.ndarray) -> bool:
