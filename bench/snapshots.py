@@ -13,6 +13,7 @@ ratios; writes nothing else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shutil
@@ -43,13 +44,20 @@ def disk_write(path: str, nbytes: int) -> float:
 
 
 def drop_cache(path: str) -> None:
-    """Evict the file's (clean) pages, so the next read comes from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """Evict the file's pages (dirty ones synced first), so the next read comes from the
+    disk. Best effort: where fadvise is missing the figure is a warm read."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def read_cold(path: str) -> float:
+    """Sequential read bandwidth of `path` from the disk (bytes/s)."""
+    return read_file(path, cold=True)
 
 
 def read_file(path: str, cold: bool) -> float:

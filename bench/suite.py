@@ -65,6 +65,7 @@ from bench.foundation import (
     versions,
 )
 from bench.server import ROOT, Server
+from bench.snapshots import drop_cache, read_cold
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECTIONS = ("exact", "ann", "filtered", "ingest", "snapshots", "scaling", "gpu")
@@ -1201,31 +1202,6 @@ class Suite:
 
 
 # ---- helpers used by sections ------------------------------------------------------------------
-
-
-def drop_cache(path: str) -> None:
-    """Ask the kernel to drop a file's clean pages (its dirty ones are synced first)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def read_cold(path: str) -> float:
-    drop_cache(path)
-    size = 0
-    t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(8 << 20)
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                break
-            size += k
-    return size / (time.perf_counter() - t)
 
 
 def disk_read(path: str, nbytes: int) -> float:
