@@ -136,7 +136,7 @@ class Verifier:
             if length is None:
                 length = os.fstat(fd).st_size - base
             # start the kernel's readahead over the whole archive now: the disk streams it
-            # sequentially while the threads below hash (one stream beats several seeking)
+            # in order while the threads below hash what has arrived
             os.posix_fadvise(fd, base, length, os.POSIX_FADV_WILLNEED)
             self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if base + length else None
         finally:
@@ -324,7 +324,7 @@ def _check_manifest(raw: bytes) -> dict[str, Any]:
     return manifest
 
 
-def _read_range(mm: mmap.mmap, offset: int, size: int, hash_: bool = True,
+def _read_range(mm: mmap.mmap | None, offset: int, size: int, hash_: bool = True,
                 vectors: bool = False) -> tuple[str | None, bool | None]:
     """sha256 of `size` bytes at `offset` of the mapped archive, if `hash_`. For a vectors
     member, also whether its floats are all finite (None when its header cannot be read
@@ -332,7 +332,7 @@ def _read_range(mm: mmap.mmap, offset: int, size: int, hash_: bool = True,
     from the page cache: hashlib and numpy release the GIL for all of it, so these threads
     run in parallel with each other and with the recovery's own Python work, which often
     holds the GIL for long stretches (JSON parsing, the id map)."""
-    with memoryview(mm) as whole:
+    with memoryview(mm if mm is not None else b"") as whole:  # None: an empty file
         if offset + size > len(whole):
             raise SnapshotFormatError("Invalid snapshot: truncated archive")
         with whole[offset : offset + size] as view:

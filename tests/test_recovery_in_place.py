@@ -333,3 +333,18 @@ def test_hostile_full_snapshot_is_refused(tmp_path: Path, case: str) -> None:
     assert fresh.names() == []
     assert [p for p in Path(fresh.root).iterdir() if p.name.startswith(".tmp-")] == []
     fresh.close()
+
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@pytest.mark.parametrize("checksum", [None, EMPTY_SHA256, "0" * 64])
+def test_empty_archive_is_refused(tmp_path: Path, checksum: str | None) -> None:
+    cat = _catalog(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    empty = tmp_path / "snaps" / "empty.snapshot"
+    empty.write_bytes(b"")
+    with pytest.raises((SnapshotFormatError, ChecksumMismatch)):
+        Recovery(cat, str(tmp_path / "snaps")).recover_file("e", str(empty), checksum)
+    assert cat.names() == []
+    cat.close()
