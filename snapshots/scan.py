@@ -207,7 +207,7 @@ def read_headers(path: str, base: int = 0, length: int | None = None) -> Scanned
     return Scanned(path, manifest, members, {})
 
 
-class Window(io.RawIOBase):
+class _Window(io.RawIOBase):
     """Read-only, seekable view of bytes [base, base + length) of an open file."""
 
     def __init__(self, f: Any, base: int, length: int) -> None:
@@ -244,7 +244,7 @@ def _headers(path: str, base: int, size: int) -> tuple[dict[str, Any], dict[str,
     try:
         with open(path, "rb") as f:
             try:
-                tar = tarfile.open(fileobj=Window(f, base, size), mode="r:")
+                tar = tarfile.open(fileobj=_Window(f, base, size), mode="r:")
             except tarfile.TarError as exc:
                 raise SnapshotFormatError(f"Invalid snapshot: not a tar archive ({exc})"
                                           ) from None
