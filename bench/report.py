@@ -212,6 +212,15 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, stem: Path, suffix: str) -> Path:
+    """Lay out, write `<stem>-<suffix>.png` and free the figure."""
+    fig.tight_layout()
+    path = stem.parent / f"{stem.name}-{suffix}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_recall_qps(res: dict[str, Any], stem: Path) -> list[Path]:
     plt = _plt()
     fig_ann = _fig(res, "ann")
@@ -245,11 +254,7 @@ def plot_recall_qps(res: dict[str, Any], stem: Path) -> list[Path]:
                          fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = stem.parent / f"{stem.name}-recall-qps-{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(plt, fig, stem, f"recall-qps-{name}"))
     return out
 
 
@@ -285,11 +290,7 @@ def plot_filtered(res: dict[str, Any], stem: Path) -> list[Path]:
     a2.set_ylabel("recall@10 vs exact filtered search")
     a2.set_ylim(0, 1.05)
     a2.set_title("recall vs selectivity", fontsize=10)
-    fig.tight_layout()
-    path = stem.parent / f"{stem.name}-filtered.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, stem, "filtered")]
 
 
 def plot_snapshots(res: dict[str, Any], stem: Path) -> list[Path]:
@@ -313,11 +314,7 @@ def plot_snapshots(res: dict[str, Any], stem: Path) -> list[Path]:
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = stem.parent / f"{stem.name}-snapshots.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, stem, "snapshots")]
 
 
 def plot_scaling(res: dict[str, Any], stem: Path) -> list[Path]:
@@ -349,11 +346,7 @@ def plot_scaling(res: dict[str, Any], stem: Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = stem.parent / f"{stem.name}-scaling.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, stem, "scaling")]
 
 
 def plot_ingest(res: dict[str, Any], stem: Path) -> list[Path]:
@@ -371,11 +364,7 @@ def plot_ingest(res: dict[str, Any], stem: Path) -> list[Path]:
     ax.set_title("REST ingest: batch size × clients", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = stem.parent / f"{stem.name}-ingest.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, stem, "ingest")]
 
 
 # ---- Markdown ------------------------------------------------------------------------------------
