@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faultfs import FaultFS, PowerCut
@@ -141,14 +142,20 @@ def test_wal_rotation_failure_keeps_appends_durable(cat: Catalog, tmp_path: Path
         cat2.close()
 
 
-def _flush_ops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    root = tmp_path / "probe" / "storage"
+def _unflushed(root: Path) -> tuple[Catalog, Any]:
+    """A collection with flushed rows, then new rows and deletes waiting for the next flush."""
     cat = _open(root)
     c = cat.create("c", SPEC)
     c.upsert(_pts(list(range(10))))
     c.flush()
     c.upsert(_pts(list(range(10, 20))))
     c.delete_points({"points": [1, 2]})
+    return cat, c
+
+
+def _flush_ops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    root = tmp_path / "probe" / "storage"
+    cat, c = _unflushed(root)
     with monkeypatch.context() as mp:
         fs = FaultFS(root).install(mp)
         c.flush()
@@ -165,12 +172,7 @@ def test_flush_failing_at_any_operation_loses_nothing(tmp_path: Path,
     expected = sorted(set(range(30)) - {1, 2})
     for n in range(1, total + 1):
         root = tmp_path / f"run{n}" / "storage"
-        cat = _open(root)
-        c = cat.create("c", SPEC)
-        c.upsert(_pts(list(range(10))))
-        c.flush()
-        c.upsert(_pts(list(range(10, 20))))
-        c.delete_points({"points": [1, 2]})
+        cat, c = _unflushed(root)
         with monkeypatch.context() as mp:
             fs = FaultFS(root).install(mp)
             fs.fail(nth=n, errno_=err)
