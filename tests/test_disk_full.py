@@ -196,9 +196,10 @@ def test_storage_full_refuses_writes_keeps_reads_and_recovers(tmp_path: Path) ->
             srv.stop()
 
 
-def test_snapshot_on_full_volume_fails_cleanly(tmp_path: Path) -> None:
-    dim = 128
-    rng = np.random.default_rng(3)
+@contextmanager
+def snapshot_volume(tmp_path: Path, dim: int) -> Iterator[tuple[httpx.Client, Path, Path]]:
+    """The snapshots directory on a 6 MB tmpfs (storage elsewhere), a server on it, and a
+    client; collection `s` (`dim`, Dot) created."""
     with tmpfs(tmp_path / "snapdisk", "6m") as snapdisk:
         snaps = snapdisk / "snapshots"
         srv = QuiverServer(tmp_path / "storage",
@@ -206,62 +207,61 @@ def test_snapshot_on_full_volume_fails_cleanly(tmp_path: Path) -> None:
         try:
             with httpx.Client(base_url=srv.url, timeout=120) as http:
                 http.put("/collections/s", json={"vectors": {"size": dim, "distance": "Dot"}})
-                expected = {}
-                for s in range(0, 6000, 1000):  # about 3 MB of vectors
-                    vecs = vectors(rng, 1000, dim)
-                    assert upsert(http, "s", list(range(s, s + 1000)), vecs).status_code == 200
-                    expected.update(zip(range(s, s + 1000), vecs, strict=True))
-                filler = fill(snapdisk, leave=1 << 20)
-                for _ in range(2):
-                    err = assert_envelope(http.post("/collections/s/snapshots"), 507)
-                    assert "No space left on device" in err
-                    assert http.get("/collections/s/snapshots").json()["result"] == []
-                    assert debris(snaps) == [] and os.listdir(snaps / ".tmp") == []
-                    assert {p.name for p in snapdisk.iterdir()} == {"snapshots", "filler.bin"}
-                check_points(http, "s", expected)  # the collection is untouched
-                filler.unlink()
-                r = http.post("/collections/s/snapshots")
-                assert r.status_code == 200, r.text
-                snap = r.json()["result"]
-                listed = http.get("/collections/s/snapshots").json()["result"]
-                assert [s["name"] for s in listed] == [snap["name"]]
-                data = http.get(f"/collections/s/snapshots/{snap['name']}").content
-                assert hashlib.sha256(data).hexdigest() == snap["checksum"] == listed[0]["checksum"]
-                r = http.put("/collections/s2/snapshots/recover",
-                             json={"location": f"file://{snaps / 's' / snap['name']}"})
-                assert r.status_code == 200, r.text
-                check_points(http, "s2", expected)
+                yield http, snapdisk, snaps
         finally:
             srv.stop()
+
+
+def test_snapshot_on_full_volume_fails_cleanly(tmp_path: Path) -> None:
+    dim = 128
+    rng = np.random.default_rng(3)
+    with snapshot_volume(tmp_path, dim) as (http, snapdisk, snaps):
+        expected = {}
+        for s in range(0, 6000, 1000):  # about 3 MB of vectors
+            vecs = vectors(rng, 1000, dim)
+            assert upsert(http, "s", list(range(s, s + 1000)), vecs).status_code == 200
+            expected.update(zip(range(s, s + 1000), vecs, strict=True))
+        filler = fill(snapdisk, leave=1 << 20)
+        for _ in range(2):
+            err = assert_envelope(http.post("/collections/s/snapshots"), 507)
+            assert "No space left on device" in err
+            assert http.get("/collections/s/snapshots").json()["result"] == []
+            assert debris(snaps) == [] and os.listdir(snaps / ".tmp") == []
+            assert {p.name for p in snapdisk.iterdir()} == {"snapshots", "filler.bin"}
+        check_points(http, "s", expected)  # the collection is untouched
+        filler.unlink()
+        r = http.post("/collections/s/snapshots")
+        assert r.status_code == 200, r.text
+        snap = r.json()["result"]
+        listed = http.get("/collections/s/snapshots").json()["result"]
+        assert [s["name"] for s in listed] == [snap["name"]]
+        data = http.get(f"/collections/s/snapshots/{snap['name']}").content
+        assert hashlib.sha256(data).hexdigest() == snap["checksum"] == listed[0]["checksum"]
+        r = http.put("/collections/s2/snapshots/recover",
+                     json={"location": f"file://{snaps / 's' / snap['name']}"})
+        assert r.status_code == 200, r.text
+        check_points(http, "s2", expected)
 
 
 def test_snapshot_that_fits_but_its_checksum_does_not(tmp_path: Path) -> None:
     dim = 128
     rng = np.random.default_rng(4)
-    with tmpfs(tmp_path / "snapdisk", "6m") as snapdisk:
-        snaps = snapdisk / "snapshots"
-        srv = QuiverServer(tmp_path / "storage",
-                           env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(snaps)}).start()
-        try:
-            with httpx.Client(base_url=srv.url, timeout=120) as http:
-                http.put("/collections/s", json={"vectors": {"size": dim, "distance": "Dot"}})
-                assert upsert(http, "s", list(range(2000)),
-                              vectors(rng, 2000, dim)).status_code == 200
-                first = http.post("/collections/s/snapshots").json()["result"]
-                http.delete(f"/collections/s/snapshots/{first['name']}")
-                pages = -(-first["size"] // PAGE)
-                fill(snapdisk, leave=pages * PAGE)  # room for the archive, not its sidecar
-                r = http.post("/collections/s/snapshots")
-                listed = http.get("/collections/s/snapshots").json()["result"]
-                if r.status_code == 200:
-                    assert [s["name"] for s in listed] == [r.json()["result"]["name"]]
-                    assert listed[0].get("checksum")
-                else:
-                    assert_envelope(r, 507)
-                    assert listed == [], f"a failed creation left {listed} listed"
-                assert debris(snaps) == []
-        finally:
-            srv.stop()
+    with snapshot_volume(tmp_path, dim) as (http, snapdisk, snaps):
+        assert upsert(http, "s", list(range(2000)),
+                      vectors(rng, 2000, dim)).status_code == 200
+        first = http.post("/collections/s/snapshots").json()["result"]
+        http.delete(f"/collections/s/snapshots/{first['name']}")
+        pages = -(-first["size"] // PAGE)
+        fill(snapdisk, leave=pages * PAGE)  # room for the archive, not its sidecar
+        r = http.post("/collections/s/snapshots")
+        listed = http.get("/collections/s/snapshots").json()["result"]
+        if r.status_code == 200:
+            assert [s["name"] for s in listed] == [r.json()["result"]["name"]]
+            assert listed[0].get("checksum")
+        else:
+            assert_envelope(r, 507)
+            assert listed == [], f"a failed creation left {listed} listed"
+        assert debris(snaps) == []
 
 
 @contextmanager
