@@ -41,7 +41,7 @@ from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES
 from engine.segment_store import BLOBS, GRAPH_KEYS
 from snapshots.archive import CHUNK, SnapshotFormatError
-from snapshots.scan import Scanned, Verifier, read_headers
+from snapshots.scan import Scanned, Verifier, all_finite, read_headers
 
 PRIORITIES = ("replica", "snapshot", "no_sync")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -361,11 +361,6 @@ def adopt_archive(src: str, dest: str, base: int = 0, length: int | None = None)
     return base
 
 
-def _all_finite(arr: np.ndarray) -> bool:
-    step = max(1, (64 << 20) // max(1, arr.shape[1] * arr.itemsize))
-    return all(np.isfinite(arr[s : s + step]).all() for s in range(0, len(arr), step))
-
-
 def _check_finite(scanned: Scanned, segments: list[tuple[dict[str, Any], bool]]) -> None:
     """Float vectors must be finite: checked while hashing, else here (odd .npy headers)."""
     for data, _ in segments:
@@ -374,7 +369,7 @@ def _check_finite(scanned: Scanned, segments: list[tuple[dict[str, Any], bool]])
             if arr.dtype.kind != "f":
                 continue
             finite = scanned.finite.get(member)
-            if not (_all_finite(arr) if finite is None else finite):
+            if not (all_finite(arr) if finite is None else finite):
                 raise SnapshotFormatError(f"Invalid snapshot: vectors {name!r} hold NaN or "
                                           "infinite values")
 

@@ -342,16 +342,20 @@ def _read_range(mm: mmap.mmap | None, offset: int, size: int, hash_: bool = True
             dtype, start = _float_layout(bytes(view[: 64 << 10]))
             if dtype is None or start > size or (size - start) % dtype.itemsize:
                 return digest, None
-            return digest, _finite(np.frombuffer(view[start:], dtype))
+            return digest, all_finite(np.frombuffer(view[start:], dtype))
 
 
-def _finite(x: np.ndarray) -> bool:
+def all_finite(x: np.ndarray) -> bool:
     """No NaN or inf in `x`: its sum is finite unless one is there (or the sum overflowed,
-    then look closer). One SIMD pass without a temporary, 2-3x cheaper than isfinite."""
+    then look closer, in 64 MiB pieces). One SIMD pass without a temporary, 2-3x cheaper
+    than isfinite."""
+    flat = x.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(x.reshape(-1), dtype=np.float64 if x.dtype == np.float64
-                              else np.float32)
-    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
+        total = np.add.reduce(flat, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    if np.isfinite(total):
+        return True
+    step = max(1, (64 << 20) // x.itemsize)
+    return all(np.isfinite(flat[s : s + step]).all() for s in range(0, len(flat), step))
 
 
 def _float_layout(head: bytes) -> tuple[np.dtype | None, int]:
