@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.collection import Collection
-    from engine.query import SearchSpec
+    from engine.plan import SearchSpec
 
 MAX_BATCH = 1024  # queries per device batch
 

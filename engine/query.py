@@ -19,6 +19,7 @@ from engine.columns import KIND_FLOAT, KIND_INT, KIND_STR, Column, ColumnData
 from engine.errors import BadInput, BadRequest, NotFound
 from engine.filters import Predicate, parse_filter
 from engine.ids import PointId, id_order_key, ids_to_records, parse_id
+from engine.plan import SearchSpec
 from engine.segment import Segment
 from gpu import flat
 from gpu.topk import merge
@@ -283,22 +284,6 @@ def count(coll: Collection, flt: Any) -> int:
 
 
 # ---- search -----------------------------------------------------------------------------------
-
-
-@dataclass
-class SearchSpec:
-    vector: np.ndarray  # (d,) float32, not yet prepared
-    using: str
-    pred: Predicate | None
-    limit: int
-    offset: int
-    score_threshold: float | None
-    with_payload: Any
-    with_vector: Any
-    exclude_ids: tuple[PointId, ...] = ()
-    filter_key: str = ""  # searches with equal (using, filter_key, params) share one GEMM
-    hnsw_ef: int | None = None  # params.hnsw_ef: HNSW beam width (default: ef_construct)
-    exact: bool = False  # params.exact: bypass the HNSW index
 
 
 def search(coll: Collection, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:

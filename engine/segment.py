@@ -250,6 +250,16 @@ class Segment:
         sel = dev[self.xp.asarray(rows)] if len(rows) else dev[:0]
         return to_host(sel).astype(np.float32, copy=False)
 
+    def host_rows(self, name: str, n: int) -> np.ndarray:
+        """The first `n` rows of a vector in host memory, in their storage dtype (a view when
+        the segment is on the host; a copy from the device otherwise)."""
+        return to_host(self.vectors[name][:n])
+
+    def row_bytes(self, name: str) -> int:
+        """Stored bytes per row of one vector."""
+        arr = self.vectors[name]
+        return int(arr.dtype.itemsize) * int(self.specs[name].size)
+
     def payload_changes_since(self, version: int) -> np.ndarray | None:
         if version == self.payload_version:
             return np.empty(0, np.int64)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from server import QuiverServer
 
-JS = Path(__file__).resolve().parent / "js"
+JS = Path(__file__).resolve().parents[1] / "js"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")

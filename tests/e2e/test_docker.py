@@ -34,7 +34,7 @@ from server import free_port
 from api.cli import _parser
 from api.settings import DEFAULTS, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
 COMPOSE = DOCKER / "docker-compose.yml"
@@ -400,7 +400,7 @@ def test_dockerignore_keeps_what_copy_needs() -> None:
                 continue  # ./snapshots doubles as the default snapshots_path: data, not code
             assert not excluded(rel), f".dockerignore drops {rel}, which COPY {src} needs"
     for junk in (".venv/bin/python", "storage/node_id", "snapshots/c/c-1.snapshot",
-                 "api/__pycache__/app.cpython-311.pyc", "tests/test_docker.py", ".git/HEAD"):
+                 "api/__pycache__/app.cpython-311.pyc", "tests/e2e/test_docker.py", ".git/HEAD"):
         assert excluded(junk), f".dockerignore lets {junk} into the build context"
 
 

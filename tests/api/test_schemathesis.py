@@ -48,7 +48,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.errors import FailureGroup  # noqa: E402
 
-SPEC = Path(__file__).resolve().parent / "data" / "qdrant-openapi-v1.19.json"
+SPEC = Path(__file__).resolve().parents[1] / "data" / "qdrant-openapi-v1.19.json"
 EXAMPLES = int(os.environ.get("QUIVER_FUZZ_EXAMPLES", "16"))
 # Unset: derandomized (the same cases on every run). Set: that seed, to explore further.
 SEED = os.environ.get("QUIVER_FUZZ_SEED")
