@@ -31,6 +31,7 @@ serve: $(VENV)/.runtime  ## start the server on the embedded defaults (./storage
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy engine gpu snapshots api
 
 test: lint tests/js/node_modules/.installed  ## run the whole test suite
 	$(BIN)/python -m pytest -q $(ARGS)

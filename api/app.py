@@ -6,8 +6,8 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -15,14 +15,15 @@ from starlette.responses import Response
 
 from api import observability
 from api.auth import ApiKeyAuth, keys_from_settings
-from api.errors import error
+from api.errors import MethodNotAllowed, from_exception
 from api.http import BodyLimit, NormalizePath
 from api.observability import Metrics, RequestContext, install_log_filter, instrument_snapshots
 from api.routes import collections, points, search, service, snapshots
-from api.settings import max_snapshot_upload_bytes
+from api.settings import Settings, as_dict, max_snapshot_upload_bytes
 from engine.catalog import Catalog
-from gpu import xp
-from gpu.budget import BUDGET
+from engine.errors import NotFound
+from gpu.config import GpuConfig
+from gpu.device import default_device
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
 from snapshots.storage import make_storage
@@ -30,24 +31,18 @@ from snapshots.storage import make_storage
 log = logging.getLogger("quiver")
 
 
-def build_catalog(settings: dict[str, Any]) -> Catalog:
-    gpu = settings.get("gpu") or {}
-    xp.configure(gpu.get("enabled", "auto"), int(gpu.get("device_id", 0)))
-    mem = xp.device_memory()
-    limit = BUDGET.configure(gpu.get("memory_limit"), mem[1] if mem else None)
-    if mem:
-        log.info("device memory budget: %s of %d bytes", limit, mem[1])
-    st = settings["storage"]
-    flush = st.get("flush") or {}
+def build_catalog(settings: Settings) -> Catalog:
+    default_device().configure(GpuConfig.from_settings(settings.gpu))  # + memory budget
+    st = settings.storage
     return Catalog(
-        st["storage_path"],
-        wal_fsync=bool((st.get("wal") or {}).get("fsync", True)),
-        flush_wal_bytes=int(flush.get("wal_bytes_mb", 32)) << 20,
-        flush_idle_s=float(flush.get("idle_seconds", 5)),
+        st.storage_path,
+        wal_fsync=st.wal.fsync,
+        flush_wal_bytes=st.flush.wal_bytes_mb << 20,
+        flush_idle_s=float(st.flush.idle_seconds),
     )
 
 
-def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
+def create_app(settings: Settings, catalog: Catalog | None = None,
                owns_catalog: bool | None = None) -> FastAPI:
     """`owns_catalog`: start its flusher and close it with the app (default: when created here)."""
     if owns_catalog is None:
@@ -57,7 +52,7 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
         catalog.load()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_catalog:
             catalog.start_flusher()
         try:
@@ -72,40 +67,39 @@ def create_app(settings: dict[str, Any], catalog: Catalog | None = None,
     app.state.settings = settings
     app.state.started_at = time.time()
     app.state.node_id = _node_id(catalog.root)
-    st = settings["storage"]
+    st = settings.storage
     app.state.snapshots = SnapshotManager(
-        catalog, st["snapshots_path"], app.state.node_id, st.get("temp_path"),
-        make_storage(st["snapshots_path"], st.get("snapshots_config")))
+        catalog, st.snapshots_path, app.state.node_id, st.temp_path,
+        make_storage(st.snapshots_path, as_dict(st.snapshots_config)))
     app.state.max_snapshot_upload = max_snapshot_upload_bytes(settings)
     app.state.metrics = Metrics()
     instrument_snapshots(app.state.snapshots, app.state.metrics)
     app.state.recovery = Recovery(
-        catalog, st["snapshots_path"], bool(st.get("enable_snapshot_url_recovery", True)),
-        float(st.get("snapshot_url_idle_timeout_s") or 60),
-        st.get("snapshot_url_allowed_hosts"), st.get("snapshot_url_max_bytes"))
+        catalog, st.snapshots_path, st.enable_snapshot_url_recovery,
+        float(st.snapshot_url_idle_timeout_s), st.snapshot_url_allowed_hosts,
+        st.snapshot_url_max_bytes)
     for r in service.routes + observability.routes + collections.routes + snapshots.routes \
             + search.routes + points.routes + points.tail_routes:
         app.router.routes.append(r)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return error(f"Not found: no such endpoint {request.method} {request.url.path}", 404)
+        return from_exception(NotFound(f"no such endpoint {request.method} {request.url.path}"))
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error(f"Method not allowed: {request.method} {request.url.path}", 405)
+        return from_exception(MethodNotAllowed(f"{request.method} {request.url.path}"))
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)
-    max_mb = settings["service"].get("max_request_size_mb") or 32
-    app.add_middleware(BodyLimit, max_bytes=int(max_mb * (1 << 20)),
+    app.add_middleware(BodyLimit, max_bytes=int(settings.service.max_request_size_mb * (1 << 20)),
                        exempt=("/snapshots/upload",))
-    api_key, read_only_key = keys_from_settings(settings["service"])
+    api_key, read_only_key = keys_from_settings(settings.service)
     if api_key or read_only_key:  # outside BodyLimit: a refused request is never read at all
         app.add_middleware(ApiKeyAuth, api_key=api_key, read_only_api_key=read_only_key)
         log.info("API keys required (read-only key %s)", "set" if read_only_key else "unset")
     # request id, access log, request metrics: outside auth (refusals are counted and carry
     # the id), inside NormalizePath (route templates match the normalised path)
     app.add_middleware(RequestContext, metrics=app.state.metrics, router_app=app,
-                       access=bool(settings["service"].get("access_log", True)))
+                       access=settings.service.access_log)
     install_log_filter()
     app.add_middleware(NormalizePath)  # outermost: auth sees the normalised path, as in Qdrant
     return app

@@ -10,10 +10,11 @@ import hmac
 import re
 from typing import Any
 
-from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error
+from api.errors import Unauthorized, from_exception, plain_text
+from api.settings import ServiceSettings
+from engine.errors import Forbidden
 
 # Qdrant's whitelist (src/actix/auth.rs): probes and the version banner need no key.
 OPEN_EXACT = frozenset({"/", "/healthz"})
@@ -39,6 +40,7 @@ PLAIN_403 = re.compile(r"/collections/[^/]+/(shards/[^/]+/)?snapshots/upload")
 NO_KEY = "Must provide an API key or an Authorization bearer token"
 BAD_KEY = "Invalid API key or JWT"
 READ_ONLY = "Forbidden: Global manage access is required"
+_READ_ONLY = Forbidden(READ_ONLY.removeprefix(Forbidden.prefix))  # message == READ_ONLY
 
 
 def _compile(table: tuple[tuple[str, str], ...]) -> dict[str, re.Pattern[str]]:
@@ -67,8 +69,8 @@ def _key(value: Any) -> bytes | None:
     return str(value).encode()
 
 
-def keys_from_settings(service: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
-    return _key(service.get("api_key")), _key(service.get("read_only_api_key"))
+def keys_from_settings(service: ServiceSettings) -> tuple[bytes | None, bytes | None]:
+    return _key(service.api_key), _key(service.read_only_api_key)
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -102,7 +104,7 @@ class ApiKeyAuth:
             return
         given = presented_key(scope.get("headers", []))
         if given is None:
-            await PlainTextResponse(NO_KEY, 401)(scope, receive, send)
+            await plain_text(Unauthorized(NO_KEY))(scope, receive, send)
             return
         manage = _matches(given, self.api_key)
         read = _matches(given, self.read_only_api_key)
@@ -110,9 +112,9 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         if not read:
-            response = PlainTextResponse(BAD_KEY, 401)
+            response = plain_text(Unauthorized(BAD_KEY))
         elif PLAIN_403.fullmatch(scope["path"]):
-            response = PlainTextResponse(READ_ONLY, 403)
+            response = plain_text(_READ_ONLY)
         else:
-            response = error(READ_ONLY, 403)
+            response = from_exception(_READ_ONLY)
         await response(scope, receive, send)

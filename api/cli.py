@@ -9,7 +9,7 @@ import ssl
 import sys
 from typing import Any
 
-from api.settings import load_settings, max_snapshot_upload_bytes
+from api.settings import Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,43 +30,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def tls_options(settings: dict[str, Any]) -> dict[str, Any]:
+def tls_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's ssl_* arguments from Qdrant's `service.enable_tls` and `tls:` section."""
-    svc, tls = settings["service"], settings.get("tls") or {}
-    if not svc.get("enable_tls"):
+    svc, tls = settings.service, settings.tls
+    if not svc.enable_tls:
         return {}
     needed = ["cert", "key"]
-    if svc.get("verify_https_client_certificate"):
+    if svc.verify_https_client_certificate:
         needed.append("ca_cert")
     for name in needed:  # fail at start-up, not at the first handshake
-        path = tls.get(name)
+        path = getattr(tls, name)
         if not path or not os.path.isfile(path):
             raise ValueError(f"service.enable_tls is set but tls.{name} ({path}) is not a file")
-    opts: dict[str, Any] = {"ssl_certfile": tls["cert"], "ssl_keyfile": tls["key"]}
-    if svc.get("verify_https_client_certificate"):
-        opts |= {"ssl_ca_certs": tls["ca_cert"], "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    opts: dict[str, Any] = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key}
+    if svc.verify_https_client_certificate:
+        opts |= {"ssl_ca_certs": tls.ca_cert, "ssl_cert_reqs": ssl.CERT_REQUIRED}
     return opts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides: dict = {"service": {}, "storage": {}}
+    overrides: dict[str, dict[str, Any]] = {"service": {}, "storage": {}}
     if args.host:
         overrides["service"]["host"] = args.host
     if args.port:
         overrides["service"]["http_port"] = args.port
     if args.storage_path:
         overrides["storage"]["storage_path"] = args.storage_path
+    # configured before loading, so the warning about unknown keys is formatted too
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_settings(args.config_path, overrides=overrides)
+        settings = load_settings(args.config_path, overrides=overrides)  # validates every key
         tls = tls_options(settings)
-        max_snapshot_upload_bytes(settings)  # validated before anything is opened
     except (OSError, ValueError) as exc:
         print(f"quiver: cannot load configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, str(settings.get("log_level", "INFO")).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
     import uvicorn  # noqa: PLC0415 - keep `quiver --help` fast
 
     from api.app import build_catalog, create_app  # noqa: PLC0415
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = build_catalog(settings)
     catalog.load()
     if args.snapshot or args.storage_snapshot:
-        recovery = Recovery(catalog, settings["storage"]["snapshots_path"])
+        recovery = Recovery(catalog, settings.storage.snapshots_path)
         try:
             if args.storage_snapshot:  # as in Qdrant, it wins over --snapshot
                 restored = restore_full(recovery, args.storage_snapshot, args.force_snapshot)
@@ -93,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         logging.getLogger("quiver").info("restored from snapshots: %s", ", ".join(restored))
     app = create_app(settings, catalog=catalog, owns_catalog=True)
-    svc = settings["service"]
-    uvicorn.run(app, host=svc["host"], port=int(svc["http_port"]), log_level="warning",
-                access_log=False, timeout_graceful_shutdown=30, **tls)
+    uvicorn.run(app, host=settings.service.host, port=settings.service.http_port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=30, **tls)
     return 0
 
 

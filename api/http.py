@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error, from_exception, ok
+from api.errors import PayloadTooLarge, from_exception, ok
 from engine import QUIVER_VERSION
-from engine.errors import BadRequest, EngineError
+from engine.errors import BadRequest, EngineError, ServiceError
 
 log = logging.getLogger("quiver.http")
 QDRANT_API_VERSION = "1.19.0"
@@ -46,19 +46,12 @@ def endpoint(fn: Handler, read_body: bool = True) -> Callable[[Request], Awaitab
             return from_exception(exc, started)
         except Exception:  # noqa: BLE001 - the envelope, never a bare traceback page
             log.exception("unhandled error in %s %s", request.method, request.url.path)
-            return error("Service internal error: unexpected server error", 500, started)
+            return from_exception(ServiceError("unexpected server error"), started)
         if isinstance(result, Response):
             return result
         return ok(result, started)
 
     return run
-
-
-def flag(request: Request, name: str, default: bool = False) -> bool:
-    v = request.query_params.get(name)
-    if v is None:
-        return default
-    return v.lower() in ("true", "1", "yes")
 
 
 def body_dict(body: Any) -> dict[str, Any]:
@@ -139,6 +132,6 @@ class _TooLarge(Exception):
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    resp = error(f"Payload too large: request body exceeds the limit of {limit} bytes "
-                 "(service.max_request_size_mb)", 413)
+    resp = from_exception(PayloadTooLarge(f"request body exceeds the limit of {limit} bytes "
+                                          "(service.max_request_size_mb)"))
     await resp(scope, receive, send)

@@ -14,8 +14,9 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from api.errors import PayloadTooLarge
 from engine.durable import io_error
-from engine.errors import BadRequest, EngineError, PayloadTooLarge
+from engine.errors import BadRequest, EngineError
 
 
 @dataclass

@@ -11,7 +11,7 @@
 - `/metrics` is hand-written Prometheus text (exposition format 0.0.4): request counts and
   latency histograms by method, route template (never the raw path: bounded cardinality) and
   status; points, segments and WAL bytes per collection; snapshot creation durations and
-  bytes; stored snapshots per collection; device memory (`gpu.budget.BUDGET`); HNSW index
+  bytes; stored snapshots per collection; device memory (the default device's budget); HNSW index
   builds; process RSS and open file descriptors. `?anonymize=true` (Qdrant's parameter)
   replaces collection names by a hash. It sits behind the API keys like every other
   endpoint; it is a GET, so the read-only key may read it.
@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -37,7 +37,8 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import ann
-from gpu.budget import BUDGET
+from gpu.device import default_device
+from snapshots.manager import SnapshotManager
 from snapshots.storage import LocalStorage
 
 access_log = logging.getLogger("quiver.access")
@@ -128,7 +129,7 @@ class Histogram:
         out.append(f"# HELP {self.name} {self.help}")
         out.append(f"# TYPE {self.name} histogram")
         for labels, s in sorted(self.series.items()):
-            cum = 0
+            cum: float = 0  # the counts are ints, so this stays an int (rendered `3`, not `3.0`)
             for i, bound in enumerate(self.buckets):
                 cum += s[i]
                 le = _labels(self.label_names, labels, 'le="' + repr(bound) + '"')
@@ -157,7 +158,7 @@ class Counter:
 
 
 def _gauge(out: list[str], name: str, help_text: str,
-           rows: list[tuple[tuple[str, ...], tuple[Any, ...], float]]) -> None:
+           rows: Sequence[tuple[tuple[str, ...], tuple[Any, ...], float]]) -> None:
     out.append(f"# HELP {name} {help_text}")
     out.append(f"# TYPE {name} gauge")
     for names, values, v in rows:
@@ -191,12 +192,12 @@ class Metrics:
             self.requests.inc(key)
             self.latency.observe(key, seconds)
 
-    def observe_snapshot(self, kind: str, seconds: float, size: int | None) -> None:
-        outcome = "ok" if size is not None else "error"
+    def observe_snapshot(self, kind: str, outcome: str, seconds: float, size: int) -> None:
+        """A snapshots.manager.SnapshotListener: one creation ended."""
         with self.lock:
             self.snap_duration.observe((kind, outcome), seconds)
             self.snap_count.inc((kind, outcome))
-            if size is not None:
+            if outcome == "ok":
                 self.snap_bytes.inc((kind,), size)
 
     def render(self, catalog: Any, snapshots: Any, anonymize: bool = False) -> str:
@@ -256,7 +257,7 @@ def _collection_metrics(out: list[str], catalog: Any, snapshots: Any, anonymize:
 
 
 def _device_metrics(out: list[str]) -> None:
-    stats = BUDGET.stats()
+    stats = default_device().budget.stats()
     limit = stats.get("limit_bytes")
     _gauge(out, "quiver_device_memory_used_bytes", "Device memory held by segments",
            [((), (), stats.get("used_bytes") or 0)])
@@ -289,24 +290,9 @@ def _process_metrics(out: list[str], started: float) -> None:
     _gauge(out, "process_start_time_seconds", "Start time (Unix seconds)", [((), (), started)])
 
 
-def instrument_snapshots(manager: Any, metrics: Metrics) -> None:
-    """Time every snapshot creation (including wait=false ones) without touching snapshots/."""
-
-    def wrap(kind: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                info = fn(*args, **kwargs)
-            except BaseException:
-                metrics.observe_snapshot(kind, time.perf_counter() - started, None)
-                raise
-            metrics.observe_snapshot(kind, time.perf_counter() - started,
-                                     int(getattr(info, "size", 0) or 0))
-            return info
-        return timed
-
-    manager.create = wrap("collection", manager.create)
-    manager.create_full = wrap("full", manager.create_full)
+def instrument_snapshots(manager: SnapshotManager, metrics: Metrics) -> None:
+    """Time every snapshot creation (including wait=false ones): the manager's listener."""
+    manager.add_listener(metrics.observe_snapshot)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -1,51 +1,254 @@
-"""Settings: embedded defaults → YAML file → QUIVER__SECTION__KEY environment variables."""
+"""Settings: one typed, validated object, built once at start-up.
+
+Sources, later wins: the dataclass defaults below (the one place defaults live; the
+documented copy is config/config.yaml) → a YAML file → QUIVER__SECTION__KEY environment
+variables (QUIVER__A__B__C nests; values are YAML scalars, secrets verbatim) → CLI overrides.
+A bad value fails start-up with an error naming its key; an unknown key is only warned about
+(Qdrant's config files carry many keys Quiver does not use).
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
+import math
 import os
-from typing import Any
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import yaml
 
-DEFAULTS: dict[str, Any] = {
-    "log_level": "INFO",
-    "service": {
-        "host": "0.0.0.0",
-        "http_port": 6333,
-        "max_request_size_mb": 32,
-        "max_snapshot_upload_mb": 0,
-        "api_key": None,
-        "read_only_api_key": None,
-        "enable_tls": False,
-        "verify_https_client_certificate": False,
-        "enable_cors": True,
-        "access_log": True,
-    },
-    "tls": {"cert": "./tls/cert.pem", "key": "./tls/key.pem", "ca_cert": "./tls/cacert.pem"},
-    "storage": {
-        "storage_path": "./storage",
-        "snapshots_path": "./snapshots",
-        "temp_path": None,
-        "enable_snapshot_url_recovery": True,
-        "snapshot_url_allowed_hosts": None,
-        "snapshot_url_max_bytes": None,
-        "snapshot_url_idle_timeout_s": 60,
-        "snapshots_config": {
-            "snapshots_storage": "local",
-            "s3_config": {"bucket": None, "region": None, "access_key": None,
-                          "secret_key": None, "endpoint_url": None},
-        },
-        "wal": {"fsync": True},
-        "flush": {"wal_bytes_mb": 32, "idle_seconds": 5},
-    },
-    "gpu": {"enabled": "auto", "device_id": 0, "memory_limit": None},
-}
+log = logging.getLogger("quiver.settings")
 
 ENV_PREFIX = "QUIVER__"
 # Secrets are taken verbatim from the environment: a key like 0x1F, 007 or "yes" must not
 # become 31, 7 or True.
 VERBATIM = frozenset({"api_key", "read_only_api_key", "access_key", "secret_key"})
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message starts with its dotted key."""
+
+
+def _check(*, minimum: float | None = None, above: float | None = None,
+           maximum: float | None = None, choices: tuple[str, ...] | None = None,
+           parse: Callable[[Any, str], Any] | None = None) -> dict[str, Any]:
+    """Field metadata read by the validator (bounds, allowed values, or a custom parser)."""
+    return {"minimum": minimum, "above": above, "maximum": maximum, "choices": choices,
+            "parse": parse}
+
+
+def _show(value: Any) -> str:
+    """A value as the error shows it: YAML's null/true/false, repr otherwise."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _gpu_enabled(value: Any, key: str) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+        return "auto" if value.lower() == "auto" else value.lower() == "true"
+    raise SettingsError(f"{key}: expected one of auto, true, false, got {_show(value)}")
+
+
+def _memory_limit(value: Any, key: str) -> float | None:
+    # gpu.budget's reading: a float in (0, 1] is a fraction of the device, a number > 1 bytes
+    if value is None or (_is_number(value) and math.isfinite(value) and (
+            value > 1 or (isinstance(value, float) and value > 0))):
+        return typing.cast(float | None, value)
+    raise SettingsError(f"{key}: expected bytes (a number > 1) or a fraction in (0, 1], "
+                        f"got {_show(value)}")
+
+
+# --------------------------------------------------------------------------- the sections
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    host: str = "0.0.0.0"
+    http_port: int = field(default=6333, metadata=_check(minimum=0, maximum=65535))
+    max_request_size_mb: float = field(default=32, metadata=_check(above=0))
+    max_snapshot_upload_mb: float | None = field(default=0, metadata=_check(minimum=0))
+    api_key: str | None = None
+    read_only_api_key: str | None = None
+    enable_tls: bool = False
+    verify_https_client_certificate: bool = False
+    enable_cors: bool = True
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: str = "./tls/cert.pem"
+    key: str = "./tls/key.pem"
+    ca_cert: str = "./tls/cacert.pem"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    snapshots_storage: str = field(default="local", metadata=_check(choices=("local", "s3")))
+    s3_config: S3Settings = field(default_factory=S3Settings)
+
+
+@dataclass(frozen=True)
+class WalSettings:
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class FlushSettings:
+    wal_bytes_mb: int = field(default=32, metadata=_check(minimum=0))
+    idle_seconds: float = field(default=5, metadata=_check(minimum=0))
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    storage_path: str = "./storage"
+    snapshots_path: str = "./snapshots"
+    temp_path: str | None = None
+    enable_snapshot_url_recovery: bool = True
+    snapshot_url_allowed_hosts: list[str] | None = None
+    snapshot_url_max_bytes: int | None = field(default=None, metadata=_check(minimum=0))
+    snapshot_url_idle_timeout_s: float = field(default=60, metadata=_check(above=0))
+    snapshots_config: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    wal: WalSettings = field(default_factory=WalSettings)
+    flush: FlushSettings = field(default_factory=FlushSettings)
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    enabled: bool | Literal["auto"] = field(default="auto", metadata=_check(parse=_gpu_enabled))
+    device_id: int = field(default=0, metadata=_check(minimum=0))
+    memory_limit: float | None = field(default=None, metadata=_check(parse=_memory_limit))
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_level: str = "INFO"
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+
+
+def as_dict(settings: Any) -> dict[str, Any]:
+    """A settings object (or section) as the nested dict a YAML file would spell."""
+    return dataclasses.asdict(settings)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _bounds(value: float, key: str, noun: str, meta: dict[str, Any]) -> None:
+    """`noun` is "integer" or "number"; the message says which values would do."""
+    lo, above, hi = meta.get("minimum"), meta.get("above"), meta.get("maximum")
+    a = "an" if noun == "integer" else "a"
+    if lo is not None and hi is not None:
+        ok, want = lo <= value <= hi, f"{a} {noun} from {lo} to {hi}"
+    elif lo is not None:
+        ok, want = value >= lo, f"a non-negative {noun}" if lo == 0 else f"{a} {noun} >= {lo}"
+    elif above is not None:
+        ok, want = value > above, f"a positive {noun}" if above == 0 else f"{a} {noun} > {above}"
+    else:
+        return
+    if not ok:
+        raise SettingsError(f"{key}: expected {want}, got {_show(value)}")
+
+
+def _scalar(tp: Any, value: Any, key: str, meta: dict[str, Any]) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{key}: expected a boolean (true or false), got {_show(value)}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SettingsError(f"{key}: expected an integer, got {_show(value)}")
+        _bounds(value, key, "integer", meta)
+        return value
+    if tp is float:
+        if not _is_number(value) or not math.isfinite(value):
+            raise SettingsError(f"{key}: expected a number, got {_show(value)}")
+        _bounds(value, key, "number", meta)
+        return value
+    if tp is str:
+        if _is_number(value):  # YAML read `api_key: 12345` as a number: its text is meant
+            value = str(value)
+        if not isinstance(value, str):
+            raise SettingsError(f"{key}: expected a string, got {_show(value)}")
+        choices = meta.get("choices")
+        if choices is not None:
+            if value.lower() not in choices:
+                raise SettingsError(
+                    f"{key}: expected one of {', '.join(choices)}, got {_show(value)}")
+            return value.lower()
+        return value
+    if typing.get_origin(tp) is list and typing.get_args(tp) == (str,):
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) or _is_number(v) for v in value):
+            raise SettingsError(f"{key}: expected a list of strings, got {_show(value)}")
+        return [str(v) for v in value]
+    raise TypeError(f"{key}: unsupported settings type {tp!r}")  # a bug in this module
+
+
+def _value(tp: Any, value: Any, key: str, meta: dict[str, Any], unknown: list[str]) -> Any:
+    if meta.get("parse"):
+        return meta["parse"](value, key)
+    if dataclasses.is_dataclass(tp):
+        return _section(typing.cast(type, tp), value, key, unknown)
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        (tp,) = args
+    return _scalar(tp, value, key, meta)
+
+
+def _section(cls: type, raw: Any, where: str, unknown: list[str]) -> Any:
+    """`cls` from a mapping; a missing key or a null section takes the field's default."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where or 'settings'}: expected a mapping, got {_show(raw)}")
+    prefix = f"{where}." if where else ""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown.extend(f"{prefix}{k}" for k in raw if k not in fields)
+    return cls(**{name: _value(hints[name], raw[name], prefix + name, dict(f.metadata), unknown)
+                  for name, f in fields.items() if name in raw})
+
+
+def validate(raw: dict[str, Any]) -> Settings:
+    """The typed settings from their nested-dict form; unknown keys are logged, not fatal."""
+    unknown: list[str] = []
+    settings = typing.cast(Settings, _section(Settings, raw, "", unknown))
+    if unknown:
+        log.warning("ignoring unknown settings keys (not used by Quiver): %s",
+                    ", ".join(unknown))
+    return settings
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -67,16 +270,19 @@ def _coerce(text: str) -> Any:
 
 
 def load_settings(config_path: str | None = None, env: dict[str, str] | None = None,
-                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    settings = copy.deepcopy(DEFAULTS)
+                  overrides: dict[str, Any] | None = None) -> Settings:
+    """Raises SettingsError (a ValueError) naming the bad key, OSError for an unreadable file."""
+    settings = as_dict(Settings())
     if config_path:
         with open(config_path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise SettingsError(f"{config_path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"{config_path}: top level must be a mapping")
+            raise SettingsError(f"{config_path}: top level must be a mapping")
         settings = _merge(settings, data)
-    env = os.environ if env is None else env
-    for key, value in env.items():
+    for key, value in (os.environ if env is None else env).items():
         if not key.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
@@ -86,11 +292,11 @@ def load_settings(config_path: str | None = None, env: dict[str, str] | None = N
         for p in path[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"{key}: {p} is not a section")
+                raise SettingsError(f"{key}: {p} is not a section")
         node[path[-1]] = value if path[-1] in VERBATIM else _coerce(value)
     if overrides:
         settings = _merge(settings, overrides)
-    return settings
+    return validate(settings)
 
 
 def mib_to_bytes(value: Any, key: str) -> int:
@@ -102,7 +308,7 @@ def mib_to_bytes(value: Any, key: str) -> int:
     return int(value * (1 << 20))
 
 
-def max_snapshot_upload_bytes(settings: dict[str, Any]) -> int:
+def max_snapshot_upload_bytes(settings: Settings) -> int:
     """`service.max_snapshot_upload_mb` in bytes; 0: no cap but the free space."""
-    return mib_to_bytes((settings.get("service") or {}).get("max_snapshot_upload_mb"),
+    return mib_to_bytes(settings.service.max_snapshot_upload_mb,
                         "service.max_snapshot_upload_mb")

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from api.parse.writes import apply_body
 from bench import data
 from bench.foundation import machine, versions
 from bench.sysload import LoadLog, wait_quiet
@@ -330,7 +331,7 @@ class QuiverEngine(Engine):
         step = 10_000
         for s in range(0, len(x), step):
             e = min(len(x), s + step)
-            self.coll.upsert({"batch": {"ids": list(range(s, e)), "vectors": x[s:e]}})
+            apply_body(self.coll, "upsert", {"batch": {"ids": list(range(s, e)), "vectors": x[s:e]}})
         self.ingest_s = time.perf_counter() - t
         self.ingest_rss = settled_rss() - r0
 

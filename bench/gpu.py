@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import cupy
 
     from gpu import flat, transfer
-    from gpu.xp import configure
+    from gpu.config import GpuConfig
+    from gpu.device import default_device
 
-    print(configure("true"), flush=True)
+    print(default_device().configure(GpuConfig(enabled="true")), flush=True)
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     key = next((k for k in FP32_TFLOPS if k in name), None)

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from api.parse.writes import apply_body
 from engine.catalog import Catalog
 from engine.query import SearchSpec, search_batch
 from snapshots.manager import SnapshotManager
@@ -89,7 +90,7 @@ def main() -> None:
         step = 50_000
         for s in range(0, n, step):
             m = min(step, n - s)
-            coll.upsert({"batch": {"ids": list(range(s, s + m)),
+            apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + m)),
                                    "vectors": rng.random((m, args.dim), dtype=np.float32),
                                    "payloads": [{"i": i} for i in range(s, s + m)]}})
         raw = n * args.dim * 4

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from api.parse.writes import apply_body
 from bench import data, sysload
 from bench.foundation import (
     JSON_HEADERS,
@@ -321,7 +322,7 @@ def quiver_upsert(coll: Any, x: np.ndarray, start: int = 0,
         batch: dict[str, Any] = {"ids": list(range(start + s, start + e)), "vectors": x[s:e]}
         if payload is not None:
             batch["payloads"] = payload(start + s, start + e)
-        coll.upsert({"batch": batch})
+        apply_body(coll, "upsert", {"batch": batch})
     return time.perf_counter() - t
 
 
@@ -1006,7 +1007,7 @@ class Suite:
                     step = 50_000
                     while have < target:
                         k = min(step, target - have)
-                        coll.upsert({"batch": {
+                        apply_body(coll, "upsert", {"batch": {
                             "ids": list(range(have, have + k)),
                             "vectors": rng.random((k, dim), dtype=np.float32),
                             "payloads": [{"i": i} for i in range(have, have + k)]}})

@@ -17,6 +17,7 @@ import threading
 import uuid
 from typing import Any
 
+from engine import flush as flushing
 from engine import jsonio
 from engine.collection import Collection
 from engine.durable import fsync_dir, write_atomic
@@ -144,7 +145,7 @@ class Catalog:
                 try:
                     if coll.vacuum():
                         coll.flush()
-                    elif coll.needs_flush(self.flush_wal_bytes, self.flush_idle_s):
+                    elif flushing.needs_flush(coll, self.flush_wal_bytes, self.flush_idle_s):
                         coll.flush()
                 except Exception:  # noqa: BLE001 - keep flushing others; the WAL is intact
                     log.exception("background flush of %s failed", coll.name)
@@ -309,15 +310,15 @@ class Catalog:
                         raise AlreadyExists(f"Alias `{alias}` clashes with a collection name")
                     new[alias] = coll  # re-pointing an existing alias is allowed, as in Qdrant
                 elif kind == "delete_alias":
-                    alias = body.get("alias_name")
-                    if alias not in new:
-                        raise NotFound(f"Alias {alias} does not exists!")
-                    del new[alias]
+                    gone = body.get("alias_name")
+                    if gone not in new:
+                        raise NotFound(f"Alias {gone} does not exists!")
+                    del new[gone]
                 elif kind == "rename_alias":
                     old, to = body.get("old_alias_name"), body.get("new_alias_name")
                     if old not in new:
                         raise NotFound(f"Alias {old} does not exists!")
-                    validate_name(to, "alias")
+                    to = validate_name(to, "alias")
                     if to in self.collections:
                         raise AlreadyExists(f"Alias `{to}` clashes with a collection name")
                     new[to] = new.pop(old)

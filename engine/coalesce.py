@@ -13,12 +13,13 @@ error is only ever reported to the request that caused it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from engine.collection import Collection
-    from engine.plan import SearchSpec
+from engine.plan import SearchSpec
+
+SearchFn = Callable[[list[SearchSpec]], list[Any]]
 
 MAX_BATCH = 1024  # queries per device batch
 
@@ -33,6 +34,10 @@ class _Waiter:
 
 
 class Coalescer:
+    """Coalesces calls of a batch search function (`run(specs) -> results`, one per spec).
+    The function comes with each call rather than at construction, so a collection that owns
+    a coalescer holds no reference cycle through it (its memory maps close by refcount)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._busy = False
@@ -40,7 +45,7 @@ class Coalescer:
         self.batches = 0  # observability: how many batches ran
         self.coalesced = 0  # requests that shared a batch with others
 
-    def search(self, coll: Collection, specs: list[SearchSpec]) -> list[Any]:
+    def search(self, specs: list[SearchSpec], run: SearchFn) -> list[Any]:
         me = _Waiter(specs)
         with self._lock:
             if self._busy:
@@ -51,18 +56,16 @@ class Coalescer:
         if me.lead is None:
             me.done.wait()  # set once: either our results are in, or we lead the next batch
         if me.lead is not None:
-            self._run(coll, me.lead)
+            self._run(me.lead, run)
         if me.error is not None:
             raise me.error
         return me.result or []
 
-    def _run(self, coll: Collection, batch: list[_Waiter]) -> None:
-        from engine.query import search_batch  # noqa: PLC0415 - query imports collection
-
+    def _run(self, batch: list[_Waiter], run: SearchFn) -> None:
         try:
             specs = [s for w in batch for s in w.specs]
             try:
-                results = search_batch(coll, specs)
+                results = run(specs)
             except Exception:  # noqa: BLE001 - attribute the error to its own request
                 results = None
             pos = 0
@@ -72,7 +75,7 @@ class Coalescer:
                     pos += len(w.specs)
                 else:
                     try:
-                        w.result = search_batch(coll, w.specs)
+                        w.result = run(w.specs)
                     except BaseException as exc:  # noqa: BLE001 - re-raised in its thread
                         w.error = exc
             self.batches += 1

@@ -205,7 +205,7 @@ class Column:
                 if isinstance(raw, list):
                     cr_list.append(row)
                     cn_list.append(len(raw))
-                    leaves = raw
+                    leaves: list[Any] | tuple[Any] = raw
                 else:
                     cr_list.append(row)
                     cn_list.append(0 if raw is None else 1)

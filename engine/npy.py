@@ -16,7 +16,7 @@ def npy_parts(a: np.ndarray) -> list[bytes | memoryview]:
     a = np.ascontiguousarray(a)
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
-    data = memoryview(a).cast("B") if a.size else b""  # (an empty array can't be cast)
+    data = a.data.cast("B") if a.size else b""  # (an empty array can't be cast)
     return [buf.getvalue(), data]
 
 

@@ -24,7 +24,9 @@ _PART_RE = re.compile(r'^(?:"((?:[^"\\]|\\.)*)"|([^\[\]."\s]+))((?:\[\d*\])*)$')
 
 
 def _split(path: str) -> list[str]:
-    parts, buf, in_quote = [], [], False
+    parts: list[str] = []
+    buf: list[str] = []
+    in_quote = False
     for ch in path:
         if ch == '"':
             in_quote = not in_quote

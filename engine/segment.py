@@ -1,15 +1,19 @@
-"""A segment: ids + vectors (device-resident via xp) + payloads + deleted mask.
+"""A segment: ids + vectors (one gpu.matrix.DeviceMatrix per vector) + payloads + deleted mask.
 
 Rows are append-only: once written, a row's id and vectors never change (an upsert of an
 existing id deletes the old row and appends a new one). Only the deleted mask, the
 vector-present masks, versions and the payload list entries change in place, and payload
 dicts themselves are replaced, never mutated. That is what lets a flush or a snapshot freeze
 a segment by recording its row count and copying a few small host arrays.
+
+Where the vectors live (device or host memory), the device memory budget and falling back
+to host memory after a device failure are the matrices' business (gpu/), not this module's.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +23,9 @@ from engine.columns import Column, ColumnData
 from engine.config import VectorSpec
 from engine.ids import ID_DTYPE, PointId
 from engine.payload import raw_values_at
-from gpu import transfer
-from gpu.budget import BUDGET, now
-from gpu.xp import DeviceFailure, guard, to_device, to_host, xp_of
+from gpu.budget import now
+from gpu.device import HOST, Device, placement
+from gpu.matrix import DeviceMatrix
 
 CHANGE_LOG_LIMIT = 256
 FILTER_CACHE = 8  # masks of n bools each: bounded memory per segment
@@ -36,7 +40,7 @@ class FrozenSegment:
     n: int
     sealed: bool
     id_recs: np.ndarray
-    vectors: dict[str, Any]  # name → xp array (n rows; rows are immutable so no copy)
+    matrices: dict[str, DeviceMatrix]  # name → its rows (rows below n are immutable: no copy)
     present: dict[str, np.ndarray]
     deleted: np.ndarray
     versions: np.ndarray
@@ -45,21 +49,54 @@ class FrozenSegment:
     ann: dict[str, Any]  # vector name → HnswIndex over its leading rows (immutable)
     digests: dict[str, str]  # vector name → sha256 of its .npy member, where precomputed
 
+    def host_rows(self, name: str, start: int = 0) -> np.ndarray:
+        """Rows [start, n) of a vector in host memory, in their storage dtype."""
+        return self.matrices[name].host_rows(self.n, start)
+
+
+class _Arrays(Mapping[str, Any]):
+    """name → a matrix's current storage array (`norms`: its squared norms, L2 vectors only),
+    for readers that slice `seg.vectors[name][:n]` themselves."""
+
+    def __init__(self, matrices: dict[str, DeviceMatrix], norms: bool = False) -> None:
+        self._m = matrices
+        self._norms = norms
+
+    def __getitem__(self, name: str) -> Any:
+        m = self._m[name]
+        if not self._norms:
+            return m.array
+        if m.norms is None:
+            raise KeyError(name)
+        return m.norms
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([k for k, m in self._m.items() if not self._norms or m.l2])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
 
 class Segment:
-    def __init__(self, seg_id: int, specs: dict[str, VectorSpec], xp: Any,
+    def __init__(self, seg_id: int, specs: dict[str, VectorSpec], device: Any = None,
                  capacity: int = 1024) -> None:
+        """`device`: a gpu.device.Device (default: the process default device). The numpy
+        module (host memory) or cupy (the default device) are accepted too."""
         self.seg_id = seg_id
         self.specs = specs
-        self.xp = xp  # numpy, or cupy while the segment is device-resident
+        self.device: Device = placement(device)
         self.last_used = now()
         self.capacity = 0
         self.n = 0
         self.sealed = False
         self.ids: list[PointId] = []
         self.id_recs = np.zeros(0, ID_DTYPE)
-        self.vectors: dict[str, Any] = {}
-        self.sq_norms: dict[str, Any] = {}
+        self.matrices: dict[str, DeviceMatrix] = {
+            name: DeviceMatrix(self.device, spec.size, STORAGE_DTYPES[spec.datatype],
+                               l2=spec.distance.metric == "l2", owner=self)
+            for name, spec in specs.items()}
+        self.vectors: Mapping[str, Any] = _Arrays(self.matrices)  # name → storage array
+        self.sq_norms: Mapping[str, Any] = _Arrays(self.matrices, norms=True)
         self.present: dict[str, np.ndarray] = {}
         self.deleted = np.zeros(0, bool)
         self.versions = np.zeros(0, np.uint64)
@@ -82,15 +119,11 @@ class Segment:
         self.payloads_dirty = True
         self._grow(capacity)
 
-    # ---- storage growth (capacity doubling; old arrays stay valid for readers) ---------------
-
-    def _row_bytes(self) -> int:
-        return sum(spec.size * np.dtype(STORAGE_DTYPES[spec.datatype]).itemsize
-                   + (4 if spec.distance.metric == "l2" else 0) for spec in self.specs.values())
+    # ---- placement (the matrices decide: device, budget, failures) --------------------------
 
     @property
     def on_device(self) -> bool:
-        return self.xp is not np
+        return any(m.on_device for m in self.matrices.values())
 
     def touch(self) -> None:
         self.last_used = now()
@@ -108,48 +141,20 @@ class Segment:
         then serves its vectors from the index's storage (same values), so they are held
         once, not twice."""
         self.ann = {**self.ann, name: index}
-        arr = self.vectors.get(name)
-        if (self.sealed and not self.on_device and arr is not None and arr.dtype == np.float32
+        m = self.matrices.get(name)
+        if (self.sealed and not self.on_device and m is not None and m.dtype == np.float32
                 and index.rows == self.n and self.n > 0):
-            self.vectors[name] = index.vectors_view()
+            m.share_host_rows(index.vectors_view())
+
+    # ---- storage growth (capacity doubling; old arrays stay valid for readers) ---------------
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
             return
         cap = max(need, self.capacity * 2, 16)
-        if self.on_device and not BUDGET.reserve(self, cap * self._row_bytes()):
-            self.move_to_host()  # over gpu.memory_limit: this segment lives on the host
-        try:
-            self._grow_arrays(cap)
-        except DeviceFailure:
-            self.move_to_host()  # e.g. out of device memory despite the budget
-            self._grow_arrays(cap)
-
-    def move_to_host(self) -> None:
-        """Copy device-resident vectors to host memory and search this segment on the CPU.
-        Readers holding the old device arrays keep using them until they finish."""
-        if not self.on_device:
-            return
-        for name in list(self.vectors):
-            self.vectors[name] = to_host(self.vectors[name])
-            if name in self.sq_norms:
-                self.sq_norms[name] = to_host(self.sq_norms[name])
-        self.xp = np
-        BUDGET.release(self)
-
-    def _grow_arrays(self, cap: int) -> None:
-        xp = self.xp
-        for name, spec in self.specs.items():
-            dt = STORAGE_DTYPES[spec.datatype]
-            arr = _alloc(xp, (cap, spec.size), dt)
-            if name in self.vectors and self.n:
-                arr[: self.n] = _like(self.vectors[name][: self.n], xp)
-            self.vectors[name] = arr
-            if spec.distance.metric == "l2":
-                norms = _alloc(xp, (cap,), np.float32)
-                if name in self.sq_norms and self.n:
-                    norms[: self.n] = _like(self.sq_norms[name][: self.n], xp)
-                self.sq_norms[name] = norms
+        for m in self.matrices.values():
+            m.grow(cap, self.n)
+        for name in self.specs:
             pres = np.zeros(cap, bool)
             if name in self.present:
                 pres[: self.n] = self.present[name][: self.n]
@@ -158,6 +163,13 @@ class Segment:
         self.deleted = _grown(self.deleted, cap, self.n)
         self.versions = _grown(self.versions, cap, self.n)
         self.capacity = cap
+
+    def move_to_host(self) -> None:
+        """Copy device-resident vectors to host memory and search this segment on the CPU.
+        Readers holding the old device arrays keep using them until they finish."""
+        for m in self.matrices.values():
+            m.move_to_host()
+        self.device.budget.release(self)
 
     # ---- writes (caller holds the collection write lock) --------------------------------------
 
@@ -170,18 +182,14 @@ class Segment:
         self._grow(start + m)
         rows = np.arange(start, start + m, dtype=np.int64)
         for name, (pos, arr) in vectors.items():
-            dev = self.vectors[name]
+            matrix = self.matrices[name]
             if len(pos) == 0:
                 continue
             if len(pos) > 1 and (np.diff(pos) < 0).any():  # positions may come in any order
                 order = np.argsort(pos, kind="stable")
                 pos, arr = pos[order], arr[order]
             dest = rows[pos]
-            try:
-                self._write_rows(name, dest, to_storage(arr, dev.dtype), len(dest) == m)
-            except DeviceFailure:
-                self.move_to_host()
-                self._write_rows(name, dest, to_storage(arr, dev.dtype), len(dest) == m)
+            matrix.write(dest, to_storage(arr, matrix.dtype))
             self.present[name][dest] = True
         self.id_recs[start : start + m] = id_recs
         self.versions[start : start + m] = version
@@ -190,20 +198,6 @@ class Segment:
         self.n = start + m  # publish last: readers never see rows before their data
         self.dirty = self.payloads_dirty = True
         return rows
-
-    def _write_rows(self, name: str, dest: np.ndarray, host: np.ndarray, contiguous: bool
-                    ) -> None:
-        xp = self.xp
-        with guard("writing vectors"):
-            block = to_device(host, xp)
-            if contiguous:
-                self.vectors[name][int(dest[0]) : int(dest[-1]) + 1] = block  # one copy
-            else:
-                self.vectors[name][xp.asarray(dest)] = block
-            if name in self.sq_norms:
-                f32 = host.astype(np.float32, copy=False)
-                self.sq_norms[name][xp.asarray(dest)] = to_device(
-                    np.einsum("ij,ij->i", f32, f32), xp)
 
     def delete_rows(self, rows: np.ndarray) -> None:
         self.deleted[rows] = True
@@ -246,19 +240,23 @@ class Segment:
 
     def vectors_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Host float32 copies of some rows' vectors (for responses)."""
-        dev = self.vectors[name]
-        sel = dev[self.xp.asarray(rows)] if len(rows) else dev[:0]
-        return to_host(sel).astype(np.float32, copy=False)
+        return self.matrices[name].gather(rows)
 
-    def host_rows(self, name: str, n: int) -> np.ndarray:
-        """The first `n` rows of a vector in host memory, in their storage dtype (a view when
+    def host_rows(self, name: str, n: int, start: int = 0) -> np.ndarray:
+        """Rows [start, n) of a vector in host memory, in their storage dtype (a view when
         the segment is on the host; a copy from the device otherwise)."""
-        return to_host(self.vectors[name][:n])
+        return self.matrices[name].host_rows(n, start)
 
     def row_bytes(self, name: str) -> int:
         """Stored bytes per row of one vector."""
-        arr = self.vectors[name]
-        return int(arr.dtype.itemsize) * int(self.specs[name].size)
+        return self.matrices[name].row_bytes
+
+    def search(self, name: str, start: int, n: int, queries: np.ndarray, k: int, metric: str,
+               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of one vector over rows [start, n), wherever the rows live: (scores,
+        rows counted from `start`), host arrays (see gpu.flat.search). A device failure
+        raises gpu.device.DeviceFailure: the caller moves the collection to the CPU."""
+        return self.matrices[name].search(start, n, queries, k, metric, mask)
 
     def payload_changes_since(self, version: int) -> np.ndarray | None:
         if version == self.payload_version:
@@ -306,7 +304,7 @@ class Segment:
         return FrozenSegment(
             seg_id=self.seg_id, n=n, sealed=self.sealed,
             id_recs=self.id_recs[:n].copy(),
-            vectors={name: arr[:n] for name, arr in self.vectors.items()},
+            matrices=dict(self.matrices),
             present={name: p[:n].copy() for name, p in self.present.items()},
             deleted=self.deleted[:n].copy(),
             versions=self.versions[:n].copy(),
@@ -317,25 +315,16 @@ class Segment:
         )
 
     @classmethod
-    def from_arrays(cls, seg_id: int, specs: dict[str, VectorSpec], xp: Any,
+    def from_arrays(cls, seg_id: int, specs: dict[str, VectorSpec], device: Any,
                     data: dict[str, Any], sealed: bool) -> Segment:
         """A segment from host arrays (from disk or a snapshot). A sealed segment on the host
         keeps memory-mapped vectors as they are (its rows never change: the page cache serves
         them, nothing is copied); otherwise one large copy per array, to the device if any."""
         n = len(data["id_recs"])
-        seg = cls(seg_id, specs, xp, capacity=max(n, 16))
+        seg = cls(seg_id, specs, device, capacity=max(n, 16))
         seg.sealed = sealed
         for name, arr in data["vectors"].items():
-            if n and sealed and not seg.on_device and isinstance(arr, np.memmap):
-                seg.vectors[name] = arr.view(np.ndarray)
-            elif n:
-                try:  # chunked pinned copies straight from the (memory-mapped) file
-                    transfer.fill(seg.vectors[name][:n], arr)
-                except DeviceFailure:
-                    seg.move_to_host()
-                    transfer.fill(seg.vectors[name][:n], arr)
-            if n and name in seg.sq_norms:
-                seg.sq_norms[name][:n] = _sq_norms(seg.vectors[name][:n])
+            seg.matrices[name].load(arr, n, keep_mapped=sealed)
             seg.present[name][:n] = data["present"][name]
         seg.id_recs[:n] = data["id_recs"]
         seg.deleted[:n] = data["deleted"]
@@ -357,14 +346,10 @@ class Segment:
         n = src.n
         live = np.flatnonzero(~src.deleted[:n])
         m = len(live)
-        seg = cls(seg_id, src.specs, src.xp, capacity=max(m, 16))
+        seg = cls(seg_id, src.specs, src.device if src.on_device else HOST,
+                  capacity=max(m, 16))
         for name in src.specs:
-            if m:  # one gather where the source lives (device-side when on the device)
-                vecs = src.vectors[name][:n]
-                seg.vectors[name][:m] = _like(vecs[xp_of(vecs).asarray(live)], seg.xp)
-                if name in seg.sq_norms:
-                    norms = src.sq_norms[name][:n]
-                    seg.sq_norms[name][:m] = _like(norms[xp_of(norms).asarray(live)], seg.xp)
+            seg.matrices[name].take(src.matrices[name], live, n)
             seg.present[name][:m] = src.present[name][:n][live]
         seg.id_recs[:m] = src.id_recs[:n][live]
         seg.versions[:m] = src.versions[:n][live]
@@ -389,30 +374,6 @@ def to_storage(arr: np.ndarray, dtype: Any) -> np.ndarray:
     if np.dtype(dtype) == np.uint8 and arr.dtype != np.uint8:
         return np.trunc(np.clip(arr, 0, 255)).astype(np.uint8)
     return arr.astype(dtype, copy=False)
-
-
-def _alloc(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    if xp is np:
-        return np.zeros(shape, dtype)
-    with guard("device allocation"):
-        return xp.zeros(shape, dtype=dtype)
-
-
-def _like(a: Any, xp: Any) -> Any:
-    """`a` as an array of module `xp` (a copy only when it has to cross host/device)."""
-    if xp_of(a) is xp:
-        return a
-    return to_device(to_host(a), xp) if xp is not np else to_host(a)
-
-
-def _sq_norms(vectors: Any, chunk: int = 1 << 18) -> Any:
-    """Squared L2 norms in float32, computed where the vectors live, in bounded chunks."""
-    xp = xp_of(vectors)
-    out = xp.empty(vectors.shape[0], dtype=xp.float32)
-    for s in range(0, vectors.shape[0], chunk):
-        x = vectors[s : s + chunk].astype(xp.float32)
-        out[s : s + chunk] = (x * x).sum(axis=1)
-    return out
 
 
 def _grown(a: np.ndarray, cap: int, n: int) -> np.ndarray:

@@ -32,7 +32,6 @@ from engine import jsonio
 from engine.durable import append_durable, atomic_writer, fsync_dir, io_error
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES, FrozenSegment
-from gpu.xp import to_host
 
 
 def vec_file(name: str) -> str:
@@ -42,7 +41,7 @@ def vec_file(name: str) -> str:
 def _raw(a: np.ndarray) -> memoryview | bytes:
     """The array's bytes without a copy (written straight from the array's buffer)."""
     a = np.ascontiguousarray(a)
-    return memoryview(a).cast("B") if a.size else b""
+    return a.data.cast("B") if a.size else b""
 
 
 def _truncate_to(path: str, size: int) -> None:
@@ -62,9 +61,9 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
             ids_path = os.path.join(seg_dir, "ids.bin")
             _truncate_to(ids_path, flushed_n * ID_DTYPE.itemsize)
             append_durable(ids_path, _raw(frozen.id_recs[flushed_n:n]))
-            for name, arr in frozen.vectors.items():
+            for name in frozen.matrices:
                 path = os.path.join(seg_dir, vec_file(name))
-                host = to_host(arr[flushed_n:n])
+                host = frozen.host_rows(name, flushed_n)
                 _truncate_to(path, flushed_n * host.dtype.itemsize * host.shape[1])
                 append_durable(path, _raw(host))
         masks: dict[str, np.ndarray] = {"deleted": frozen.deleted, "versions": frozen.versions}
@@ -72,7 +71,8 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
             masks[f"present-{name.encode().hex()}"] = p
         with atomic_writer(os.path.join(seg_dir, f"masks.{gen}.npz")) as f:
             buf = io.BytesIO()
-            np.savez(buf, **masks)
+            # numpy's stub lets **kwds fill `allow_pickle: bool`; these keys never do
+            np.savez(buf, **masks)  # type: ignore[arg-type]
             f.write(buf.getvalue())
         if payload_gen is not None:
             with atomic_writer(os.path.join(seg_dir, f"payloads.{payload_gen}.json")) as f:
@@ -108,14 +108,16 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> d
         # else copies it once, straight to its final home
         vectors[name] = np.memmap(path, dtype=dt, mode="r", shape=(n, spec.size), offset=offset)
     if meta["gen"] is None:  # never changed since recovery: the archive's members
-        masks = {"deleted": np.fromfile(blob_path, bool, n, offset=blob["deleted"]),
+        assert blob is not None  # gen None is only ever written for archive-backed segments
+        masks = {"deleted": np.fromfile(blob_path, np.bool_, n, offset=blob["deleted"]),
                  "versions": np.fromfile(blob_path, np.uint64, n, offset=blob["versions"])}
         for hx, offset in blob["present"].items():
-            masks[f"present-{hx}"] = np.fromfile(blob_path, bool, n, offset=offset)
+            masks[f"present-{hx}"] = np.fromfile(blob_path, np.bool_, n, offset=offset)
     else:
         with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
             masks = {k: z[k] for k in z.files}
     if meta["payload_gen"] is None:  # never changed since recovery: the archive's member
+        assert blob is not None  # as gen: None only for archive-backed segments
         offset, size = blob["payloads"]
         with open(blob_path, "rb") as f:
             f.seek(offset)
@@ -168,7 +170,9 @@ def write_graph(seg_dir: str, name: str, graph: dict[str, np.ndarray],
     try:
         os.makedirs(seg_dir, exist_ok=True)
         buf = io.BytesIO()
-        np.savez(buf, ids_sha=ids_fingerprint(id_recs), **{k: graph[k] for k in GRAPH_KEYS})
+        # numpy's stub lets **kwds fill `allow_pickle: bool`; GRAPH_KEYS never do
+        np.savez(buf, ids_sha=ids_fingerprint(id_recs),
+                 **{k: graph[k] for k in GRAPH_KEYS})  # type: ignore[arg-type]
         with atomic_writer(os.path.join(seg_dir, graph_file(name))) as f:
             f.write(buf.getvalue())
         fsync_dir(seg_dir)

@@ -1,9 +1,10 @@
-"""The device memory budget (`gpu.memory_limit`) shared by every collection.
+"""The device memory budget (`gpu.memory_limit`) shared by every collection on one device.
 
-Segments reserve bytes before they place vectors on the device. When a reservation does not
-fit, the coldest *sealed* resident segments (least recently searched) are moved to host memory
-to make room; if that is still not enough, the requesting segment stays in host memory and is
-searched on the CPU. Nothing fails for lack of device memory.
+Each gpu.matrix.DeviceMatrix reserves its device bytes on behalf of its owner (a segment).
+When a reservation does not fit, the coldest *sealed* resident owners (least recently
+searched) are moved to host memory to make room; if that is still not enough, the requesting
+owner stays in host memory and is searched on the CPU. Nothing fails for lack of device memory.
+The budget belongs to a gpu.device.Device (`device.budget`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 import time
 import weakref
 from typing import Any, Protocol
+
+from gpu.config import resolve_memory_limit
 
 log = logging.getLogger("quiver.gpu")
 
@@ -29,60 +32,63 @@ class DeviceBudget:
         self.limit: int | None = None
         self.used = 0
         self._lock = threading.Lock()
-        self._held: dict[int, tuple[weakref.ref[Any], int]] = {}  # id(owner) → (owner, bytes)
+        # id(holder) → (holder, owner, bytes); the holder is what holds the device memory
+        # (a matrix), the owner what moves to host as a whole (its segment)
+        self._held: dict[int, tuple[weakref.ref[Any], weakref.ref[Any], int]] = {}
 
     def configure(self, limit: Any, total_bytes: int | None) -> int | None:
         """`limit`: None (90% of the device), bytes, or a fraction (0, 1] of device memory."""
-        if limit is None:
-            self.limit = int(total_bytes * 0.9) if total_bytes else None
-        elif isinstance(limit, float) and 0 < limit <= 1:
-            self.limit = int(total_bytes * limit) if total_bytes else None
-        elif isinstance(limit, int | float) and limit > 1:
-            self.limit = int(limit)
-        else:
-            raise ValueError(f"gpu.memory_limit must be bytes or a fraction in (0, 1], got {limit!r}")
+        self.limit = resolve_memory_limit(limit, total_bytes)
         return self.limit
 
     def held_by(self, owner: Any) -> int:
         with self._lock:
-            entry = self._held.get(id(owner))
-            return entry[1] if entry else 0
+            return sum(nbytes for h, o, nbytes in self._held.values()
+                       if h() is owner or o() is owner)
 
-    def reserve(self, owner: Resident, nbytes: int) -> bool:
-        """Grow `owner`'s reservation to `nbytes`; evicts cold sealed segments if needed."""
+    def reserve(self, owner: Resident, nbytes: int, holder: Any = None) -> bool:
+        """Set `holder`'s reservation (default: the owner's own) to `nbytes`; evicts cold
+        sealed owners if needed. False: it does not fit, the caller stays on the host."""
+        holder = owner if holder is None else holder
         while True:
             with self._lock:
-                have = self._held.get(id(owner), (None, 0))[1]
+                entry = self._held.get(id(holder))
+                have = entry[2] if entry else 0
                 if self.limit is None or self.used - have + nbytes <= self.limit:
-                    self._set(owner, nbytes, have)
+                    self._set(holder, owner, nbytes, have)
                     return True
                 victim = self._coldest(exclude=owner)
             if victim is None:
                 return False
             log.info("device budget full: moving a cold sealed segment to host memory")
-            victim.move_to_host()  # releases its reservation
+            victim.move_to_host()  # releases its reservations
             if self.held_by(victim):
                 self.release(victim)
 
-    def _set(self, owner: Any, nbytes: int, have: int) -> None:
-        key = id(owner)
+    def _set(self, holder: Any, owner: Any, nbytes: int, have: int) -> None:
+        key = id(holder)
         if key not in self._held:
-            weakref.finalize(owner, self._drop, key)
-        self._held[key] = (weakref.ref(owner), nbytes)
+            weakref.finalize(holder, self._drop, key)
+        self._held[key] = (weakref.ref(holder), weakref.ref(owner), nbytes)
         self.used += nbytes - have
 
     def _drop(self, key: int) -> None:
         with self._lock:
             entry = self._held.pop(key, None)
             if entry:
-                self.used -= entry[1]
+                self.used -= entry[2]
 
-    def release(self, owner: Any) -> None:
-        self._drop(id(owner))
+    def release(self, holder_or_owner: Any) -> None:
+        """Drop a holder's reservation, or every reservation of an owner."""
+        with self._lock:
+            keys = [k for k, (h, o, _) in self._held.items()
+                    if h() is holder_or_owner or o() is holder_or_owner]
+        for key in keys:
+            self._drop(key)
 
     def _coldest(self, exclude: Any) -> Resident | None:
         best, best_t = None, float("inf")
-        for ref, nbytes in self._held.values():
+        for _, ref, nbytes in self._held.values():
             o = ref()
             if o is None or o is exclude or not o.sealed or nbytes == 0:
                 continue
@@ -92,11 +98,9 @@ class DeviceBudget:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            owners = {id(o()) for _, o, _ in self._held.values() if o() is not None}
             return {"limit_bytes": self.limit, "used_bytes": self.used,
-                    "resident_segments": len(self._held)}
-
-
-BUDGET = DeviceBudget()
+                    "resident_segments": len(owners)}
 
 
 def now() -> float:

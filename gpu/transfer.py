@@ -62,10 +62,11 @@ def _fill_device(dest: Any, src: np.ndarray, nbytes: int) -> None:
             for a, b in pieces[worker::workers]:
                 view = staging[: b - a]
                 if fd >= 0:
-                    got = os.preadv(fd, [view], base + a)
+                    got = os.preadv(fd, [view.data], base + a)
                     if got != b - a:
                         raise OSError(f"short read from {filename}: {got} of {b - a} bytes")
                 else:
+                    assert host is not None  # no file: the rows come from memory
                     np.copyto(view, host[a:b])
                 out[a:b].set(view, stream=stream)
                 stream.synchronize()  # the pinned buffer is reused for the next piece

@@ -39,7 +39,6 @@ from engine import QUIVER_VERSION, jsonio
 from engine.errors import BadRequest
 from engine.npy import npy_parts, parts_sha256
 from engine.segment import FrozenSegment
-from gpu.xp import to_host
 
 FORMAT = "quiver-collection-snapshot"
 FORMAT_VERSION = (1, 0)
@@ -76,15 +75,15 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
     out = [Member(base + "ids.npy", npy_parts(fz.id_recs)),
            Member(base + "deleted.npy", npy_parts(fz.deleted)),
            Member(base + "versions.npy", npy_parts(fz.versions))]
-    for name, arr in fz.vectors.items():
+    for name in fz.matrices:
         hx = name.encode().hex()
-        out.append(Member(base + f"vectors-{hx}.npy", npy_parts(to_host(arr)),
+        out.append(Member(base + f"vectors-{hx}.npy", npy_parts(fz.host_rows(name)),
                           fz.digests.get(name)))
         out.append(Member(base + f"present-{hx}.npy", npy_parts(fz.present[name])))
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
-    for name, index in fz.ann.items():  # the graph only: its vectors are the segment's own
+    for name, hnsw in fz.ann.items():  # the graph only: its vectors are the segment's own
         hx = name.encode().hex()
-        for key, arr in index.graph().items():
+        for key, arr in hnsw.graph().items():
             out.append(Member(base + f"hnsw-{hx}-{key}.npy", npy_parts(arr)))
     return out
 
@@ -201,26 +200,36 @@ def prepare_archive(header: dict[str, Any], members: list[Member]) -> PreparedAr
     return PreparedArchive(entries, size)
 
 
-def write_prepared(out: BinaryIO, prepared: PreparedArchive) -> None:
+def write_prepared(out: BinaryIO | io.RawIOBase, prepared: PreparedArchive) -> None:
     # Plain "w" (not the "w|" stream mode, whose small buffer re-slices every write) with
     # 8 MiB copies: the archive streams out at memory speed.
     with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        tar.copybufsize = CHUNK
+        tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # tarfile's copy size: not in typeshed
         for info, parts in prepared.entries:
             tar.addfile(info, io.BufferedReader(_Reader(parts), buffer_size=CHUNK))
 
 
-def write_archive(out: BinaryIO, header: dict[str, Any], members: list[Member]) -> tuple[str, int]:
-    """Write manifest + members as a tar into `out`; returns (sha256 hex, size)."""
-    prepared = prepare_archive(header, members)
-    hw = HashingWriter(out)
-    try:
-        write_prepared(hw, prepared)
-    finally:
-        digest = hw.hexdigest()  # also stops the hashing thread on failure
-    if hw.size != prepared.size:
-        raise RuntimeError(f"archive size {hw.size} != predicted {prepared.size}")
-    return digest, hw.size
+def write_bundle(out: BinaryIO | io.RawIOBase, first: tuple[str, bytes],
+                 archives: dict[str, PreparedArchive]) -> None:
+    """A tar of one small file (`first`: name, bytes) and then whole prepared archives as
+    members (a full snapshot): each streams in through an ArchivePipe, never via a temp file."""
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # tarfile's copy size: not in typeshed
+        name, data = first
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        for member, prepared in archives.items():
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime, info.mode = prepared.size, int(time.time()), 0o644
+            pipe = ArchivePipe(prepared)
+            try:
+                stream = io.BufferedReader(pipe, CHUNK)
+                tar.addfile(info, stream)
+                if stream.read(1):  # the size was predicted, never trusted
+                    raise OSError(f"{member} outgrew its predicted size")
+            finally:
+                pipe.close()
 
 
 class ArchivePipe(io.RawIOBase):
@@ -254,7 +263,7 @@ class ArchivePipe(io.RawIOBase):
                 return len(b)
 
         try:
-            write_prepared(_Sink(), prepared)  # type: ignore[arg-type]
+            write_prepared(_Sink(), prepared)
             self._q.put(None)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the reading thread
             self._q.put(exc)

@@ -8,17 +8,20 @@ Creation freezes the collection at one WAL sequence number (the write lock is he
 record row counts and copy small masks), then writes the archive outside the lock into the
 temp dir on the same filesystem, fsyncs, and renames it into place: a listed snapshot is
 always complete.
+
+Listeners (`add_listener`) hear of every creation as it ends: (kind: collection | full,
+outcome: ok | error, seconds, archive bytes (0 on error)); api.observability records them.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import os
 import shutil
-import tarfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from engine import jsonio
@@ -26,11 +29,11 @@ from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
 from snapshots.archive import (
-    ArchivePipe,
     HashingWriter,
     PreparedArchive,
     prepare_archive,
     segment_members,
+    write_bundle,
     write_prepared,
 )
 from snapshots.storage import (
@@ -44,6 +47,11 @@ from snapshots.storage import (
 
 FULL_CONFIG = "config.json"
 
+log = logging.getLogger("quiver.snapshots")
+
+# (kind: "collection" | "full", outcome: "ok" | "error", seconds, archive bytes (0 on error))
+SnapshotListener = Callable[[str, str, float, int], None]
+
 
 class SnapshotManager:
     def __init__(self, catalog: Catalog, snapshots_path: str, node_id: int,
@@ -55,11 +63,35 @@ class SnapshotManager:
         self.node_id = node_id
         self._names_lock = threading.Lock()
         self._reserved: set[str] = set()
+        self._listeners: list[SnapshotListener] = []
         os.makedirs(self.root, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)  # debris of creations killed midway
         os.makedirs(self.tmp, exist_ok=True)
         if isinstance(self.store, LocalStorage):
             self.store.clean()
+
+    # ---- listeners -----------------------------------------------------------------------
+
+    def add_listener(self, listener: SnapshotListener) -> None:
+        """Call `listener(kind, outcome, seconds, bytes)` after every creation (any thread)."""
+        self._listeners.append(listener)
+
+    def _observed(self, kind: str, create: Callable[[], SnapshotInfo]) -> SnapshotInfo:
+        started = time.perf_counter()
+        try:
+            info = create()
+        except BaseException:
+            self._notify(kind, "error", time.perf_counter() - started, 0)
+            raise
+        self._notify(kind, "ok", time.perf_counter() - started, int(info.size or 0))
+        return info
+
+    def _notify(self, kind: str, outcome: str, seconds: float, size: int) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(kind, outcome, seconds, size)
+            except Exception:  # a listener's bug must not fail (or hide) the creation
+                log.exception("snapshot listener %r failed", listener)
 
     # ---- create --------------------------------------------------------------------------
 
@@ -108,6 +140,9 @@ class SnapshotManager:
         return real, checksum, hw.size
 
     def create(self, collection: str) -> SnapshotInfo:
+        return self._observed("collection", lambda: self._create(collection))
+
+    def _create(self, collection: str) -> SnapshotInfo:
         real = self.catalog.get(collection).name
         validate_name(real)
         name = self._reserve_name(f"{real}-{self.node_id}", real)
@@ -131,6 +166,9 @@ class SnapshotManager:
     def create_full(self) -> SnapshotInfo:
         """Every collection's archive plus the aliases, in one tar: config.json first, then
         `<collection>.snapshot` members."""
+        return self._observed("full", self._create_full)
+
+    def _create_full(self) -> SnapshotInfo:
         name = self._reserve_name("full-snapshot", "")
         tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
         try:
@@ -145,23 +183,8 @@ class SnapshotManager:
             with open(tmp, "wb") as f:
                 hw = HashingWriter(f)
                 try:
-                    with tarfile.open(fileobj=hw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                        tar.copybufsize = 8 << 20
-                        info = tarfile.TarInfo(FULL_CONFIG)
-                        info.size, info.mtime, info.mode = len(config), int(time.time()), 0o644
-                        tar.addfile(info, io.BytesIO(config))
-                        for coll, member in mapping.items():
-                            info = tarfile.TarInfo(member)
-                            info.size, info.mtime, info.mode = (prepared[coll].size,
-                                                                int(time.time()), 0o644)
-                            pipe = ArchivePipe(prepared[coll])
-                            try:
-                                stream = io.BufferedReader(pipe, 8 << 20)
-                                tar.addfile(info, stream)
-                                if stream.read(1):  # the size was predicted, never trusted
-                                    raise OSError(f"{member} outgrew its predicted size")
-                            finally:
-                                pipe.close()
+                    write_bundle(hw, (FULL_CONFIG, config),
+                                 {member: prepared[coll] for coll, member in mapping.items()})
                 finally:
                     digest = hw.hexdigest()
                 f.flush()

@@ -377,7 +377,7 @@ def _check_finite(scanned: Scanned, segments: list[tuple[dict[str, Any], bool]])
 def _check_unique_ids(built: Collection) -> None:
     """Live point ids must be unique across the whole snapshot: the id map built from them
     then has one entry per live row (a repeated id would have replaced an entry)."""
-    if len(built.id_map) != sum(seg.live_count() for seg in built.segments):
+    if len(built.ids) != sum(seg.live_count() for seg in built.segments):
         raise SnapshotFormatError("Invalid snapshot: a point id appears more than once")
 
 
@@ -409,7 +409,8 @@ def restore_full(recovery: Recovery, path: str, force: bool) -> list[str]:
     try:
         with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             while (info := tar.next()) is not None:
-                tar.members = []  # headers only
+                # headers only (`members`: TarFile's undocumented cache, not in typeshed)
+                tar.members = []  # type: ignore[attr-defined]
                 if len(nested) >= 100_000:
                     raise SnapshotFormatError("Invalid full snapshot: too many members")
                 if not info.isreg() or info.issparse() or info.offset_data + info.size > size:

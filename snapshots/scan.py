@@ -290,7 +290,9 @@ def _capped(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         count += 1
         if count > MAX_MEMBERS + 1:
             raise SnapshotFormatError("Invalid snapshot: too many members")
-        tar.members = []  # headers only; keep nothing per member (member-count bombs)
+        # headers only; keep nothing per member (member-count bombs). `members` is
+        # TarFile's undocumented cache, absent from typeshed, hence the ignore
+        tar.members = []  # type: ignore[attr-defined]
         yield info
 
 

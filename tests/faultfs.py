@@ -2,7 +2,7 @@
 
 `FaultFS(root).install(monkeypatch)` replaces the module globals `os` and `open` of the
 storage modules (`engine.durable`, `engine.wal`, `engine.segment_store`, `engine.collection`,
-`engine.catalog`) with proxies. Every mutating call they make on a path under `root` —
+`engine.flush`, `engine.catalog`) with proxies. Every mutating call they make on a path under `root` —
 `os.open` for writing, `os.write`/`os.pwrite`, `os.fsync`/`os.fdatasync` (files and
 directories), `os.ftruncate`, `os.replace`/`os.rename`, `os.unlink`/`os.remove`,
 `os.mkdir`/`os.makedirs`, `open(..., "w"/"a"/"x"/"+")` and the returned file's
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MODULES = ("engine.durable", "engine.wal", "engine.segment_store", "engine.collection",
-           "engine.catalog")
+           "engine.flush", "engine.catalog")
 _WRITE_FLAGS = _os.O_WRONLY | _os.O_RDWR | _os.O_CREAT | _os.O_TRUNC | _os.O_APPEND
 
 

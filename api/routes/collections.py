@@ -7,7 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from api.http import body_dict, endpoint, flag
+from api.http import body_dict, endpoint
+from api.parse.common import collection, query_flag
 from engine.catalog import Catalog
 from engine.errors import BadRequest
 
@@ -32,11 +33,11 @@ def create_collection(request: Request, body: Any) -> bool:
 
 
 def get_collection(request: Request, body: Any) -> dict[str, Any]:
-    return _cat(request).get(_name(request)).info()
+    return collection(request).info()
 
 
 def update_collection(request: Request, body: Any) -> bool:
-    _cat(request).get(_name(request)).update_config(body_dict(body))
+    collection(request).update_config(body_dict(body))
     return True
 
 
@@ -64,19 +65,20 @@ def collection_aliases(request: Request, body: Any) -> dict[str, Any]:
 
 
 def _update_result(request: Request, seq: int | None = None) -> dict[str, Any]:
-    status = "completed" if flag(request, "wait") else "acknowledged"
+    status = "completed" if query_flag(request, "wait") else "acknowledged"
     return {"operation_id": seq if seq is not None else 0, "status": status}
 
 
 def create_index(request: Request, body: Any) -> dict[str, Any]:
     b = body_dict(body)
-    coll = _cat(request).get(_name(request))
-    coll.create_index(b.get("field_name"), b.get("field_schema") or b.get("field_type"))
+    coll = collection(request)
+    field: Any = b.get("field_name")  # unchecked JSON: Collection.create_index validates it
+    coll.create_index(field, b.get("field_schema") or b.get("field_type"))
     return _update_result(request, coll.wal.last_seq)
 
 
 def delete_index(request: Request, body: Any) -> dict[str, Any]:
-    coll = _cat(request).get(_name(request))
+    coll = collection(request)
     coll.delete_index(request.path_params["field_name"])
     return _update_result(request, coll.wal.last_seq)
 

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from api.errors import JSONResponse
 from api.http import QDRANT_API_VERSION, QUIVER_VERSION, endpoint
 from engine import ann
-from gpu.xp import backend_name
+from gpu.device import default_device
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +65,7 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         "collections": {"number_of_collections": len(collections)},
         # Quiver's own section: the Qdrant API version served and where each collection lives.
         "quiver": {"qdrant_api_version": QDRANT_API_VERSION, "commit": commit_hash(),
-                   "uptime_s": time.time() - started, "device": backend_name(),
+                   "uptime_s": time.time() - started, "device": default_device().name,
                    "index_builds": ann.builds(),
                    "collections": collections},
     }

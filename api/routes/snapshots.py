@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.errors import JSONResponse, from_exception, ok, status_of
+from api.errors import JSONResponse, PayloadTooLarge, from_exception, ok, status_of
 from api.http import body_dict, endpoint, log
 from api.multipart import receive_file, upload_too_large
+from api.parse.common import query_flag
 from engine.catalog import validate_name
-from engine.errors import BadRequest, EngineError, PayloadTooLarge, StorageFull
+from engine.errors import BadRequest, EngineError, StorageFull
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery, check_checksum, check_priority
 from snapshots.scan import ChecksumMismatch
@@ -38,12 +39,7 @@ def _name(request: Request) -> str:
 
 
 def _wait(request: Request) -> bool:
-    v = request.query_params.get("wait")
-    if v is None:
-        return True
-    if v not in ("true", "false"):
-        raise BadRequest(f"Deserialize error in query parameters: invalid value {v!r} for wait")
-    return v == "true"
+    return query_flag(request, "wait", True, strict=True)
 
 
 def _accepted(started: float) -> JSONResponse:

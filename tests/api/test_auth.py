@@ -90,8 +90,8 @@ def test_read_table() -> None:
 def test_env_keys_are_taken_verbatim() -> None:
     env = {"QUIVER__SERVICE__API_KEY": "0x1F", "QUIVER__SERVICE__READ_ONLY_API_KEY": "yes",
            "QUIVER__SERVICE__ENABLE_TLS": "true"}
-    svc = load_settings(env=env)["service"]
-    assert (svc["api_key"], svc["read_only_api_key"], svc["enable_tls"]) == ("0x1F", "yes", True)
+    svc = load_settings(env=env).service
+    assert (svc.api_key, svc.read_only_api_key, svc.enable_tls) == ("0x1F", "yes", True)
 
 
 # --------------------------------------------------------------------------- 401

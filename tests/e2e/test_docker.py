@@ -32,7 +32,7 @@ import yaml
 from server import free_port
 
 from api.cli import _parser
-from api.settings import DEFAULTS, load_settings
+from api.settings import Settings, as_dict, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -207,17 +207,17 @@ def _top_level_packages() -> set[str]:
     return {p.split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]}
 
 
-def _setting(settings: dict[str, Any], key: str) -> Any:
+def _setting(settings: Settings, key: str) -> Any:
     node: Any = settings
     for part in key[len(ENV_PREFIX):].lower().split("__"):
-        node = node[part]
+        node = getattr(node, part)
     return node
 
 
-def _assert_env_is_settings(env: dict[str, str], where: str) -> dict[str, Any]:
+def _assert_env_is_settings(env: dict[str, str], where: str) -> Settings:
     """Every QUIVER__ variable names a real settings key and lands there, typed as YAML."""
     for key in env:
-        node: Any = DEFAULTS
+        node: Any = as_dict(Settings())
         for part in key[len(ENV_PREFIX):].lower().split("__"):
             assert isinstance(node, dict) and part in node, \
                 f"{where}: {key} is not a settings key ({part!r} unknown)"
@@ -270,7 +270,7 @@ def test_volumes_hold_storage_and_snapshots(image: Dockerfile) -> None:
 
 def test_exposes_the_qdrant_port(image: Dockerfile) -> None:
     assert "6333" in image.last("EXPOSE").args.split()
-    assert DEFAULTS["service"]["http_port"] == 6333
+    assert Settings().service.http_port == 6333
     assert "QUIVER__SERVICE__HTTP_PORT" not in image.quiver_env
 
 
@@ -300,15 +300,15 @@ def test_entrypoint_is_quiver_serve_with_the_shipped_config(image: Dockerfile) -
     assert config == ROOT / "config" / "config.yaml" and config.is_file()
     # the image's ENV wins over the file for the paths (env > YAML)
     settings = load_settings(str(config), env=image.quiver_env)
-    assert settings["storage"]["storage_path"] == "/qdrant/storage"
-    assert settings["storage"]["snapshots_path"] == "/qdrant/snapshots"
+    assert settings.storage.storage_path == "/qdrant/storage"
+    assert settings.storage.snapshots_path == "/qdrant/snapshots"
 
 
 def test_env_names_real_settings(image: Dockerfile) -> None:
     settings = _assert_env_is_settings(image.quiver_env, image.path.name)
     expected_gpu = {"cpu": False, "gpu": "auto"}[
         "gpu" if image.path.name.endswith(".gpu") else "cpu"]
-    assert settings["gpu"]["enabled"] == expected_gpu
+    assert settings.gpu.enabled == expected_gpu
 
 
 def test_installed_extras(image: Dockerfile) -> None:
@@ -479,8 +479,8 @@ def test_compose_env_configures_s3_snapshots(compose: dict[str, Any], name: str)
     services = compose["services"]
     env = _env(services[name])
     settings = _assert_env_is_settings(env, f"compose {name}")
-    s3 = settings["storage"]["snapshots_config"]["s3_config"]
-    assert settings["storage"]["snapshots_config"]["snapshots_storage"] == "s3"
+    s3 = as_dict(settings.storage.snapshots_config.s3_config)
+    assert settings.storage.snapshots_config.snapshots_storage == "s3"
     assert all(isinstance(s3[k], str) and s3[k] for k in
                ("bucket", "region", "access_key", "secret_key", "endpoint_url"))
     # the store: the minio service, its API port, its root credentials

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from api.parse.writes import apply_body
 from engine import ann
 
 pytestmark = pytest.mark.skipif(not ann.available(), reason="faiss-cpu not installed")
@@ -206,7 +207,7 @@ def test_sealed_segment_serves_vectors_from_its_index(tmp_path, monkeypatch) -> 
     coll = Collection.create("m", str(tmp_path / "m"), CONFIG)
     x = clustered(3000, 8)
     for s in range(0, 3000, 500):
-        coll.upsert({"batch": {"ids": list(range(s, s + 500)), "vectors": x[s : s + 500]}})
+        apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + 500)), "vectors": x[s : s + 500]}})
     before = {seg.seg_id: np.array(seg.vectors[""][: seg.n]) for seg in coll.segments}
     while coll.build_pending_index():
         pass

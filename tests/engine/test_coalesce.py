@@ -6,9 +6,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
-from engine import query
 from engine.coalesce import Coalescer
 
 
@@ -17,18 +14,16 @@ class FakeSpec:
         self.value = value
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_results(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_requests_share_batches_and_get_their_own_results() -> None:
     sizes: list[int] = []
 
-    def fake_batch(coll: Any, specs: list[FakeSpec]) -> list[Any]:
+    def fake_batch(specs: list[FakeSpec]) -> list[Any]:
         sizes.append(len(specs))
         time.sleep(0.05)  # a batch in flight: requests arriving now must queue
         if any(s.value < 0 for s in specs):
             raise ValueError("bad request in batch")
         return [[s.value * 10] for s in specs]
 
-    monkeypatch.setattr(query, "search_batch", fake_batch)
     co = Coalescer()
     results: dict[int, Any] = {}
     start = threading.Barrier(16)
@@ -36,7 +31,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_results(
     def client(i: int) -> None:
         start.wait()
         try:
-            results[i] = co.search(None, [FakeSpec(i), FakeSpec(i + 100)])  # type: ignore[arg-type]
+            results[i] = co.search([FakeSpec(i), FakeSpec(i + 100)], fake_batch)  # type: ignore[arg-type]
         except ValueError as exc:
             results[i] = exc
 
@@ -53,9 +48,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_results(
     assert max(sizes) > 2  # the device saw real batches
 
 
-def test_idle_collection_runs_immediately(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(query, "search_batch", lambda coll, specs: [[1] for _ in specs])
+def test_idle_collection_runs_immediately() -> None:
     co = Coalescer()
-    assert co.search(None, [FakeSpec(1)]) == [[1]]  # type: ignore[arg-type]
-    assert co.search(None, [FakeSpec(2)]) == [[1]]  # type: ignore[arg-type]
+    one = lambda specs: [[1] for _ in specs]  # noqa: E731
+    assert co.search([FakeSpec(1)], one) == [[1]]  # type: ignore[arg-type]
+    assert co.search([FakeSpec(2)], one) == [[1]]  # type: ignore[arg-type]
     assert co.batches == 2 and co.coalesced == 0

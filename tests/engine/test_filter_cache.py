@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from api.parse.writes import apply_body
 from engine import query
 from engine.collection import Collection
 from engine.filters import parse_filter
@@ -23,16 +24,16 @@ def ids(coll: Collection) -> set[int]:
 
 def test_cached_filter_masks_follow_every_change(tmp_path: Path) -> None:
     coll = Collection.create("c", str(tmp_path / "c"), {"vectors": {"size": 4, "distance": "Dot"}})
-    coll.upsert({"points": [{"id": i, "vector": [1, 1, 1, 1], "payload": {"tag": "ab"[i % 2]}}
+    apply_body(coll, "upsert", {"points": [{"id": i, "vector": [1, 1, 1, 1], "payload": {"tag": "ab"[i % 2]}}
                             for i in range(10)]})
     assert ids(coll) == {0, 2, 4, 6, 8}
     assert ids(coll) == {0, 2, 4, 6, 8}  # served from the cache
     assert coll.segments[-1].filter_cache
-    coll.payload_write("set_payload", {"payload": {"tag": "a"}, "points": [1]})
+    apply_body(coll, "set_payload", {"payload": {"tag": "a"}, "points": [1]})
     assert ids(coll) == {0, 1, 2, 4, 6, 8}
-    coll.delete_points({"points": [0]})
+    apply_body(coll, "delete", {"points": [0]})
     assert ids(coll) == {1, 2, 4, 6, 8}
-    coll.upsert({"points": [{"id": 20, "vector": [1, 1, 1, 1], "payload": {"tag": "a"}}]})
+    apply_body(coll, "upsert", {"points": [{"id": 20, "vector": [1, 1, 1, 1], "payload": {"tag": "a"}}]})
     assert ids(coll) == {1, 2, 4, 6, 8, 20}
     coll.create_index("tag", "keyword")
     assert ids(coll) == {1, 2, 4, 6, 8, 20}

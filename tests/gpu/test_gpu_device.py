@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
 from engine.collection import Collection
 from gpu import flat, select
-from gpu.budget import BUDGET, DeviceBudget
+from gpu.budget import DeviceBudget
+from gpu.device import HOST, Device, default_device
 from gpu.xp import DeviceFailure, get_xp, is_device_array
 
 METRICS = ["ip", "l2", "l1"]
@@ -124,7 +126,7 @@ def test_search_recovers_from_a_device_failure(tmp_path: Path,
         return real(*a, **kw)
 
     monkeypatch.setattr(flat, "search", failing)
-    monkeypatch.setattr("gpu.xp.disable_device", lambda reason: None)
+    monkeypatch.setattr(Device, "disable", lambda self, reason: None)
     got = query.search_batch(coll, [spec])
     assert [p["id"] for p in got[0]] == [p["id"] for p in want[0]]
     np.testing.assert_allclose([p["score"] for p in got[0]], [p["score"] for p in want[0]],
@@ -143,7 +145,7 @@ def _collection(path: Path, distance: str, n: int, datatype: str = "float32", d:
     if host:
         for seg in coll.segments:
             seg.move_to_host()
-        coll.xp = np
+        coll.device = HOST
     _fill(coll, n, d, datatype, seed)
     return coll
 
@@ -154,7 +156,7 @@ def _fill(coll: Collection, n: int, d: int, datatype: str, seed: int) -> None:
         m = min(1000, n - s)
         vecs = (rng.integers(0, 256, (m, d)) if datatype == "uint8"
                 else rng.standard_normal((m, d))).astype(np.float32)
-        coll.upsert({"batch": {"ids": list(range(s, s + m)), "vectors": vecs,
+        apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + m)), "vectors": vecs,
                                "payloads": [{"g": int(i % 10)} for i in range(s, s + m)]}})
 
 
@@ -227,8 +229,9 @@ def test_collection_on_device_answers_like_host(tmp_path: Path, distance: str,
 def test_budget_keeps_cold_segments_on_host_and_merges(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("engine.collection.SEGMENT_MAX_BYTES", 64 * 1024)  # many segments
-    old = BUDGET.limit
-    BUDGET.configure(BUDGET.used + 200 * 1024, None)
+    budget = default_device().budget
+    old = budget.limit
+    budget.configure(budget.used + 200 * 1024, None)
     try:
         dev = _collection(tmp_path / "dev", "Euclid", 8000)
         host = _collection(tmp_path / "host", "Euclid", 8000, host=True)
@@ -238,7 +241,7 @@ def test_budget_keeps_cold_segments_on_host_and_merges(tmp_path: Path,
         dev.close()
         host.close()
     finally:
-        BUDGET.limit = old
+        budget.limit = old
 
 
 @pytest.mark.gpu

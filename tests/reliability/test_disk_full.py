@@ -16,51 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
+from diskfull import debris, fill, free_bytes, tmpfs
 from server import QuiverServer
 
 PAGE = 4096
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill(path: Path, leave: int) -> Path:
-    """A filler file taking all but `leave` bytes of the filesystem holding `path`."""
-    filler = path / "filler.bin"
-    size = max(0, free_bytes(path) - leave)
-    with open(filler, "wb") as f:
-        chunk = b"\xaa" * (1 << 20)
-        while size > 0:
-            f.write(chunk[: min(size, len(chunk))])
-            size -= min(size, len(chunk))
-    return filler
 
 
 def vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -114,17 +79,6 @@ def deleted_fds(pid: int, under: Path) -> list[str]:
             if path.startswith(str(under)) and path.endswith("(deleted)"):
                 out.append("mapped " + path)
     return out
-
-
-def debris(*roots: Path) -> list[str]:
-    found = []
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                if name.startswith((".tmp-", ".trash-", ".swap-")) or name.endswith(
-                        (".part", ".upload")):
-                    found.append(os.path.join(dirpath, name))
-    return found
 
 
 def test_storage_full_refuses_writes_keeps_reads_and_recovers(tmp_path: Path) -> None:

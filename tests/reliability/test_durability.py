@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from server import QuiverServer
 
+from api.parse.writes import apply_body
 from engine.catalog import Catalog
 from engine.wal import Wal
 
@@ -114,9 +115,9 @@ def test_uncommitted_flush_debris_is_ignored(tmp_path: Path) -> None:
     the WAL still replays them, so nothing is lost or duplicated."""
     cat = _make(tmp_path)
     c = cat.create("c", {"vectors": {"size": 2, "distance": "Dot"}})
-    c.upsert({"points": [{"id": i, "vector": [i, 1]} for i in range(10)]})
+    apply_body(c, "upsert", {"points": [{"id": i, "vector": [i, 1]} for i in range(10)]})
     c.flush()
-    c.upsert({"points": [{"id": i, "vector": [i, 2]} for i in range(10, 15)]})
+    apply_body(c, "upsert", {"points": [{"id": i, "vector": [i, 2]} for i in range(10, 15)]})
     seg_dir = tmp_path / "collections" / "c" / "segments" / "0"
     with open(seg_dir / "vec-.bin", "ab") as f:  # a crashed flush's partial append
         f.write(b"\x00" * 24)
@@ -135,13 +136,13 @@ def test_uncommitted_flush_debris_is_ignored(tmp_path: Path) -> None:
 def test_restart_restores_deletes_payload_updates_and_indexes(tmp_path: Path) -> None:
     cat = _make(tmp_path)
     c = cat.create("c", {"vectors": {"size": 2, "distance": "Cosine"}})
-    c.upsert({"points": [{"id": i, "vector": [1, i], "payload": {"g": i % 3}}
+    apply_body(c, "upsert", {"points": [{"id": i, "vector": [1, i], "payload": {"g": i % 3}}
                          for i in range(30)]})
     c.flush()
-    c.delete_points({"points": [0, 1]})
-    c.payload_write("set_payload", {"payload": {"x": "y"}, "points": [5]})
+    apply_body(c, "delete", {"points": [0, 1]})
+    apply_body(c, "set_payload", {"payload": {"x": "y"}, "points": [5]})
     c.create_index("g", "integer")
-    c.upsert({"points": [{"id": 5, "vector": [2, 2], "payload": {"new": True}}]})
+    apply_body(c, "upsert", {"points": [{"id": 5, "vector": [2, 2], "payload": {"new": True}}]})
     cat.update_aliases([{"create_alias": {"collection_name": "c", "alias_name": "al"}}])
     cat.close()
     cat2 = _make(tmp_path)
@@ -150,7 +151,7 @@ def test_restart_restores_deletes_payload_updates_and_indexes(tmp_path: Path) ->
     assert c2.points_count() == 28
     assert query.retrieve(c2, [0, 1], True, False) == []
     assert query.retrieve(c2, [5], True, False)[0]["payload"] == {"new": True}
-    assert c2.index_type("g") == "integer"
+    assert c2.payload_schema["g"]["type"] == "integer"
     # ids with g == 2 are 2, 5, 8, ..., 29; point 5 was replaced by a payload without `g`
     assert query.count(c2, {"must": [{"key": "g", "match": {"value": 2}}]}) == 9
     cat2.close()
@@ -162,11 +163,11 @@ def test_vacuum_compacts_repeated_upserts_and_survives_restart(tmp_path: Path) -
     c = cat.create("c", {"vectors": {"size": 2, "distance": "Dot"},
                          "optimizers_config": {"vacuum_min_vector_number": 100}})
     for rnd in range(5):  # the same 100 ids rewritten: 80% of rows become garbage
-        c.upsert({"points": [{"id": i, "vector": [i, rnd], "payload": {"r": rnd}}
+        apply_body(c, "upsert", {"points": [{"id": i, "vector": [i, rnd], "payload": {"r": rnd}}
                              for i in range(100)]})
     seg_before = c.appendable
     assert seg_before.n == 500
-    view = query.take_view(c)  # a reader holding the old segment keeps working
+    view = c.view()  # a reader holding the old segment keeps working
     assert c.vacuum() == 1
     assert c.appendable.n == 100 and c.appendable is not seg_before
     hits = query.search_batch(c, [query.SearchSpec(np.array([0, 1], np.float32), "", None, 3,
@@ -186,7 +187,7 @@ def test_vacuum_compacts_repeated_upserts_and_survives_restart(tmp_path: Path) -
 
 def test_a_broken_collection_does_not_stop_the_others(tmp_path: Path) -> None:
     cat = _make(tmp_path)
-    cat.create("good", {"vectors": {"size": 2, "distance": "Dot"}}).upsert(
+    apply_body(cat.create("good", {"vectors": {"size": 2, "distance": "Dot"}}), "upsert",
         {"points": [{"id": 1, "vector": [1, 2]}]})
     cat.create("bad", {"vectors": {"size": 2, "distance": "Dot"}})
     cat.update_aliases([{"create_alias": {"collection_name": "bad", "alias_name": "b"}}])
@@ -208,7 +209,7 @@ def test_a_broken_collection_does_not_stop_the_others(tmp_path: Path) -> None:
 def test_interrupted_swap_restores_the_old_collection(tmp_path: Path) -> None:
     """A crash between parking the old collection and moving the new one in."""
     cat = _make(tmp_path)
-    cat.create("c", {"vectors": {"size": 2, "distance": "Dot"}}).upsert(
+    apply_body(cat.create("c", {"vectors": {"size": 2, "distance": "Dot"}}), "upsert",
         {"points": [{"id": 1, "vector": [1, 2]}]})
     cat.close()
     coll_dir = tmp_path / "collections" / "c"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
 
@@ -24,7 +25,7 @@ def test_filtered_reads_racing_writes(tmp_path: Path, indexed: bool) -> None:
     cat = Catalog(str(tmp_path / "storage"))
     cat.load()
     c = cat.create("c", {"vectors": {"size": 2, "distance": "Dot"}})
-    c.upsert({"points": [{"id": i, "vector": [i, 1], "payload": {"g": i % 10}}
+    apply_body(c, "upsert", {"points": [{"id": i, "vector": [i, 1], "payload": {"g": i % 10}}
                          for i in range(20000)]})
     if indexed:
         c.create_index("g", "integer")
@@ -34,7 +35,7 @@ def test_filtered_reads_racing_writes(tmp_path: Path, indexed: bool) -> None:
     def writer() -> None:
         i = 20000
         while not stop.is_set():
-            c.upsert({"points": [{"id": j, "vector": [j, 1], "payload": {"g": j % 10}}
+            apply_body(c, "upsert", {"points": [{"id": j, "vector": [j, 1], "payload": {"g": j % 10}}
                                  for j in range(i, i + 10)]})
             i += 10
 

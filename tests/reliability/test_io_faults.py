@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from faultfs import FaultFS, PowerCut
 
+from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
 from engine.errors import EngineError, StorageError, StorageFull
@@ -52,7 +53,7 @@ def _vectors(cat: Catalog, ids: list[int]) -> dict[int, list[float]]:
 @pytest.fixture
 def cat(tmp_path: Path):
     c = _open(tmp_path / "storage")
-    c.create("c", SPEC).upsert(_pts(list(range(10))))
+    apply_body(c.create("c", SPEC), "upsert", _pts(list(range(10))))
     yield c
     c.close()
 
@@ -67,10 +68,10 @@ def test_failed_wal_append_is_not_acknowledged(cat: Catalog, tmp_path: Path,
     fs.fail(op, path_contains="/wal/", errno_=err, times=1)
     c = cat.get("c")
     with pytest.raises(kind):
-        c.upsert(_pts([100]))
+        apply_body(c, "upsert", _pts([100]))
     assert query.retrieve(c, [100], False, False) == []
     assert c.points_count() == 10
-    c.upsert(_pts([101]))  # the fault was transient: the log keeps working
+    apply_body(c, "upsert", _pts([101]))  # the fault was transient: the log keeps working
     assert [r[1] for r in fs.trace if r[1] in ("write", "fsync")].count(op) >= 2
     _crash(cat)
     monkeypatch.undo()
@@ -92,10 +93,10 @@ def test_failed_truncate_fences_the_wal(cat: Catalog, tmp_path: Path,
     fs.fail("truncate", path_contains="/wal/", times=1)
     c = cat.get("c")
     with pytest.raises(StorageError):
-        c.upsert(_pts([100]))
+        apply_body(c, "upsert", _pts([100]))
     assert query.retrieve(c, [100], False, False) == []
     with pytest.raises(StorageError):  # fenced, even though the disk "recovered"
-        c.upsert(_pts([101]))
+        apply_body(c, "upsert", _pts([101]))
     assert query.retrieve(c, [101], False, False) == []
     assert c.points_count() == 10  # reads go on
     _crash(cat)
@@ -105,7 +106,7 @@ def test_failed_truncate_fences_the_wal(cat: Catalog, tmp_path: Path,
     assert set(range(10)) <= set(got) and 101 not in got  # 100: undetermined, as documented
     seqs = [seq for seq, _ in cat2.get("c").wal.replay(0)]
     assert len(seqs) == len(set(seqs))
-    cat2.get("c").upsert(_pts([102]))  # reopened: writable again
+    apply_body(cat2.get("c"), "upsert", _pts([102]))  # reopened: writable again
     cat2.close()
 
 
@@ -125,7 +126,7 @@ def test_wal_rotation_failure_keeps_appends_durable(cat: Catalog, tmp_path: Path
     fs.clear_faults()
     squatters = [open(tmp_path / f"other{i}", "wb") for i in range(4)]  # noqa: SIM115
     try:
-        c.upsert(_pts([200, 201]))
+        apply_body(c, "upsert", _pts([200, 201]))
         for f in squatters:
             f.flush()
             assert os.path.getsize(f.name) == 0, "a WAL record went into another file"
@@ -146,10 +147,10 @@ def _unflushed(root: Path) -> tuple[Catalog, Any]:
     """A collection with flushed rows, then new rows and deletes waiting for the next flush."""
     cat = _open(root)
     c = cat.create("c", SPEC)
-    c.upsert(_pts(list(range(10))))
+    apply_body(c, "upsert", _pts(list(range(10))))
     c.flush()
-    c.upsert(_pts(list(range(10, 20))))
-    c.delete_points({"points": [1, 2]})
+    apply_body(c, "upsert", _pts(list(range(10, 20))))
+    apply_body(c, "delete", {"points": [1, 2]})
     return cat, c
 
 
@@ -182,7 +183,7 @@ def test_flush_failing_at_any_operation_loses_nothing(tmp_path: Path,
                 pass
             # still serving and writable
             assert sorted(_vectors(cat, list(range(30)))) == expected[:18]
-            c.upsert(_pts(list(range(20, 30))))
+            apply_body(c, "upsert", _pts(list(range(20, 30))))
             cut = fs.image(tmp_path / f"cut{n}", "strict")
         _crash(cat)
         for where in (root, Path(cut)):  # after kill -9, and after a power cut
@@ -236,7 +237,7 @@ def test_collection_creation_failing_at_any_operation(tmp_path: Path,
             assert cat.exists("c")
         elif not cat.exists("c"):
             cat.create("c", SPEC)  # the name is free
-        cat.get("c").upsert(_pts([1]))
+        apply_body(cat.get("c"), "upsert", _pts([1]))
         cat.close()
         assert not [e for e in os.listdir(root) if e.startswith((".tmp-", ".trash-"))]
 
@@ -246,7 +247,7 @@ def test_a_failed_create_can_be_retried_at_once(tmp_path: Path,
     for n in range(1, _create_ops(tmp_path, monkeypatch) + 1):
         cat, created = _failed_create(tmp_path / f"run{n}", monkeypatch, n)
         if not created:
-            cat.create("c", SPEC).upsert(_pts([1]))
+            apply_body(cat.create("c", SPEC), "upsert", _pts([1]))
         assert cat.get("c").points_count() == (1 if not created else 0)
         cat.close()
 

@@ -30,6 +30,7 @@ import pytest
 from faultfs import FaultFS, PowerCut
 from slow import require_slow
 
+from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
 
@@ -51,7 +52,7 @@ def _upsert(coll: str, ids: list[int], tag: float, payload: dict[str, Any] | Non
     pts = _points(ids, tag, payload)
 
     def act(cat: Catalog) -> None:
-        cat.get(coll).upsert({"points": copy.deepcopy(pts)})
+        apply_body(cat.get(coll), "upsert", {"points": copy.deepcopy(pts)})
 
     def upd(m: Model) -> None:
         for p in pts:
@@ -61,7 +62,7 @@ def _upsert(coll: str, ids: list[int], tag: float, payload: dict[str, Any] | Non
 
 def _delete(coll: str, ids: list[int]) -> Step:
     def act(cat: Catalog) -> None:
-        cat.get(coll).delete_points({"points": ids})
+        apply_body(cat.get(coll), "delete", {"points": ids})
 
     def upd(m: Model) -> None:
         for i in ids:
@@ -71,7 +72,7 @@ def _delete(coll: str, ids: list[int]) -> Step:
 
 def _set_payload(coll: str, ids: list[int], payload: dict[str, Any]) -> Step:
     def act(cat: Catalog) -> None:
-        cat.get(coll).payload_write("set_payload", {"points": ids, "payload": payload})
+        apply_body(cat.get(coll), "set_payload", {"points": ids, "payload": payload})
 
     def upd(m: Model) -> None:
         for i in ids:
@@ -134,7 +135,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("baseline") / "storage"
     cat = Catalog(str(root))
     cat.load()
-    cat.create("c", SPEC).upsert({"points": [
+    apply_body(cat.create("c", SPEC), "upsert", {"points": [
         {"id": i, "vector": [float(i), 0.0, 1.0], "payload": {"i": i}} for i in range(5)]})
     cat.close()
     return root
@@ -211,7 +212,7 @@ def _reopen_and_check(image: Path, step: int, context: str,
             assert not cat.broken, f"{context}: collections failed to load: {cat.broken}"
             _expect_one_of(_actual(cat), step, context)
             # the recovered store keeps working: write, flush, reopen
-            cat.get("c").upsert({"points": _points([59], 9.0)})
+            apply_body(cat.get("c"), "upsert", {"points": _points([59], 9.0)})
             cat.get("c").flush()
         finally:
             cat.close()
@@ -341,7 +342,7 @@ def test_fresh_storage_collection_survives_a_power_cut(tmp_path: Path,
         fs.install(mp)
         cat = Catalog(str(root))
         cat.load()
-        cat.create("c", SPEC).upsert({"points": _points([1, 2, 3], 1.0)})
+        apply_body(cat.create("c", SPEC), "upsert", {"points": _points([1, 2, 3], 1.0)})
         cat.get("c").flush()
         _abandon(cat)
     cat = Catalog(fs.image(tmp_path / "img"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from api.parse.writes import apply_body
 from engine.catalog import Catalog
 from engine.query import SearchSpec, retrieve, search_batch
 from snapshots.archive import SnapshotFormatError
@@ -36,7 +37,7 @@ def _fill(cat: Catalog, name: str, n: int = 3000, distance: str = "Euclid") -> N
                              "optimizers_config": {"vacuum_min_vector_number": 100}})
     rng = np.random.default_rng(7)
     for s in range(0, n, 500):
-        coll.upsert({"batch": {"ids": list(range(s, s + 500)),
+        apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + 500)),
                                "vectors": rng.standard_normal((500, DIM)).astype(np.float32),
                                "payloads": [{"i": i, "tag": f"t{i % 3}"}
                                             for i in range(s, s + 500)]}})
@@ -98,9 +99,9 @@ def test_linked_collection_lives_on(tmp_path: Path, sealed_often: None) -> None:
     _, path, _ = _snapshot(cat, tmp_path, "src")
     Recovery(cat, str(tmp_path / "snaps")).recover_file("c", path, None)
     coll = cat.get("c")
-    coll.payload_write("set_payload", {"payload": {"edited": True}, "points": [1, 2]})
-    coll.delete_points({"points": [3]})
-    coll.upsert({"points": [{"id": 99_999, "vector": [0.5] * DIM, "payload": {"new": 1}}]})
+    apply_body(coll, "set_payload", {"payload": {"edited": True}, "points": [1, 2]})
+    apply_body(coll, "delete", {"points": [3]})
+    apply_body(coll, "upsert", {"points": [{"id": 99_999, "vector": [0.5] * DIM, "payload": {"new": 1}}]})
     coll.flush()
     cat.close()
     cat = _catalog(tmp_path)
@@ -113,7 +114,7 @@ def test_linked_collection_lives_on(tmp_path: Path, sealed_often: None) -> None:
     # replace every point: the archive's segments are all deleted rows, vacuumed away
     rng = np.random.default_rng(11)
     for s in range(0, 3000, 500):
-        coll.upsert({"batch": {"ids": list(range(s, s + 500)),
+        apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + 500)),
                                "vectors": rng.standard_normal((500, DIM)).astype(np.float32)}})
     coll.vacuum()
     coll.flush()

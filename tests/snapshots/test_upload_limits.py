@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from diskfull import debris, fill, tmpfs
 from server import QuiverServer
-from test_disk_full import debris, fill, tmpfs
 
 CAP_MB = 0.25  # 256 KiB
 CAP = int(CAP_MB * (1 << 20))

@@ -1,0 +1,106 @@
+"""What every route parses: its collection, boolean flags, limits, selectors, search params.
+
+Imports nothing from api.http, so the HTTP plumbing may use these helpers too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from engine.errors import BadRequest
+
+if TYPE_CHECKING:
+    from engine.collection import Collection
+
+
+def collection(request: Request) -> Collection:
+    """The collection named in the path (an alias resolves; a missing one is a 404)."""
+    return request.app.state.catalog.get(request.path_params["collection_name"])
+
+
+def path_point_id(raw: str) -> int | str:
+    """A point id from the URL path: an integer when it is one, else the string (a UUID, or
+    an invalid id that parse_id reports). ASCII digits only: str.isdigit() also accepts "¹"
+    or "１", which int() rejects or reads."""
+    return int(raw) if raw.isascii() and raw.isdigit() else raw
+
+
+# ---- booleans ---------------------------------------------------------------------------------
+
+
+def query_flag(request: Request, name: str, default: bool = False,
+               strict: bool = False) -> bool:
+    """A boolean query parameter. Lenient by default (anything but true/1/yes is false, as
+    the write endpoints' `wait`); `strict` accepts only true/false, as Qdrant's snapshot
+    endpoints do."""
+    v = request.query_params.get(name)
+    if v is None:
+        return default
+    if strict:
+        if v not in ("true", "false"):
+            raise BadRequest(
+                f"Deserialize error in query parameters: invalid value {v!r} for {name}")
+        return v == "true"
+    return v.lower() in ("true", "1", "yes")
+
+
+def body_bool(value: Any, name: str) -> bool | None:
+    """A boolean field of a request body; None when absent or null."""
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"`{name}` must be a boolean")
+    return value
+
+
+# ---- numbers ----------------------------------------------------------------------------------
+
+
+def limit(v: Any, default: int = 10) -> int:
+    if v is None:
+        return default
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise BadRequest(f"limit value {v} is invalid. Must be 1 or larger.")
+    return v
+
+
+def offset(v: Any) -> int:
+    if v is None:
+        return 0
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise BadRequest(f"offset value {v} is invalid. Must be 0 or larger.")
+    return v
+
+
+def score_threshold(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise BadRequest("`score_threshold` must be a number")
+    return float(v)
+
+
+def search_params(params: Any) -> tuple[int | None, bool]:
+    """Qdrant's SearchParams → (hnsw_ef or None, exact): `hnsw_ef` and `exact` steer the
+    index; the rest (quantization, indexed_only, acorn) is accepted and changes nothing here."""
+    if params is None:
+        return None, False
+    if not isinstance(params, dict):
+        raise BadRequest("`params` must be an object")
+    ef = params.get("hnsw_ef")
+    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 0):
+        raise BadRequest("`params.hnsw_ef` must be a non-negative integer")
+    exact = body_bool(params.get("exact"), "params.exact")
+    return (ef or None), bool(exact)
+
+
+# ---- selectors --------------------------------------------------------------------------------
+
+
+def selectors(body: dict[str, Any], payload_default: bool) -> tuple[Any, Any]:
+    """(with_payload, with_vector) of a read request. `with_vectors` is an alias of
+    `with_vector` (which wins when both are given); null counts as absent. The payload is
+    returned by default by retrieve and scroll, not by search and query; vectors never are."""
+    wp = body.get("with_payload")
+    wv = body.get("with_vector", body.get("with_vectors"))
+    return (payload_default if wp is None else wp), (False if wv is None else wv)

@@ -1,0 +1,111 @@
+"""Dense vectors given as JSON lists → float32 arrays, checked the way Qdrant reports them.
+
+Write vectors are converted once per batch and per vector name (`np.asarray` over the list
+of lists); the only per-point Python work is picking the right list out of each point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.config import CollectionConfig
+from engine.errors import BadInput, BadRequest
+from engine.operations import VectorRows
+
+
+def numeric_array(raw: Any) -> np.ndarray | None:
+    """`raw` (lists of JSON numbers) as float32, or None when it is not one: ragged, or
+    holding strings or booleans (`np.asarray(..., dtype=float32)` alone would read "1" as 1.0
+    and true as 1.0, which Qdrant refuses). Costs no more than the direct conversion."""
+    try:
+        arr = np.asarray(raw)
+        if arr.dtype.kind == "O":  # integers beyond 64 bits (or ragged: that fails here)
+            return np.asarray(raw, dtype=np.float32)
+        if arr.dtype.kind not in "iuf":
+            return None
+        return arr.astype(np.float32, copy=False)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def query_vector(raw: Any) -> np.ndarray:
+    """A dense query vector (not yet checked against the collection: the engine does that)."""
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("query vector must be a non-empty list of numbers")
+    arr = numeric_array(raw)
+    if arr is None:
+        if all(isinstance(v, list) for v in raw):
+            raise BadRequest("multi-vector queries are not supported by Quiver")
+        raise BadInput("Query vector must not contain NaN (null) or non-numeric values")
+    if arr.ndim != 1:
+        raise BadRequest("multi-vector queries are not supported by Quiver")
+    return arr
+
+
+def to_matrix(rows: Any, dim: int, name: str) -> np.ndarray:
+    """Rows of one named vector → (r, dim) float32, finite."""
+    arr = numeric_array(rows)
+    if arr is None or arr.ndim != 2 or arr.shape[1] != dim:
+        for r in rows:  # error path only: find the offending vector to report it
+            if not isinstance(r, list):
+                raise BadRequest(f"vector for '{name}' must be a list of numbers")
+            if len(r) != dim:
+                if len(r) == 0:
+                    raise BadInput(f"Dense vector must not be empty for vector '{name}'")
+                raise BadInput(f"Vector dimension error: expected dim: {dim}, got {len(r)}")
+            if any(v is None for v in r):
+                raise BadInput("Vector contains NaN or infinite values (null)")
+        raise BadRequest(f"vectors for '{name}' must be lists of numbers")
+    if not np.isfinite(arr).all():
+        raise BadInput("Vector contains NaN or infinite values")
+    return arr
+
+
+def prepared(cfg: CollectionConfig, name: str, positions: np.ndarray, arr: np.ndarray
+             ) -> VectorRows:
+    """Rows as stored: prepared for the vector's distance (Cosine: unit length)."""
+    spec = cfg.vectors[name]
+    return VectorRows(positions, spec.distance.prepare(arr).astype(np.float32, copy=False))
+
+
+def split_vectors(cfg: CollectionConfig, per_point: list[Any]) -> dict[str, VectorRows]:
+    """[vector field of each point] → {name: rows}, positions indexing `per_point`.
+
+    A point's vector is a bare list (the default vector) or a dict name → list; a missing
+    name means the point has no such vector.
+    """
+    buckets: dict[str, tuple[list[int], list[Any]]] = {}
+    for i, v in enumerate(per_point):
+        if v is None:
+            continue
+        if isinstance(v, list):
+            if "" not in cfg.vectors:
+                names = sorted(cfg.vectors)
+                raise BadInput(
+                    "Unnamed vectors are not allowed when a collection has named vectors: "
+                    f"{names}")
+            b = buckets.setdefault("", ([], []))
+            b[0].append(i)
+            b[1].append(v)
+        elif isinstance(v, dict):
+            if "indices" in v and "values" in v:
+                raise BadInput("Sparse vectors are not supported by Quiver")
+            for name, vec in v.items():
+                if name not in cfg.vectors:
+                    if name in cfg.sparse_vectors:
+                        raise BadInput(f"Sparse vector '{name}' is not supported by Quiver")
+                    raise BadInput(f"Not existing vector name error: {name}")
+                if isinstance(vec, dict):
+                    raise BadInput(f"Sparse vector '{name}' is not supported by Quiver")
+                b = buckets.setdefault(name, ([], []))
+                b[0].append(i)
+                b[1].append(vec)
+        else:
+            raise BadRequest("point vector must be a list or an object of named vectors")
+    out = {}
+    for name, (pos, rows) in buckets.items():
+        arr = to_matrix(rows, cfg.vectors[name].size, name)
+        out[name] = prepared(cfg, name, np.asarray(pos, dtype=np.int64), arr)
+    return out

@@ -1,0 +1,175 @@
+"""Typed write operations, and their one WAL encoding.
+
+The API parses a request body into one of these; `Collection.write(op)` resolves a filter
+selection to explicit ids under the write lock, logs the op and applies it. Replay decodes
+the same records, so a live write and its replay run the very same code.
+
+The WAL record layout is the one earlier versions wrote (a dict with "op", "ids" and, for
+vectors, arrays under "v:<name>" with row positions under "p:<name>"), so existing WALs replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.filters import Predicate
+from engine.ids import PointId
+
+
+@dataclass(frozen=True)
+class VectorRows:
+    """One named vector for some of an operation's points: `positions` index the op's `ids`."""
+
+    positions: np.ndarray  # (r,) int64
+    values: np.ndarray  # (r, dim) float32, already prepared (Cosine: unit length)
+
+
+@dataclass
+class Operation:
+    """Base: the points it touches. `filter`, when set, selects them instead of `ids`; the
+    collection resolves it to ids before logging, which keeps replay deterministic."""
+
+    ids: list[PointId]
+    filter: Predicate | None = field(default=None, kw_only=True)
+
+    kind: ClassVar[str] = ""
+    # explicit ids naming a missing point are a 404 (Qdrant), except for deletes and upserts
+    requires_existing: ClassVar[bool] = True
+
+
+@dataclass
+class Upsert(Operation):
+    vectors: dict[str, VectorRows] = field(default_factory=dict)
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+
+    kind: ClassVar[str] = "upsert"
+    requires_existing: ClassVar[bool] = False
+
+
+@dataclass
+class DeletePoints(Operation):
+    kind: ClassVar[str] = "delete"
+    requires_existing: ClassVar[bool] = False
+
+
+@dataclass
+class SetPayload(Operation):
+    payload: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+
+    kind: ClassVar[str] = "set_payload"
+
+
+@dataclass
+class OverwritePayload(Operation):
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "overwrite_payload"
+
+
+@dataclass
+class DeletePayload(Operation):
+    keys: list[str] = field(default_factory=list)
+
+    kind: ClassVar[str] = "delete_payload"
+
+
+@dataclass
+class ClearPayload(Operation):
+    kind: ClassVar[str] = "clear_payload"
+
+
+@dataclass
+class UpdateVectors(Operation):
+    vectors: dict[str, VectorRows] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "update_vectors"
+
+
+@dataclass
+class DeleteVectors(Operation):
+    names: list[str] = field(default_factory=list)
+
+    kind: ClassVar[str] = "delete_vectors"
+
+
+PAYLOAD_OPS: tuple[type[Operation], ...] = (SetPayload, OverwritePayload, DeletePayload,
+                                             ClearPayload)
+ALL_OPS: tuple[type[Operation], ...] = (Upsert, DeletePoints, *PAYLOAD_OPS, UpdateVectors,
+                                        DeleteVectors)
+BY_KIND: dict[str, type[Operation]] = {cls.kind: cls for cls in ALL_OPS}
+
+
+# ---- WAL encoding -----------------------------------------------------------------------------
+
+
+def _encode_vectors(vectors: dict[str, VectorRows], n: int, with_positions: bool
+                    ) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, rows in vectors.items():
+        arrays["v:" + name] = rows.values
+        # an upsert whose vector covers every point in order needs no positions
+        if with_positions or len(rows.positions) != n or not np.array_equal(
+                rows.positions, np.arange(n)):
+            arrays["p:" + name] = rows.positions
+    return arrays
+
+
+def _decode_vectors(arrays: dict[str, np.ndarray], n: int) -> dict[str, VectorRows]:
+    out = {}
+    for key, values in arrays.items():
+        if key.startswith("v:"):
+            name = key[2:]
+            pos = arrays.get("p:" + name)
+            out[name] = VectorRows(np.arange(n, dtype=np.int64) if pos is None else pos, values)
+    return out
+
+
+def to_record(op: Operation) -> dict[str, Any]:
+    """op → the WAL's record dict (arrays under "arrays"). The op's ids must be resolved."""
+    if op.filter is not None:
+        raise ValueError("a filter selection must be resolved to ids before logging")
+    rec: dict[str, Any] = {"op": op.kind, "ids": op.ids}
+    if isinstance(op, Upsert):
+        rec["payloads"] = op.payloads
+        rec["arrays"] = _encode_vectors(op.vectors, len(op.ids), with_positions=False)
+    elif isinstance(op, UpdateVectors):
+        rec["arrays"] = _encode_vectors(op.vectors, len(op.ids), with_positions=True)
+    elif isinstance(op, SetPayload):
+        rec["payload"] = op.payload
+        if op.key is not None:
+            rec["key"] = op.key
+    elif isinstance(op, OverwritePayload):
+        rec["payload"] = op.payload
+    elif isinstance(op, DeletePayload):
+        rec["keys"] = op.keys
+    elif isinstance(op, DeleteVectors):
+        rec["names"] = op.names
+    return rec
+
+
+def from_record(rec: dict[str, Any]) -> Operation:
+    """The WAL's record dict → op (unknown kinds raise ValueError: a newer WAL)."""
+    kind = rec.get("op")
+    ids = list(rec.get("ids") or [])
+    if kind == "upsert":
+        return Upsert(ids, _decode_vectors(rec.get("arrays") or {}, len(ids)),
+                      list(rec.get("payloads") or []))
+    if kind == "delete":
+        return DeletePoints(ids)
+    if kind == "set_payload":
+        return SetPayload(ids, rec["payload"], rec.get("key"))
+    if kind == "overwrite_payload":
+        return OverwritePayload(ids, rec["payload"])
+    if kind == "delete_payload":
+        return DeletePayload(ids, list(rec["keys"]))
+    if kind == "clear_payload":
+        return ClearPayload(ids)
+    if kind == "update_vectors":
+        return UpdateVectors(ids, _decode_vectors(rec.get("arrays") or {}, len(ids)))
+    if kind == "delete_vectors":
+        return DeleteVectors(ids, list(rec["names"]))
+    raise ValueError(f"unknown WAL op {kind}")

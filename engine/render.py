@@ -1,0 +1,84 @@
+"""How points are rendered into Qdrant's records (id, version, score, payload, vector)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine import payload as payload_ops
+from engine.errors import BadRequest
+from engine.id_tracker import ROW_BITS, ROW_MASK
+from engine.segment import Segment
+from engine.view import View
+
+
+def _with_vector_names(view: View, selector: Any) -> list[str] | None:
+    if selector is None or selector is False:
+        return None
+    vectors = view.config.vectors
+    if selector is True:
+        return list(vectors)
+    if isinstance(selector, list) and all(isinstance(n, str) for n in selector):
+        return [n for n in selector if n in vectors]
+    raise BadRequest(f"invalid with_vector selector: {selector!r}")
+
+
+def render(view: View, seg: Segment, rows: list[int], with_payload: Any,
+           with_vector: Any, scores: list[float] | None = None) -> list[dict[str, Any]]:
+    names = _with_vector_names(view, with_vector)
+    out: list[dict[str, Any]] = []
+    vecs: dict[str, list[Any]] = {}
+    if names:
+        r = np.asarray(rows, dtype=np.int64)
+        for name in names:
+            present = seg.present[name][r] if len(r) else np.zeros(0, bool)
+            values = seg.vectors_of(name, r).tolist()
+            vecs[name] = [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
+    bare = (with_vector is True and not view.config.named)
+    versions = seg.versions[np.asarray(rows, dtype=np.int64)].tolist() if rows else []
+    if names is None and (with_payload is None or with_payload is False):
+        ids = seg.ids
+        if scores is None:
+            return [{"id": ids[r]} for r in rows]
+        return [{"id": ids[r], "version": ver, "score": sc}
+                for r, ver, sc in zip(rows, versions, scores, strict=True)]
+    for i, row in enumerate(rows):
+        rec: dict[str, Any] = {"id": seg.ids[row]}
+        if scores is not None:
+            rec["version"] = versions[i]
+            rec["score"] = scores[i]
+        pl = payload_ops.select(seg.payloads[row], with_payload)
+        if pl is not None:
+            rec["payload"] = pl
+        if names is not None:
+            if bare:
+                v = vecs[""][i]
+                rec["vector"] = v if v is not None else {}
+            else:
+                rec["vector"] = {n: vecs[n][i] for n in names if vecs[n][i] is not None}
+        out.append(rec)
+    return out
+
+
+def render_handles(view: View, handles: list[int], with_payload: Any, with_vector: Any,
+                   scores: list[float] | None = None) -> list[dict[str, Any]]:
+    """Render points given by handles (into the view's segments), keeping their order."""
+    if not handles:
+        return []
+    segs = view.by_id
+    first = handles[0] >> ROW_BITS
+    if all(h >> ROW_BITS == first for h in handles):  # the common case: one segment
+        return render(view, segs[first], [h & ROW_MASK for h in handles], with_payload,
+                      with_vector, scores)
+    out: list[dict[str, Any] | None] = [None] * len(handles)
+    by_seg: dict[int, list[int]] = {}
+    for i, h in enumerate(handles):
+        by_seg.setdefault(h >> ROW_BITS, []).append(i)
+    for sid, positions in by_seg.items():
+        rows = [handles[p] & ROW_MASK for p in positions]
+        sc = [scores[p] for p in positions] if scores is not None else None
+        for p, rec in zip(positions, render(view, segs[sid], rows, with_payload, with_vector, sc),
+                          strict=True):
+            out[p] = rec
+    return [r for r in out if r is not None]

@@ -1,0 +1,133 @@
+"""Filters over segments: the FilterTable a Predicate evaluates on, and per-segment masks.
+
+A filter becomes one boolean mask per segment (numpy over payload columns); masks of a
+repeated filter are cached per segment state (see `segment_mask_count`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine import payload as payload_ops
+from engine.columns import Column, ColumnData
+from engine.filters import Predicate
+from engine.ids import PointId, ids_to_records
+from engine.segment import Segment
+from engine.view import View
+
+
+class SegmentTable:
+    """A segment's first `n` rows as a FilterTable."""
+
+    def __init__(self, view: View, seg: Segment, n: int) -> None:
+        self.view, self.seg, self.n = view, seg, n
+
+    def column(self, path: str) -> ColumnData:
+        return self.seg.column(path)
+
+    def nested(self, path: str) -> tuple[Any, np.ndarray]:
+        elems, parents = self.seg.nested_elements(path, self.n)
+        return ElementTable(elems), parents
+
+    def id_rows(self, ids: list[PointId]) -> np.ndarray:
+        sid = self.seg.seg_id
+        if self.view.live.get(sid) is not self.seg:
+            # the segment was swapped by a vacuum after this view was taken: match by value
+            want = ids_to_records(ids)
+            rows = np.flatnonzero(np.isin(self.seg.id_recs[: self.n], want))
+            return rows[~self.seg.deleted[rows]]
+        return self.view.ids.rows_in(sid, ids, self.n)
+
+    def vector_mask(self, name: str) -> np.ndarray:
+        p = self.seg.present.get(name)
+        return p[: self.n].copy() if p is not None else np.zeros(self.n, dtype=bool)
+
+    def index_type(self, path: str) -> str | None:
+        return self.view.index_type(path)
+
+
+class ElementTable:
+    """Array elements under a `nested` key, one row per dict element (built per payload version)."""
+
+    payload_version = 0
+
+    def __init__(self, elems: list[dict[str, Any]]) -> None:
+        self.elems = elems
+        self.n = len(elems)
+        self._cols: dict[str, Column] = {}
+
+    def payload_rows(self) -> int:
+        return self.n
+
+    def payload_at(self, row: int) -> dict[str, Any]:
+        return self.elems[row]
+
+    def payload_changes_since(self, version: int) -> np.ndarray | None:
+        return np.empty(0, np.int64)
+
+    def column(self, path: str) -> ColumnData:
+        col = self._cols.get(path)
+        if col is None:
+            col = self._cols[path] = Column(path)
+        return col.sync(self)
+
+    def nested(self, path: str) -> tuple[Any, np.ndarray]:
+        elems: list[dict[str, Any]] = []
+        parents: list[int] = []
+        for row, e in enumerate(self.elems):
+            for v in payload_ops.raw_values_at(e, path):
+                if isinstance(v, list):
+                    for x in v:
+                        if isinstance(x, dict):
+                            elems.append(x)
+                            parents.append(row)
+        return ElementTable(elems), np.array(parents, dtype=np.int64)
+
+    def id_rows(self, ids: list[PointId]) -> np.ndarray:
+        return np.empty(0, np.int64)  # has_id never matches inside `nested` (as in Qdrant)
+
+    def vector_mask(self, name: str) -> np.ndarray:
+        return np.zeros(self.n, dtype=bool)
+
+    def index_type(self, path: str) -> str | None:
+        return None
+
+
+def segment_mask(view: View, seg: Segment, n: int, pred: Predicate | None,
+                 vector: str | None = None) -> np.ndarray:
+    """Rows passing deletion, vector presence and the filter (read-only: may be cached)."""
+    return segment_mask_count(view, seg, n, pred, vector)[0]
+
+
+def segment_mask_count(view: View, seg: Segment, n: int, pred: Predicate | None,
+                       vector: str | None = None, cache_key: str = ""
+                       ) -> tuple[np.ndarray, int]:
+    """(read-only mask, allowed rows). With `cache_key` (the filter's canonical JSON) the
+    result is remembered per segment until rows, deletions, payloads or payload indexes
+    change: a filter repeated across queries (a tenant, a category) is evaluated once."""
+    mask, allowed = seg.live_mask(n, vector)
+    if pred is None or not allowed:
+        return mask, allowed
+    key = None
+    if cache_key:
+        schema = tuple(sorted((f, str(e.get("type"))) for f, e in view.payload_schema.items()))
+        key = (cache_key, vector, n, seg.mask_version, seg.payload_version, schema)
+        hit = seg.filter_cache.get(key)
+        if hit is not None:
+            return hit
+    mask = mask & pred(SegmentTable(view, seg, n))
+    mask.setflags(write=False)
+    result = (mask, int(np.count_nonzero(mask)))
+    if key is not None:
+        seg.remember_filter(key, result)
+    return result
+
+
+def filtered_ids(view: View, pred: Predicate | None) -> list[PointId]:
+    out: list[PointId] = []
+    for seg, n in view.segments:
+        rows = np.flatnonzero(segment_mask(view, seg, n, pred))
+        out.extend(seg.ids[r] for r in rows.tolist())
+    return out
