@@ -202,12 +202,16 @@ def test_sealed_segment_serves_vectors_from_its_index(tmp_path, monkeypatch) -> 
     """Memory: a sealed, fully indexed float32 segment holds its vectors once (the index's
     storage), with identical values and answers."""
     from engine.collection import Collection
+    from gpu.device import HOST
 
     monkeypatch.setattr("engine.collection.SEGMENT_MAX_BYTES", 64 * 1024)
+    # host memory sharing is what is tested: keep the segments off the device even on a GPU
+    monkeypatch.setattr("engine.collection.default_device", lambda: HOST)
     coll = Collection.create("m", str(tmp_path / "m"), CONFIG)
     x = clustered(3000, 8)
     for s in range(0, 3000, 500):
-        apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + 500)), "vectors": x[s : s + 500]}})
+        apply_body(coll, "upsert",
+                   {"batch": {"ids": list(range(s, s + 500)), "vectors": x[s : s + 500]}})
     before = {seg.seg_id: np.array(seg.vectors[""][: seg.n]) for seg in coll.segments}
     while coll.build_pending_index():
         pass
