@@ -1045,9 +1045,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["notes"].append("the machine was not idle at start: "
                                 f"{res['quiet']['last']['foreign_cores']} cores used by others")
     load = LoadLog()
-    from gpu import xp  # noqa: PLC0415
+    from gpu.device import default_device  # noqa: PLC0415
 
-    saved_backend = dict(xp._state)  # QuiverEngine forces the CPU backend: process-wide
+    device = default_device()
+    saved_backend = device.config  # QuiverEngine forces the CPU backend: process-wide
     try:
         for name in cfg.datasets:
             try:
@@ -1056,7 +1057,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res["datasets"][name] = {"missing": f"{type(exc).__name__}: {exc}"}
                 progress(f"{name}: FAILED: {traceback.format_exc()}")
     finally:
-        xp._state.update(saved_backend)  # a test may call main() inside a larger run
+        device.configure(saved_backend)  # a test may call main() inside a larger run
     res["total_s"] = time.monotonic() - t_start
     noisy = [k for k, s in load.sections.items() if s["foreign_cores"] >= NOISY_CORES]
     if noisy:

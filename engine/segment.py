@@ -123,7 +123,10 @@ class Segment:
 
     @property
     def on_device(self) -> bool:
-        return any(m.on_device for m in self.matrices.values())
+        for m in self.matrices.values():  # no generator: this runs on every search
+            if m.on_device:
+                return True
+        return False
 
     def touch(self) -> None:
         self.last_used = now()
