@@ -13,7 +13,6 @@ from typing import Any
 from engine import retrieve as _retrieve
 from engine import scroll as _scroll
 from engine import search as _search
-from engine.filters import parse_filter
 from engine.ids import PointId
 from engine.plan import CountRequest, QueryRequest, RetrieveRequest, ScrollRequest, SearchSpec
 from engine.retrieve import get_point, vector_of_point
@@ -55,17 +54,9 @@ def scroll(coll: Readable, req: ScrollRequest) -> tuple[list[dict[str, Any]], Po
     return _scroll.scroll(coll.view(), req)
 
 
-def count(coll: Readable, req: CountRequest | Any) -> int:
-    """Points passing `req.pred`. In-process callers may pass a raw filter (or None)."""
-    if not isinstance(req, CountRequest):
-        req = CountRequest(parse_filter(req))
+def count(coll: Readable, req: CountRequest) -> int:
     return _scroll.count(coll.view(), req)
 
 
-def retrieve(coll: Readable, req: RetrieveRequest | list[PointId], with_payload: Any = True,
-             with_vector: Any = False) -> list[dict[str, Any]]:
-    """The existing points among `req.ids`. In-process callers may pass valid ids and the
-    selectors instead of a request."""
-    if not isinstance(req, RetrieveRequest):
-        req = RetrieveRequest(list(req), with_payload, with_vector)
+def retrieve(coll: Readable, req: RetrieveRequest) -> list[dict[str, Any]]:
     return _retrieve.retrieve(coll, req)

@@ -15,6 +15,8 @@ from server import QuiverServer
 
 from api.parse.writes import apply_body
 from engine.catalog import Catalog
+from engine.filters import parse_filter
+from engine.plan import CountRequest, RetrieveRequest
 from engine.wal import Wal
 
 
@@ -127,7 +129,7 @@ def test_uncommitted_flush_debris_is_ignored(tmp_path: Path) -> None:
     c2 = cat2.get("c")
     assert c2.points_count() == 15
     from engine import query
-    pts = query.retrieve(c2, list(range(15)), False, True)
+    pts = query.retrieve(c2, RetrieveRequest(list(range(15)), False, True))
     assert [p["vector"][1] for p in pts] == [1.0] * 10 + [2.0] * 5
     assert not (seg_dir / "masks.999.npz").exists()
     cat2.close()
@@ -149,11 +151,11 @@ def test_restart_restores_deletes_payload_updates_and_indexes(tmp_path: Path) ->
     c2 = cat2.get("al")
     from engine import query
     assert c2.points_count() == 28
-    assert query.retrieve(c2, [0, 1], True, False) == []
-    assert query.retrieve(c2, [5], True, False)[0]["payload"] == {"new": True}
+    assert query.retrieve(c2, RetrieveRequest([0, 1], True, False)) == []
+    assert query.retrieve(c2, RetrieveRequest([5], True, False))[0]["payload"] == {"new": True}
     assert c2.payload_schema["g"]["type"] == "integer"
     # ids with g == 2 are 2, 5, 8, ..., 29; point 5 was replaced by a payload without `g`
-    assert query.count(c2, {"must": [{"key": "g", "match": {"value": 2}}]}) == 9
+    assert query.count(c2, CountRequest(parse_filter({"must": [{"key": "g", "match": {"value": 2}}]}))) == 9
     cat2.close()
 
 
@@ -174,14 +176,14 @@ def test_vacuum_compacts_repeated_upserts_and_survives_restart(tmp_path: Path) -
                                                    0, None, True, False)])[0]
     assert [h["payload"]["r"] for h in hits] == [4, 4, 4]
     assert len(view.segments) == 1 and view.segments[0][0] is seg_before
-    assert query.count(c, {"must": [{"has_id": [1, 2, 3]}]}) == 3
+    assert query.count(c, CountRequest(parse_filter({"must": [{"has_id": [1, 2, 3]}]}))) == 3
     c.flush()
     dirs = sorted(os.listdir(tmp_path / "collections" / "c" / "segments"))
     assert str(seg_before.seg_id) not in dirs
     cat.close()
     c2 = _make(tmp_path).get("c")
     assert c2.points_count() == 100
-    assert query.retrieve(c2, [7], True, True)[0] == {"id": 7, "payload": {"r": 4},
+    assert query.retrieve(c2, RetrieveRequest([7], True, True))[0] == {"id": 7, "payload": {"r": 4},
                                                        "vector": [7.0, 4.0]}
 
 

@@ -18,6 +18,8 @@ import pytest
 from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
+from engine.filters import parse_filter
+from engine.plan import CountRequest
 
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["unindexed", "indexed"])
@@ -42,7 +44,7 @@ def test_filtered_reads_racing_writes(tmp_path: Path, indexed: bool) -> None:
     def reader() -> None:
         while not stop.is_set():
             try:
-                query.count(c, {"must": [{"key": "g", "match": {"value": 3}}]})
+                query.count(c, CountRequest(parse_filter({"must": [{"key": "g", "match": {"value": 3}}]})))
             except Exception as exc:  # noqa: BLE001 - any failure is the finding
                 errors.append(f"{type(exc).__name__}: {exc}")
                 stop.set()

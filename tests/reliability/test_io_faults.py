@@ -25,6 +25,7 @@ from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
 from engine.errors import EngineError, StorageError, StorageFull
+from engine.plan import RetrieveRequest
 
 SPEC = {"vectors": {"size": 3, "distance": "Dot"}}
 
@@ -47,7 +48,7 @@ def _crash(cat: Catalog) -> None:
 
 
 def _vectors(cat: Catalog, ids: list[int]) -> dict[int, list[float]]:
-    return {p["id"]: p["vector"] for p in query.retrieve(cat.get("c"), ids, False, True)}
+    return {p["id"]: p["vector"] for p in query.retrieve(cat.get("c"), RetrieveRequest(ids, False, True))}
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_failed_wal_append_is_not_acknowledged(cat: Catalog, tmp_path: Path,
     c = cat.get("c")
     with pytest.raises(kind):
         apply_body(c, "upsert", _pts([100]))
-    assert query.retrieve(c, [100], False, False) == []
+    assert query.retrieve(c, RetrieveRequest([100], False, False)) == []
     assert c.points_count() == 10
     apply_body(c, "upsert", _pts([101]))  # the fault was transient: the log keeps working
     assert [r[1] for r in fs.trace if r[1] in ("write", "fsync")].count(op) >= 2
@@ -94,10 +95,10 @@ def test_failed_truncate_fences_the_wal(cat: Catalog, tmp_path: Path,
     c = cat.get("c")
     with pytest.raises(StorageError):
         apply_body(c, "upsert", _pts([100]))
-    assert query.retrieve(c, [100], False, False) == []
+    assert query.retrieve(c, RetrieveRequest([100], False, False)) == []
     with pytest.raises(StorageError):  # fenced, even though the disk "recovered"
         apply_body(c, "upsert", _pts([101]))
-    assert query.retrieve(c, [101], False, False) == []
+    assert query.retrieve(c, RetrieveRequest([101], False, False)) == []
     assert c.points_count() == 10  # reads go on
     _crash(cat)
     monkeypatch.undo()

@@ -33,6 +33,7 @@ from slow import require_slow
 from api.parse.writes import apply_body
 from engine import query
 from engine.catalog import Catalog
+from engine.plan import RetrieveRequest
 
 UNIVERSE = list(range(60))
 SPEC = {"vectors": {"size": 3, "distance": "Dot"}}
@@ -148,7 +149,7 @@ def _actual(cat: Catalog) -> Model:
             out[name] = None
             continue
         coll = cat.get(name)
-        pts = query.retrieve(coll, UNIVERSE, True, True)
+        pts = query.retrieve(coll, RetrieveRequest(UNIVERSE, True, True))
         assert coll.points_count() == len(pts), f"{name}: points outside the workload's ids"
         out[name] = {p["id"]: (tuple(p["vector"]), p["payload"]) for p in pts}
     return out
@@ -219,7 +220,7 @@ def _reopen_and_check(image: Path, step: int, context: str,
         cat = Catalog(str(image))
         cat.load()
         try:
-            got = query.retrieve(cat.get("c"), [59], False, True)
+            got = query.retrieve(cat.get("c"), RetrieveRequest([59], False, True))
             assert got[0]["vector"] == [59.0, 9.0, 1.0], context
         finally:
             cat.close()

@@ -17,6 +17,7 @@ import pytest
 
 from api.parse.writes import apply_body
 from engine.catalog import Catalog
+from engine.plan import RetrieveRequest
 from engine.query import SearchSpec, retrieve, search_batch
 from snapshots.archive import SnapshotFormatError
 from snapshots.manager import SnapshotManager
@@ -106,7 +107,7 @@ def test_linked_collection_lives_on(tmp_path: Path, sealed_often: None) -> None:
     cat.close()
     cat = _catalog(tmp_path)
     coll = cat.get("c")
-    got = {p["id"]: p["payload"] for p in retrieve(coll, [1, 2, 3, 99_999])}
+    got = {p["id"]: p["payload"] for p in retrieve(coll, RetrieveRequest([1, 2, 3, 99_999], True, False))}
     assert got[1]["edited"] is True and got[2]["edited"] is True and got[1]["i"] == 1
     assert 3 not in got and got[99_999] == {"new": 1}
     assert coll.points_count() == 3000
