@@ -35,6 +35,7 @@ from engine.operations import (
     Operation,
     OverwritePayload,
     SetPayload,
+    SparseRows,
     UpdateVectors,
     Upsert,
     VectorRows,
@@ -45,6 +46,7 @@ from engine.plan import SearchSpec
 from engine.search import search_batch
 from engine.segment import FrozenSegment, Segment
 from engine.segment_store import read_segment
+from engine.sparse import concat
 from engine.state import CollectionState
 from engine.tables import filtered_ids
 from engine.view import View
@@ -111,7 +113,7 @@ class Collection(CollectionState):
 
     def _load_segment(self, meta: dict[str, Any]) -> None:
         seg_dir = os.path.join(self.path, "segments", str(meta["id"]))
-        data = read_segment(seg_dir, meta, self.config.vectors)
+        data = read_segment(seg_dir, meta, self.config.vectors, self.sparse_names)
         seg = Segment.from_arrays(meta["id"], self.config.vectors, self.device, data,
                                   bool(meta.get("sealed")))
         seg.flushed_n = seg.n
@@ -175,11 +177,16 @@ class Collection(CollectionState):
                     copy.deepcopy(self.payload_schema), [s.freeze() for s in self.segments])
 
     def _new_appendable(self) -> Segment:
-        seg = Segment(self.next_segment_id, self.config.vectors, self.device)
+        seg = Segment(self.next_segment_id, self.config.vectors, self.device,
+                      sparse=self.sparse_names)
         self.next_segment_id += 1
         self.segments.append(seg)
         self.seg_by_id[seg.seg_id] = seg
         return seg
+
+    @property
+    def sparse_names(self) -> tuple[str, ...]:
+        return tuple(self.config.sparse_vectors)
 
     @property
     def appendable(self) -> Segment:
@@ -239,13 +246,13 @@ class Collection(CollectionState):
     def apply(self, op: Operation, seq: int) -> None:
         """Apply a logged op (live write or WAL replay). Caller holds write_lock."""
         if isinstance(op, Upsert):
-            self._upsert_rows(op.ids, op.vectors, op.payloads, seq)
+            self._upsert_rows(op.ids, op.vectors, op.payloads, seq, op.sparse)
         elif isinstance(op, DeletePoints):
             self._delete_ids(op.ids)
         elif isinstance(op, SetPayload | OverwritePayload | DeletePayload | ClearPayload):
             self._payload_op(op, seq)
         elif isinstance(op, UpdateVectors):
-            self._update_vectors(op.ids, op.vectors, seq)
+            self._update_vectors(op.ids, op.vectors, seq, op.sparse)
         elif isinstance(op, DeleteVectors):
             self._delete_vectors(op.ids, op.names, seq)
         else:
@@ -257,7 +264,8 @@ class Collection(CollectionState):
         return [(self.seg_by_id[sid], rows, pos) for sid, rows, pos in split_handles(handles)]
 
     def _upsert_rows(self, ids: list[PointId], vectors: dict[str, VectorRows],
-                     payloads: list[dict[str, Any]], seq: int) -> None:
+                     payloads: list[dict[str, Any]], seq: int,
+                     sparse: dict[str, SparseRows] | None = None) -> None:
         if not ids:
             return
         for seg, rows, _ in self._segments_of(ids):
@@ -265,7 +273,8 @@ class Collection(CollectionState):
         seg = self.appendable
         rows = seg.append(ids, ids_to_records(ids),
                           {name: (v.positions, v.values) for name, v in vectors.items()},
-                          payloads, seq)
+                          payloads, seq,
+                          {name: (v.positions, v.rows) for name, v in (sparse or {}).items()})
         self.ids.assign(ids, seg.seg_id, rows.tolist())
         self._warm_indexes(seg)
         if self._segment_full(seg):
@@ -277,7 +286,8 @@ class Collection(CollectionState):
         row_bytes = sum(s.size * 4 for s in self.config.vectors.values()) or 4
         max_kb = self.config.optimizer_config.get("max_segment_size")
         limit = max_kb * 1024 if isinstance(max_kb, int) and max_kb > 0 else SEGMENT_MAX_BYTES
-        return seg.n * row_bytes >= limit or seg.n >= SEGMENT_MAX_ROWS
+        sparse_bytes = sum(store.nnz * 8 for store in seg.sparse.values())  # index + value
+        return (seg.n * row_bytes + sparse_bytes >= limit or seg.n >= SEGMENT_MAX_ROWS)
 
     def _delete_ids(self, ids: list[PointId]) -> None:
         for seg, rows, _ in self._segments_of(ids):
@@ -299,9 +309,10 @@ class Collection(CollectionState):
             self._warm_indexes(seg)
 
     def _update_vectors(self, ids: list[PointId], updates: dict[str, VectorRows],
-                        seq: int) -> None:
+                        seq: int, sparse_updates: dict[str, SparseRows] | None = None) -> None:
         """A point whose vectors change moves to the appendable segment (rows are immutable)."""
         merged: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        merged_sparse: dict[str, tuple[list[np.ndarray], list[Any]]] = {}
         order: list[int] = []
         payloads: list[dict[str, Any]] = []
         for seg, rows, pos in self._segments_of(ids):
@@ -311,6 +322,12 @@ class Collection(CollectionState):
                     m = merged.setdefault(name, ([], []))
                     m[0].append(pos[has])
                     m[1].append(seg.vectors_of(name, rows[has]))
+            for name in self.sparse_names:
+                has = seg.present[name][rows]
+                if has.any():
+                    ms = merged_sparse.setdefault(name, ([], []))
+                    ms[0].append(pos[has])
+                    ms[1].append(seg.sparse_of(name, rows[has]))
             order.extend(pos.tolist())
             payloads.extend(seg.payloads[r] for r in rows.tolist())
         # positions are indices into `ids`; rebuild per-name arrays in `ids` order
@@ -330,7 +347,18 @@ class Collection(CollectionState):
         inv = np.empty(len(ids), dtype=np.int64)
         inv[ord_arr] = np.arange(len(ord_arr))
         final = {name: VectorRows(inv[v.positions], v.values) for name, v in final.items()}
-        self._upsert_rows([ids[i] for i in order], final, payloads, seq)
+        final_sparse: dict[str, SparseRows] = {}
+        for name in self.sparse_names:
+            pos_parts, batches = merged_sparse.get(name, ([], []))
+            cur_pos = np.concatenate(pos_parts) if pos_parts else np.empty(0, np.int64)
+            cur = concat(batches)
+            upd = (sparse_updates or {}).get(name)
+            if upd is not None:
+                kept = np.flatnonzero(~np.isin(cur_pos, upd.positions))
+                cur_pos = np.concatenate([cur_pos[kept], upd.positions])
+                cur = concat([cur.take(kept), upd.rows])
+            final_sparse[name] = SparseRows(inv[cur_pos], cur)
+        self._upsert_rows([ids[i] for i in order], final, payloads, seq, final_sparse)
 
     def _delete_vectors(self, ids: list[PointId], names: list[str], seq: int) -> None:
         for seg, rows, _ in self._segments_of(ids):

@@ -20,6 +20,8 @@ VECTOR_PARAM_KEYS = {
     "multivector_config",
 }
 DATATYPES = {"float32", "float16", "uint8"}
+SPARSE_PARAM_KEYS = {"index", "modifier"}
+SPARSE_MODIFIERS = {"none", "idf"}
 
 DEFAULT_HNSW = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000,
                 "max_indexing_threads": 0, "on_disk": False}
@@ -89,6 +91,10 @@ SECTION_FIELDS: dict[str, dict[str, Any]] = {
     "wal_config": {
         "wal_capacity_mb": _uint(1), "wal_segments_ahead": _uint(), "wal_retain_closed": _uint(),
     },
+    "sparse_index": {
+        "full_scan_threshold": _uint(), "on_disk": _bool, "memory": _anything,
+        "datatype": _anything,  # checked in _check_sparse (only float32 is implemented)
+    },
     "params": {
         "shard_number": _uint(1, U32_MAX), "replication_factor": _uint(1, U32_MAX),
         "write_consistency_factor": _uint(1, U32_MAX), "on_disk_payload": _bool,
@@ -141,6 +147,19 @@ class CollectionConfig:
     quantization_config: Any = None
     strict_mode_config: Any = None
     metadata: dict[str, Any] | None = None
+
+    def is_sparse(self, name: str | None) -> bool:
+        return bool(name) and name in self.sparse_vectors
+
+    def sparse_idf(self, name: str) -> bool:
+        """Whether searches by this sparse vector weigh query terms by IDF."""
+        return (self.sparse_vectors.get(name) or {}).get("modifier") == "idf"
+
+    def search_name(self, name: str | None) -> str:
+        """A dense or sparse vector's name as searches use it (400 when there is none)."""
+        if self.is_sparse(name):
+            return name or ""
+        return self.vector(name).name
 
     def vector(self, name: str | None) -> VectorSpec:
         name = name or ""
@@ -207,6 +226,32 @@ def _parse_vector_params(name: str, raw: Any) -> VectorSpec:
     return VectorSpec(name, size, dist, datatype)
 
 
+def _check_sparse(name: str, raw: Any, strict: bool) -> dict[str, Any]:
+    """One SparseVectorParams: `modifier` none/idf, `index` {full_scan_threshold, on_disk,
+    memory, datatype}. Sparse weights are stored as float32: another datatype is refused at
+    create time (a 400 naming it), never accepted and then ignored."""
+    params = _object(raw, f"sparse_vectors.{name}", strict)
+    if params is None:
+        return {}
+    unknown = set(params) - SPARSE_PARAM_KEYS
+    if unknown and strict:
+        raise BadRequest(f"unknown field(s) in sparse vector params: {', '.join(sorted(unknown))}")
+    modifier = params.get("modifier")
+    if modifier is not None and modifier not in SPARSE_MODIFIERS:
+        if strict:
+            raise BadRequest(f"`sparse_vectors.{name}.modifier` must be none or idf, "
+                             f"got {modifier!r}")
+        params = {k: v for k, v in params.items() if k != "modifier"}
+    index = params.get("index")
+    if index is not None:
+        _check_section("sparse_index", index, strict)
+        datatype = index.get("datatype") if isinstance(index, dict) else None
+        if datatype not in (None, "float32") and strict:
+            raise BadRequest(f"sparse vector datatype {datatype!r} is not supported by Quiver "
+                             f"(sparse_vectors.{name}.index.datatype): use float32")
+    return params
+
+
 def _merge_section(base: dict[str, Any], given: Any, section: str,
                    strict: bool = True) -> dict[str, Any]:
     if given is None:
@@ -244,10 +289,9 @@ def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
     given_params = _check_section(
         "params", {k: body.get(k) for k in DEFAULT_PARAMS}, strict)
     params = {**DEFAULT_PARAMS, **given_params}
-    sparse = _object(body.get("sparse_vectors"), "sparse_vectors", strict) or {}
+    sparse = dict(_object(body.get("sparse_vectors"), "sparse_vectors", strict) or {})
     for name, sparse_params in sparse.items():
-        if _object(sparse_params, f"sparse_vectors.{name}", strict) is None:
-            sparse[name] = {}
+        sparse[name] = _check_sparse(name, sparse_params, strict)
     overlap = set(sparse) & set(specs)
     if overlap:
         raise BadInput(f"vector name(s) used for both dense and sparse vectors: {sorted(overlap)}")
@@ -325,7 +369,10 @@ def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfi
         for name, upd in (_object(body["sparse_vectors"], "sparse_vectors", True) or {}).items():
             if name not in sv:
                 raise BadInput(f"Not existing vector name error: {name}")
-            upd = _object(upd, f"sparse_vectors.{name}", True)
-            sv[name] = {**(sv[name] or {}), **(upd or {})}
+            upd = _check_sparse(name, upd, True)
+            merged = {**(sv[name] or {}), **{k: v for k, v in upd.items() if k != "index"}}
+            if isinstance(upd.get("index"), dict):
+                merged["index"] = {**(merged.get("index") or {}), **upd["index"]}
+            sv[name] = merged
         state["sparse_vectors"] = sv
     return from_state(state)

@@ -6,6 +6,8 @@ the same records, so a live write and its replay run the very same code.
 
 The WAL record layout is the one earlier versions wrote (a dict with "op", "ids" and, for
 vectors, arrays under "v:<name>" with row positions under "p:<name>"), so existing WALs replay.
+Sparse vectors add "s:<name>" (row ends, int64), "si:<name>" (indices, uint32), "sv:<name>"
+(values, float32) and "sp:<name>" (positions): keys an older record never has.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from engine.filters import Predicate
 from engine.ids import PointId
+from engine.sparse import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,15 @@ class VectorRows:
 
     positions: np.ndarray  # (r,) int64
     values: np.ndarray  # (r, dim) float32, already prepared (Cosine: unit length)
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """One sparse vector for some of an operation's points: batch row j belongs to the op's
+    point `positions[j]`."""
+
+    positions: np.ndarray  # (r,) int64
+    rows: SparseBatch  # r rows, each sorted by index, checked
 
 
 @dataclass
@@ -44,6 +56,7 @@ class Operation:
 class Upsert(Operation):
     vectors: dict[str, VectorRows] = field(default_factory=dict)
     payloads: list[dict[str, Any]] = field(default_factory=list)
+    sparse: dict[str, SparseRows] = field(default_factory=dict)
 
     kind: ClassVar[str] = "upsert"
     requires_existing: ClassVar[bool] = False
@@ -85,6 +98,7 @@ class ClearPayload(Operation):
 @dataclass
 class UpdateVectors(Operation):
     vectors: dict[str, VectorRows] = field(default_factory=dict)
+    sparse: dict[str, SparseRows] = field(default_factory=dict)
 
     kind: ClassVar[str] = "update_vectors"
 
@@ -128,6 +142,28 @@ def _decode_vectors(arrays: dict[str, np.ndarray], n: int) -> dict[str, VectorRo
     return out
 
 
+def _encode_sparse(sparse: dict[str, SparseRows]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, rows in sparse.items():
+        arrays["s:" + name] = rows.rows.indptr[1:]
+        arrays["si:" + name] = rows.rows.indices
+        arrays["sv:" + name] = rows.rows.values
+        arrays["sp:" + name] = rows.positions
+    return arrays
+
+
+def _decode_sparse(arrays: dict[str, np.ndarray]) -> dict[str, SparseRows]:
+    out = {}
+    for key, ends in arrays.items():
+        if key.startswith("s:"):
+            name = key[2:]
+            indptr = np.zeros(len(ends) + 1, np.int64)
+            indptr[1:] = ends
+            out[name] = SparseRows(arrays["sp:" + name],
+                                   SparseBatch(indptr, arrays["si:" + name], arrays["sv:" + name]))
+    return out
+
+
 def to_record(op: Operation) -> dict[str, Any]:
     """op → the WAL's record dict (arrays under "arrays"). The op's ids must be resolved."""
     if op.filter is not None:
@@ -136,8 +172,10 @@ def to_record(op: Operation) -> dict[str, Any]:
     if isinstance(op, Upsert):
         rec["payloads"] = op.payloads
         rec["arrays"] = _encode_vectors(op.vectors, len(op.ids), with_positions=False)
+        rec["arrays"].update(_encode_sparse(op.sparse))
     elif isinstance(op, UpdateVectors):
         rec["arrays"] = _encode_vectors(op.vectors, len(op.ids), with_positions=True)
+        rec["arrays"].update(_encode_sparse(op.sparse))
     elif isinstance(op, SetPayload):
         rec["payload"] = op.payload
         if op.key is not None:
@@ -156,8 +194,9 @@ def from_record(rec: dict[str, Any]) -> Operation:
     kind = rec.get("op")
     ids = list(rec.get("ids") or [])
     if kind == "upsert":
-        return Upsert(ids, _decode_vectors(rec.get("arrays") or {}, len(ids)),
-                      list(rec.get("payloads") or []))
+        arrays = rec.get("arrays") or {}
+        return Upsert(ids, _decode_vectors(arrays, len(ids)), list(rec.get("payloads") or []),
+                      _decode_sparse(arrays))
     if kind == "delete":
         return DeletePoints(ids)
     if kind == "set_payload":
@@ -169,7 +208,8 @@ def from_record(rec: dict[str, Any]) -> Operation:
     if kind == "clear_payload":
         return ClearPayload(ids)
     if kind == "update_vectors":
-        return UpdateVectors(ids, _decode_vectors(rec.get("arrays") or {}, len(ids)))
+        arrays = rec.get("arrays") or {}
+        return UpdateVectors(ids, _decode_vectors(arrays, len(ids)), _decode_sparse(arrays))
     if kind == "delete_vectors":
         return DeleteVectors(ids, list(rec["names"]))
     raise ValueError(f"unknown WAL op {kind}")

@@ -8,7 +8,7 @@ it renders points, as Qdrant does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,15 +64,36 @@ class RetrieveRequest:
     with_vector: Any = False
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """Fuse the children's result lists: `rrf` (reciprocal rank, constant `k`, optional
+    per-child `weights`) or `dbsf` (distribution-based score fusion)."""
+
+    method: str  # "rrf" | "dbsf"
+    k: int = 2  # Qdrant's default RRF constant
+    weights: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Mmr:
+    """Maximal marginal relevance over a nearest search's candidates."""
+
+    diversity: float = 0.5
+    candidates_limit: int | None = None  # None: the node's limit
+
+
 @dataclass
 class QueryRequest:
     """One query of the universal query API, and the node of a query plan.
 
-    `nearest` is the node's query: a nearest-neighbour search (carrying its own filter,
-    limit and selectors), or None for "no query": the points passing `pred` in id order,
-    `offset` skipped, each scored 1.0. The next query kinds (fusion, order_by, ...) and a
-    `prefetch` list of child QueryRequests, whose candidates this node re-scores or fuses,
-    hang off this node; until then the API refuses them.
+    The node's query is one of: `nearest` (a nearest-neighbour search carrying the node's
+    filter, limit and selectors; with `mmr`, re-ranked for diversity), `fusion`, `formula`
+    (engine.formula.Formula), `order_by`, `sample` (random), or none of them ("no query": the
+    points passing `pred` in id order, each scored 1.0). `prefetch` lists the child nodes:
+    a node with children runs its query over the union of their candidates (nearest,
+    order_by, sample, no query: restricted to those ids AND `pred`), or fuses / re-scores
+    their result lists (fusion, formula). `pred` is the node's effective filter: the
+    filters of its ancestors are already merged into it, as the server propagates them.
     """
 
     nearest: SearchSpec | None
@@ -81,6 +102,14 @@ class QueryRequest:
     offset: int
     with_payload: Any
     with_vector: Any
+    prefetch: list[QueryRequest] = field(default_factory=list)
+    score_threshold: float | None = None
+    filter_key: str = ""  # canonical JSON of the effective filter ("" = none)
+    fusion: Fusion | None = None
+    formula: Any = None  # engine.formula.Formula (kept untyped: plan stays import-light)
+    order_by: OrderBy | None = None
+    sample: bool = False
+    mmr: Mmr | None = None
 
     def as_scroll(self) -> ScrollRequest:
         """The no-query node as the scroll it runs: `offset` more points, skipped after."""

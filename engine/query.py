@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import query_plan
 from engine import retrieve as _retrieve
 from engine import scroll as _scroll
 from engine import search as _search
@@ -36,18 +37,9 @@ def search_batch(coll: Readable, specs: list[SearchSpec]) -> list[list[dict[str,
 
 
 def query_points(coll: Readable, reqs: list[QueryRequest]) -> list[list[dict[str, Any]]]:
-    """The universal query API: the nearest-neighbour nodes run as one search batch; a node
-    without a query lists the points passing its filter in id order, each scored 1.0."""
-    specs = [r.nearest for r in reqs if r.nearest is not None]
-    found = iter(coll.search(specs)) if specs else iter(())
-    return [next(found) if r.nearest is not None else _listing(coll, r) for r in reqs]
-
-
-def _listing(coll: Readable, req: QueryRequest) -> list[dict[str, Any]]:
-    points, _ = _scroll.scroll(coll.view(), req.as_scroll())
-    return [{"id": p["id"], "version": 0, "score": 1.0,
-             **{k: v for k, v in p.items() if k in ("payload", "vector")}}
-            for p in points[req.offset:]]
+    """The universal query API: each request is a query plan (engine/query_plan.py); the
+    nearest searches of all plans run level by level, each level as one search batch."""
+    return query_plan.execute(coll, reqs)
 
 
 def scroll(coll: Readable, req: ScrollRequest) -> tuple[list[dict[str, Any]], PointId | None]:

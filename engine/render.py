@@ -16,9 +16,9 @@ from engine.view import View
 def _with_vector_names(view: View, selector: Any) -> list[str] | None:
     if selector is None or selector is False:
         return None
-    vectors = view.config.vectors
+    vectors = [*view.config.vectors, *view.config.sparse_vectors]
     if selector is True:
-        return list(vectors)
+        return vectors
     if isinstance(selector, list) and all(isinstance(n, str) for n in selector):
         return [n for n in selector if n in vectors]
     raise BadRequest(f"invalid with_vector selector: {selector!r}")
@@ -33,9 +33,15 @@ def render(view: View, seg: Segment, rows: list[int], with_payload: Any,
         r = np.asarray(rows, dtype=np.int64)
         for name in names:
             present = seg.present[name][r] if len(r) else np.zeros(0, bool)
-            values = seg.vectors_of(name, r).tolist()
+            if name in seg.sparse:
+                values = _sparse_json(seg, name, r)
+            else:
+                values = seg.vectors_of(name, r).tolist()
             vecs[name] = [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
-    bare = (with_vector is True and not view.config.named)
+    bare = (with_vector is True and not view.config.named and not view.config.sparse_vectors)
+    # the default vector next to sparse ones: a bare list when it is the point's only vector
+    # (Qdrant's rule for its output), a map otherwise
+    mixed = not view.config.named and bool(view.config.sparse_vectors)
     versions = seg.versions[np.asarray(rows, dtype=np.int64)].tolist() if rows else []
     if names is None and (with_payload is None or with_payload is False):
         ids = seg.ids
@@ -56,9 +62,19 @@ def render(view: View, seg: Segment, rows: list[int], with_payload: Any,
                 v = vecs[""][i]
                 rec["vector"] = v if v is not None else {}
             else:
-                rec["vector"] = {n: vecs[n][i] for n in names if vecs[n][i] is not None}
+                named = {n: vecs[n][i] for n in names if vecs[n][i] is not None}
+                rec["vector"] = named[""] if mixed and list(named) == [""] else named
         out.append(rec)
     return out
+
+
+def _sparse_json(seg: Segment, name: str, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Rows of a sparse vector as Qdrant renders them: {"indices", "values"}, by index."""
+    batch = seg.sparse_of(name, rows)
+    ends = batch.indptr.tolist()
+    idx, vals = batch.indices.tolist(), batch.values.tolist()
+    return [{"indices": idx[a:b], "values": vals[a:b]}
+            for a, b in zip(ends[:-1], ends[1:], strict=True)]
 
 
 def render_handles(view: View, handles: list[int], with_payload: Any, with_vector: Any,

@@ -17,6 +17,8 @@ from engine.id_tracker import ROW_BITS
 from engine.plan import SearchSpec
 from engine.render import render_handles
 from engine.segment import Segment
+from engine.sparse import SparseVector
+from engine.sparse_search import search_sparse
 from engine.tables import segment_mask_count
 from engine.view import View
 from gpu.device import DeviceFailure
@@ -26,8 +28,14 @@ from gpu.topk import merge
 def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
     """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)
+    sparse = [i for i, s in enumerate(specs) if isinstance(s.vector, SparseVector)]
+    if sparse:  # sparse vectors: posting lists on the host (engine/sparse_search.py)
+        for i, res in zip(sparse, search_sparse(view, [specs[i] for i in sparse]), strict=True):
+            results[i] = res
     groups: dict[tuple[str, str, int | None, bool], list[int]] = {}
     for i, s in enumerate(specs):
+        if results[i] is not None:
+            continue
         groups.setdefault((s.using, s.filter_key, s.hnsw_ef, s.exact), []).append(i)
     for idx in groups.values():
         for i, res in zip(idx, _search_group(view, [specs[i] for i in idx]), strict=True):

@@ -23,6 +23,7 @@ from engine.columns import Column, ColumnData
 from engine.config import VectorSpec
 from engine.ids import ID_DTYPE, PointId
 from engine.payload import raw_values_at
+from engine.sparse import SparseBatch, SparseStore
 from gpu.budget import now
 from gpu.device import HOST, Device, placement
 from gpu.matrix import DeviceMatrix
@@ -48,6 +49,7 @@ class FrozenSegment:
     payloads_changed: bool
     ann: dict[str, Any]  # vector name → HnswIndex over its leading rows (immutable)
     digests: dict[str, str]  # vector name → sha256 of its .npy member, where precomputed
+    sparse: dict[str, SparseBatch]  # sparse name → rows [0, n) (views: immutable rows)
 
     def host_rows(self, name: str, start: int = 0) -> np.ndarray:
         """Rows [start, n) of a vector in host memory, in their storage dtype."""
@@ -79,9 +81,10 @@ class _Arrays(Mapping[str, Any]):
 
 class Segment:
     def __init__(self, seg_id: int, specs: dict[str, VectorSpec], device: Any = None,
-                 capacity: int = 1024) -> None:
+                 capacity: int = 1024, sparse: tuple[str, ...] = ()) -> None:
         """`device`: a gpu.device.Device (default: the process default device). The numpy
-        module (host memory) or cupy (the default device) are accepted too."""
+        module (host memory) or cupy (the default device) are accepted too. `sparse`: the
+        collection's sparse vector names (their rows live on the host, engine/sparse.py)."""
         self.seg_id = seg_id
         self.specs = specs
         self.device: Device = placement(device)
@@ -97,7 +100,8 @@ class Segment:
             for name, spec in specs.items()}
         self.vectors: Mapping[str, Any] = _Arrays(self.matrices)  # name → storage array
         self.sq_norms: Mapping[str, Any] = _Arrays(self.matrices, norms=True)
-        self.present: dict[str, np.ndarray] = {}
+        self.sparse: dict[str, SparseStore] = {name: SparseStore() for name in sparse}
+        self.present: dict[str, np.ndarray] = {}  # dense and sparse names
         self.deleted = np.zeros(0, bool)
         self.versions = np.zeros(0, np.uint64)
         self.payloads: list[dict[str, Any]] = []
@@ -157,7 +161,9 @@ class Segment:
         cap = max(need, self.capacity * 2, 16)
         for m in self.matrices.values():
             m.grow(cap, self.n)
-        for name in self.specs:
+        for store in self.sparse.values():
+            store.grow(cap, self.n)
+        for name in [*self.specs, *self.sparse]:
             pres = np.zeros(cap, bool)
             if name in self.present:
                 pres[: self.n] = self.present[name][: self.n]
@@ -178,8 +184,10 @@ class Segment:
 
     def append(self, ids: list[PointId], id_recs: np.ndarray,
                vectors: dict[str, tuple[np.ndarray, np.ndarray]],
-               payloads: list[dict[str, Any]], version: int) -> np.ndarray:
-        """Append rows. `vectors[name] = (batch positions that have it, (r, dim) array)`."""
+               payloads: list[dict[str, Any]], version: int,
+               sparse: dict[str, tuple[np.ndarray, SparseBatch]] | None = None) -> np.ndarray:
+        """Append rows. `vectors[name] = (batch positions that have it, (r, dim) array)`;
+        `sparse[name]` the same for a sparse vector (its rows as one CSR batch)."""
         m = len(ids)
         start = self.n
         self._grow(start + m)
@@ -194,6 +202,13 @@ class Segment:
             dest = rows[pos]
             matrix.write(dest, to_storage(arr, matrix.dtype))
             self.present[name][dest] = True
+        for name, store in self.sparse.items():  # every row gets its (maybe empty) CSR row
+            pos, batch = (sparse or {}).get(name) or (np.empty(0, np.int64), SparseBatch.of([]))
+            if len(pos) > 1 and (np.diff(pos) < 0).any():
+                order = np.argsort(pos, kind="stable")
+                pos, batch = pos[order], batch.take(order)
+            store.append(start, m, pos, batch)
+            self.present[name][rows[pos]] = True
         self.id_recs[start : start + m] = id_recs
         self.versions[start : start + m] = version
         self.ids.extend(ids)
@@ -240,6 +255,10 @@ class Segment:
         allowed = int(np.count_nonzero(mask))
         self._live_cache[vector] = (key, mask, allowed)
         return mask, allowed
+
+    def sparse_of(self, name: str, rows: np.ndarray) -> SparseBatch:
+        """Some rows of a sparse vector (host copies), in the order given."""
+        return self.sparse[name].rows(rows)
 
     def vectors_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Host float32 copies of some rows' vectors (for responses)."""
@@ -315,6 +334,7 @@ class Segment:
             payloads_changed=self.payloads_dirty,
             ann=dict(self.ann),
             digests={name: d for name, (rows, d) in self.digests.items() if rows == n},
+            sparse={name: store.csr(n) for name, store in self.sparse.items()},
         )
 
     @classmethod
@@ -324,8 +344,12 @@ class Segment:
         keeps memory-mapped vectors as they are (its rows never change: the page cache serves
         them, nothing is copied); otherwise one large copy per array, to the device if any."""
         n = len(data["id_recs"])
-        seg = cls(seg_id, specs, device, capacity=max(n, 16))
+        sparse: dict[str, SparseBatch] = data.get("sparse") or {}
+        seg = cls(seg_id, specs, device, capacity=max(n, 16), sparse=tuple(sparse))
         seg.sealed = sealed
+        for name, batch in sparse.items():
+            seg.sparse[name] = SparseStore.load(batch, seg.capacity)
+            seg.present[name][:n] = data["present"][name]
         for name, arr in data["vectors"].items():
             seg.matrices[name].load(arr, n, keep_mapped=sealed)
             seg.present[name][:n] = data["present"][name]
@@ -350,7 +374,10 @@ class Segment:
         live = np.flatnonzero(~src.deleted[:n])
         m = len(live)
         seg = cls(seg_id, src.specs, src.device if src.on_device else HOST,
-                  capacity=max(m, 16))
+                  capacity=max(m, 16), sparse=tuple(src.sparse))
+        for name, store in src.sparse.items():
+            seg.sparse[name] = SparseStore.load(store.rows(live), seg.capacity)
+            seg.present[name][:m] = src.present[name][:n][live]
         for name in src.specs:
             seg.matrices[name].take(src.matrices[name], live, n)
             seg.present[name][:m] = src.present[name][:n][live]

@@ -2,6 +2,9 @@
 
     segments/<id>/ids.bin                  raw (kind, hi, lo) records, append-only
     segments/<id>/vec-<hexname>.bin        raw vector rows in storage dtype, append-only
+    segments/<id>/sparse-<hexname>.ends    a sparse vector's rows (CSR, engine/sparse.py): each
+    segments/<id>/sparse-<hexname>.idx     row's end offset (int64), then indices (uint32)
+    segments/<id>/sparse-<hexname>.val     and values (float32), all append-only
     segments/<id>/masks.<gen>.npz          deleted, versions, present-<hexname>
     segments/<id>/payloads.<gen>.json      list of payload dicts
     segments/<id>/hnsw-<hexname>.npz       HNSW graph over the leading rows (engine/ann.py),
@@ -32,10 +35,17 @@ from engine import jsonio
 from engine.durable import append_durable, atomic_writer, fsync_dir, io_error
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES, FrozenSegment
+from engine.sparse import SparseBatch
+
+SPARSE_PARTS = (("ends", np.int64), ("idx", np.uint32), ("val", np.float32))
 
 
 def vec_file(name: str) -> str:
     return f"vec-{name.encode().hex()}.bin"
+
+
+def sparse_file(name: str, part: str) -> str:
+    return f"sparse-{name.encode().hex()}.{part}"
 
 
 def _raw(a: np.ndarray) -> memoryview | bytes:
@@ -66,6 +76,15 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
                 host = frozen.host_rows(name, flushed_n)
                 _truncate_to(path, flushed_n * host.dtype.itemsize * host.shape[1])
                 append_durable(path, _raw(host))
+            for name, csr in frozen.sparse.items():
+                base = int(csr.indptr[flushed_n])
+                parts = {"ends": csr.indptr[flushed_n + 1 : n + 1], "idx": csr.indices[base:],
+                         "val": csr.values[base:]}
+                for part, dt in SPARSE_PARTS:
+                    path = os.path.join(seg_dir, sparse_file(name, part))
+                    keep = flushed_n if part == "ends" else base
+                    _truncate_to(path, keep * np.dtype(dt).itemsize)
+                    append_durable(path, _raw(parts[part].astype(dt, copy=False)))
         masks: dict[str, np.ndarray] = {"deleted": frozen.deleted, "versions": frozen.versions}
         for name, p in frozen.present.items():
             masks[f"present-{name.encode().hex()}"] = p
@@ -82,10 +101,42 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
         raise io_error(exc, "flushing segment") from exc
 
 
-def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:
+def _read_sparse(seg_dir: str, name: str, n: int, blob: dict[str, Any] | None,
+                 blob_path: str) -> SparseBatch:
+    """A sparse vector's committed rows; none stored (a segment written before the vector
+    had rows, or a 1.0 archive): every row empty."""
+    indptr = np.zeros(n + 1, np.int64)
+    empty = SparseBatch(indptr, np.empty(0, np.uint32), np.empty(0, np.float32))
+    if not n:
+        return empty
+    if blob is not None:
+        where = (blob.get("sparse") or {}).get(name.encode().hex())
+        if where is None:
+            return empty
+        indptr[1:] = np.fromfile(blob_path, np.int64, n, offset=where["ends"])
+        nnz = int(indptr[-1])
+        return SparseBatch(indptr, np.fromfile(blob_path, np.uint32, nnz, offset=where["idx"]),
+                           np.fromfile(blob_path, np.float32, nnz, offset=where["val"]))
+    ends_path = os.path.join(seg_dir, sparse_file(name, "ends"))
+    if not os.path.exists(ends_path):
+        return empty
+    _truncate_to(ends_path, n * 8)
+    indptr[1:] = np.fromfile(ends_path, np.int64, n)
+    nnz = int(indptr[-1])
+    arrays = []
+    for part, dt in SPARSE_PARTS[1:]:
+        path = os.path.join(seg_dir, sparse_file(name, part))
+        _truncate_to(path, nnz * np.dtype(dt).itemsize)
+        arrays.append(np.fromfile(path, dt, nnz))
+    return SparseBatch(indptr, arrays[0], arrays[1])
+
+
+def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any],
+                 sparse_names: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read exactly the committed rows of a segment (truncating any uncommitted tail)."""
     n = int(meta["n"])
     blob = meta.get("blob")
+    blob_path = ""
     if blob is not None:
         blob_path = os.path.join(os.path.dirname(os.path.dirname(seg_dir)), BLOBS, blob["file"])
         id_recs = np.fromfile(blob_path, ID_DTYPE, n, offset=blob["ids"])
@@ -126,10 +177,11 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any]) -> d
         with open(os.path.join(seg_dir, f"payloads.{meta['payload_gen']}.json"), "rb") as f:
             payloads = jsonio.loads(f.read())
     present = {name: masks.get(f"present-{name.encode().hex()}", np.zeros(n, bool))
-               for name in specs}
+               for name in [*specs, *sparse_names]}
+    sparse = {name: _read_sparse(seg_dir, name, n, blob, blob_path) for name in sparse_names}
     return {"id_recs": id_recs, "vectors": vectors, "deleted": masks["deleted"],
             "versions": masks["versions"], "present": present, "payloads": payloads,
-            "blob": blob}
+            "blob": blob, "sparse": sparse}
 
 
 BLOBS = "blobs"  # next to segments/: recovered archives segments map their rows from
@@ -194,7 +246,7 @@ def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) ->
         return  # a recovered segment still entirely in its archive
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):
-        if name in keep or name.startswith(("vec-", "hnsw-")):
+        if name in keep or name.startswith(("vec-", "hnsw-", "sparse-")):
             continue
         if name.startswith(("masks.", "payloads.", ".tmp-")):
             try:

@@ -8,11 +8,17 @@
     segments/<i>/present-<hexname>.npy     which rows have that vector
     segments/<i>/deleted.npy               deleted-row mask
     segments/<i>/versions.npy              per-row operation sequence numbers
+    segments/<i>/sparse-<hexname>-<part>.npy  (1.1) a sparse vector's rows as CSR: `ends`
+                                           (each row's end offset, int64), `indices` (uint32),
+                                           `values` (float32); rows sorted by index
     segments/<i>/payloads.json             payload per row
     segments/<i>/hnsw-<hexname>-<part>.npy HNSW graph over the segment's leading rows (levels,
                                            offsets, neighbors, entry): recovery rebuilds the
                                            index from these and the vectors, never re-running
                                            construction; bounds-checked before faiss sees them
+
+Format versions: 1.0 (dense vectors only), 1.1 (adds the sparse members). Readers accept
+both: a 1.0 archive recovers with every sparse vector absent.
 
 Writing hashes every member in memory before its bytes go out, so the manifest can come
 first, and hashes the whole archive as it streams (the `.checksum` sidecar): no file is
@@ -41,12 +47,13 @@ from engine.npy import npy_parts, parts_sha256
 from engine.segment import FrozenSegment
 
 FORMAT = "quiver-collection-snapshot"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
 MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
-                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry))"
+                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry)|"
+                        r"sparse-[0-9a-f]*-(?:ends|indices|values))"
                         r"\.(npy|json)$")
 CHUNK = 8 << 20
 
@@ -79,6 +86,12 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
         hx = name.encode().hex()
         out.append(Member(base + f"vectors-{hx}.npy", npy_parts(fz.host_rows(name)),
                           fz.digests.get(name)))
+        out.append(Member(base + f"present-{hx}.npy", npy_parts(fz.present[name])))
+    for name, csr in fz.sparse.items():
+        hx = name.encode().hex()
+        out.append(Member(base + f"sparse-{hx}-ends.npy", npy_parts(csr.indptr[1:])))
+        out.append(Member(base + f"sparse-{hx}-indices.npy", npy_parts(csr.indices)))
+        out.append(Member(base + f"sparse-{hx}-values.npy", npy_parts(csr.values)))
         out.append(Member(base + f"present-{hx}.npy", npy_parts(fz.present[name])))
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
     for name, hnsw in fz.ann.items():  # the graph only: its vectors are the segment's own

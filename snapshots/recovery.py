@@ -40,6 +40,7 @@ from engine.errors import (
 from engine.ids import ID_DTYPE
 from engine.segment import STORAGE_DTYPES
 from engine.segment_store import BLOBS, GRAPH_KEYS
+from engine.sparse import SparseBatch
 from snapshots.archive import CHUNK, SnapshotFormatError
 from snapshots.scan import Scanned, Verifier, all_finite, read_headers
 
@@ -288,6 +289,20 @@ class Recovery:
                 present[name] = scanned.array(f"{base}present-{hx}.npy")
                 ref["present"][hx] = scanned.npy(f"{base}present-{hx}.npy").data_offset
                 _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
+            sparse = {}
+            ref["sparse"] = {}
+            for name in cfg.sparse_vectors:
+                sparse[name], where = _sparse_rows(scanned, base, name, n)
+                hx = name.encode().hex()
+                if where is not None:
+                    ref["sparse"][hx] = where
+                member = f"{base}present-{hx}.npy"
+                if scanned.has(member):
+                    present[name] = scanned.array(member)
+                    ref["present"][hx] = scanned.npy(member).data_offset
+                    _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
+                else:  # a 1.0 archive: no point has a sparse vector
+                    present[name] = np.zeros(n, bool)
             ann_indexes = self._graphs(scanned, base, cfg, vectors)
             try:
                 payloads = jsonio.loads(scanned.read(base + "payloads.json"))
@@ -300,7 +315,7 @@ class Recovery:
                 continue  # an empty appendable segment: the collection gets a fresh one
             out.append(({"id_recs": ids, "vectors": vectors, "present": present,
                          "deleted": deleted, "versions": versions, "payloads": payloads,
-                         "ann": ann_indexes, "blob": ref, "digests": digests,
+                         "ann": ann_indexes, "blob": ref, "digests": digests, "sparse": sparse,
                          "vector_members": members}, True))
         return out
 
@@ -359,6 +374,38 @@ def adopt_archive(src: str, dest: str, base: int = 0, length: int | None = None)
     except OSError as exc:
         raise io_error(exc, "syncing the recovered snapshot") from exc
     return base
+
+
+def _sparse_rows(scanned: Scanned, base: str, name: str, n: int
+                 ) -> tuple[SparseBatch, dict[str, int] | None]:
+    """A sparse vector's rows in an archive segment, checked (offsets ascending and within
+    the entries, indices u32, values finite), and where its arrays lie in the archive. A 1.0
+    archive has none: every row empty."""
+    hx = name.encode().hex()
+    members = {part: f"{base}sparse-{hx}-{part}.npy" for part in ("ends", "indices", "values")}
+    have = [scanned.has(m) for m in members.values()]
+    indptr = np.zeros(n + 1, np.int64)
+    if not any(have):
+        return SparseBatch(indptr, np.empty(0, np.uint32), np.empty(0, np.float32)), None
+    if not all(have):
+        raise SnapshotFormatError(f"Invalid snapshot: incomplete sparse vector {name!r}")
+    ends = scanned.array(members["ends"])
+    _expect(ends, np.dtype(np.int64), (n,), f"sparse {name!r} ends")
+    indptr[1:] = ends
+    nnz = int(indptr[-1])
+    if (np.diff(indptr) < 0).any():
+        raise SnapshotFormatError(f"Invalid snapshot: sparse vector {name!r} row ends")
+    indices = scanned.array(members["indices"])
+    values = scanned.array(members["values"])
+    _expect(indices, np.dtype(np.uint32), (nnz,), f"sparse {name!r} indices")
+    _expect(values, np.dtype(np.float32), (nnz,), f"sparse {name!r} values")
+    if not all_finite(values):
+        raise SnapshotFormatError(f"Invalid snapshot: sparse vector {name!r} holds NaN or "
+                                  "infinite values")
+    where = {"ends": scanned.npy(members["ends"]).data_offset,
+             "idx": scanned.npy(members["indices"]).data_offset,
+             "val": scanned.npy(members["values"]).data_offset}
+    return SparseBatch(indptr, indices, values), where
 
 
 def _check_finite(scanned: Scanned, segments: list[tuple[dict[str, Any], bool]]) -> None:

@@ -4,20 +4,24 @@ per-endpoint defaults here (see common.selectors)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from api.parse import common
-from api.parse.vectors import query_vector
+from api.parse import common, vectors
 from engine import query as engine_reads
 from engine.columns import parse_datetime
 from engine.errors import BadInput, BadRequest
 from engine.filters import parse_filter
+from engine.formula import parse_formula
+from engine.fusion import DEFAULT_RRF_K
 from engine.ids import PointId, parse_id
 from engine.plan import (
     CountRequest,
+    Fusion,
+    Mmr,
     OrderBy,
     QueryRequest,
     RetrieveRequest,
@@ -29,12 +33,12 @@ if TYPE_CHECKING:
     from engine.collection import Collection
 
 
-def _spec(coll: Collection, b: dict[str, Any], vector: np.ndarray, using: str | None,
+def _spec(coll: Collection, b: dict[str, Any], vector: Any, using: str | None,
           exclude: tuple[PointId, ...] = ()) -> SearchSpec:
     """The nearest search a query or search body asks for (payload not returned by default)."""
     flt = b.get("filter")
     hnsw_ef, exact = common.search_params(b.get("params"))
-    name = coll.config.vector(using).name
+    name = coll.config.search_name(using)  # a dense or a sparse vector
     pred = parse_filter(flt)
     lim = common.limit(b.get("limit", b.get("top")))
     off = common.offset(b.get("offset"))
@@ -46,42 +50,196 @@ def _spec(coll: Collection, b: dict[str, Any], vector: np.ndarray, using: str | 
                       filter_key=orjson.dumps(flt).decode() if flt is not None else "")
 
 
-def _nearest(coll: Collection, b: dict[str, Any]) -> SearchSpec | None:
-    """The `query` of a QueryRequest as a nearest search; None when there is none."""
-    if b.get("prefetch"):
-        raise BadRequest("`prefetch` (hybrid queries) is not supported by Quiver yet")
-    if b.get("lookup_from") is not None:
-        raise BadRequest("`lookup_from` is not supported by Quiver yet")
-    q = b.get("query")
-    using = b.get("using")
+MAX_PREFETCH_DEPTH = 16  # nesting levels below the request; deeper is refused (400)
+NEXT_ISSUE_KINDS = ("recommend", "discover", "context", "relevance_feedback")
+Lookup = Callable[[str], Any]  # collection name → collection (the catalog's `get`)
+
+
+def merge_filters(outer: Any, inner: Any) -> Any:
+    """A parent's filter propagated into a prefetch, as the server's `Filter::merge_opts`:
+    clause lists are concatenated (so `should` alternatives of both levels pool together),
+    `min_should` conditions too, with the larger `min_count`. Both are valid filters."""
+    if outer is None:
+        return inner
+    if inner is None:
+        return outer
+
+    def clause(a: Any, b: Any) -> list[Any] | None:
+        if a is None and b is None:
+            return None
+        as_list = [(x if isinstance(x, list) else [x]) for x in (a, b) if x is not None]
+        return [c for part in as_list for c in part]
+
+    out: dict[str, Any] = {}
+    for k in ("must", "should", "must_not"):
+        merged = clause(outer.get(k), inner.get(k))
+        if merged is not None:
+            out[k] = merged
+    a, b = outer.get("min_should"), inner.get("min_should")
+    if a is not None or b is not None:
+        out["min_should"] = a if b is None else b if a is None else {
+            "conditions": clause(a.get("conditions"), b.get("conditions")) or [],
+            "min_count": max(a["min_count"], b["min_count"])}
+    return out
+
+
+def _query_kind(q: Any) -> tuple[str, Any]:
+    """The kind of a `query` (a QueryInterface) and its argument."""
     if q is None:
-        return None
+        return "none", None
     if isinstance(q, dict):
-        if "nearest" in q:
-            q = q["nearest"]
-        else:
-            kind = next(iter(q), "?")
+        for kind in ("nearest", "fusion", "rrf", "formula", "order_by", "sample"):
+            if kind in q:
+                return kind, q
+        if "indices" in q and "values" in q:
+            return "nearest", {"nearest": q}
+        kind = next(iter(q), "?")
+        if kind in NEXT_ISSUE_KINDS:
             raise BadRequest(f"query type `{kind}` is not supported by Quiver yet")
-    if isinstance(q, dict):
-        raise BadInput("Sparse vector queries are not supported by Quiver")
-    if isinstance(q, int | str) and not isinstance(q, bool):  # by point id: its own vector
-        pid = parse_id(q)
-        vec = engine_reads.vector_of_point(coll, pid, using or "")
-        return _spec(coll, b, vec, using, exclude=(pid,))
-    return _spec(coll, b, query_vector(q), using)
+        raise BadRequest(f"unknown query type `{kind}`")
+    return "nearest", {"nearest": q}
 
 
-def query_request(coll: Collection, b: dict[str, Any]) -> QueryRequest:
-    """One QueryRequest body (POST /points/query, or one of /points/query/batch)."""
-    spec = _nearest(coll, b)
-    if spec is not None:
-        return QueryRequest(spec, spec.pred, spec.limit, spec.offset, spec.with_payload,
-                            spec.with_vector)
+def _vector(coll: Any, raw: Any, using: str | None, lookup_from: Any, lookup: Lookup | None,
+            ) -> tuple[Any, PointId | None]:
+    """A nearest query's vector, and the point id it was taken from (to exclude) when that
+    point lives in this collection."""
+    if isinstance(raw, int | str) and not isinstance(raw, bool):  # by point id
+        pid = parse_id(raw)
+        if lookup_from is None:
+            return engine_reads.vector_of_point(coll, pid, using or ""), pid
+        if lookup is None:
+            raise BadRequest("`lookup_from` needs the collection catalog")
+        other = lookup(lookup_from["collection"])
+        name = lookup_from.get("vector")
+        return engine_reads.vector_of_point(other, pid, name if name is not None else
+                                            (using or "")), None
+    if isinstance(raw, dict) and not vectors.is_sparse(raw):
+        raise BadRequest("unsupported vector input in `nearest`")
+    return vectors.parse_query_vector(raw, using, coll.config), None
+
+
+def _lookup_from(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("collection"), str):
+        raise BadRequest("`lookup_from` needs a `collection` name")
+    if raw.get("vector") is not None and not isinstance(raw["vector"], str):
+        raise BadRequest("`lookup_from.vector` must be a vector name")
+    return raw
+
+
+def _mmr(raw: Any) -> Mmr | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequest("`mmr` must be an object")
+    div = raw.get("diversity")
+    if div is not None and (isinstance(div, bool) or not isinstance(div, int | float)
+                            or not 0 <= div <= 1):
+        raise BadRequest(f"mmr.diversity value {div} is invalid. Must be between 0 and 1.")
+    cand = raw.get("candidates_limit")
+    if cand is not None and (isinstance(cand, bool) or not isinstance(cand, int)
+                             or not 0 <= cand <= 16384):
+        raise BadRequest(
+            f"mmr.candidates_limit value {cand} is invalid. Must be between 0 and 16384.")
+    return Mmr(0.5 if div is None else float(div), cand or None)
+
+
+def _fusion(kind: str, q: dict[str, Any]) -> Fusion:
+    if kind == "fusion":
+        if q["fusion"] not in ("rrf", "dbsf"):
+            raise BadRequest(f"unknown fusion `{q['fusion']}`: expected rrf or dbsf")
+        return Fusion(q["fusion"])
+    rrf = q["rrf"]
+    if not isinstance(rrf, dict):
+        raise BadRequest("`rrf` must be an object with optional `k` and `weights`")
+    k = rrf.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise BadRequest(f"rrf k value {k} is invalid. Must be 1 or larger.")
+    w = rrf.get("weights")
+    if w is not None and (not isinstance(w, list) or any(
+            isinstance(x, bool) or not isinstance(x, int | float) for x in w)):
+        raise BadRequest("`rrf.weights` must be a list of numbers")
+    return Fusion("rrf", k if k is not None else DEFAULT_RRF_K,
+                  tuple(float(x) for x in w) if w is not None else None)
+
+
+def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: Lookup | None,
+          root: bool) -> QueryRequest:
+    """One query plan node: a QueryRequest body (root) or a Prefetch."""
+    if depth > MAX_PREFETCH_DEPTH:
+        raise BadRequest(f"prefetch nesting is too deep: at most {MAX_PREFETCH_DEPTH} levels "
+                         "are supported")
+    raw_pf = b.get("prefetch")
+    prefetches = [] if raw_pf is None else raw_pf if isinstance(raw_pf, list) else [raw_pf]
+    if not all(isinstance(p, dict) for p in prefetches):
+        raise BadRequest("`prefetch` must be an object or a list of objects")
+    kind, q = _query_kind(b.get("query"))
+    using = b.get("using")
+    if using is not None and not isinstance(using, str):
+        raise BadRequest("`using` must be a vector name")
+    lookup_from = _lookup_from(b.get("lookup_from"))
+    vec, exclude = None, None
+    mmr = None
+    if kind == "nearest":  # the vector first, then the rest: the order Qdrant reports in
+        mmr = _mmr(q.get("mmr"))
+        vec, exclude = _vector(coll, q["nearest"], using, lookup_from, lookup)
+    hnsw_ef, exact, name = None, False, ""
+    if kind == "nearest":  # params steer a vector search only (elsewhere they are ignored)
+        hnsw_ef, exact = common.search_params(b.get("params"))
+        name = coll.config.search_name(using)
+        if mmr is not None and coll.config.is_sparse(name):
+            raise BadRequest("`mmr` over a sparse vector is not supported by Quiver yet")
+    own_filter = b.get("filter")
+    parse_filter(own_filter)  # reports a malformed filter as such before merging
+    flt = merge_filters(parent_filter, own_filter)
     lim = common.limit(b.get("limit"))
-    off = common.offset(b.get("offset"))
-    pred = parse_filter(b.get("filter"))
-    wp, wv = common.selectors(b, payload_default=False)
-    return QueryRequest(None, pred, lim, off, wp, wv)
+    off = common.offset(b.get("offset")) if root else 0
+    threshold = common.score_threshold(b.get("score_threshold"))
+    if prefetches and kind == "none":
+        raise BadRequest("A query is needed to merge the prefetches.")
+    if threshold is not None and kind in ("none", "order_by"):
+        raise BadRequest("A query is needed to use the score_threshold." if kind == "none"
+                         else "Can't use score_threshold with an order_by query.")
+    if kind in ("fusion", "rrf") and using is not None:
+        raise BadRequest("Fusion queries cannot be combined with the 'using' field.")
+    wp, wv = common.selectors(b, payload_default=False) if root else (False, False)
+    simple = root and not prefetches  # today's path: the point is dropped from the results
+    if exclude is not None and not simple:  # as the server: excluded by filter, propagated
+        flt = merge_filters(flt, {"must_not": [{"has_id": [exclude]}]})
+    pred = parse_filter(flt)
+    key = orjson.dumps(flt).decode() if flt is not None else ""
+    children = [_node(coll, p, flt, depth + 1, lookup, False) for p in prefetches]
+    if kind in ("fusion", "rrf", "formula") and not children:
+        raise BadRequest(f"`{kind}` query needs `prefetch`: it combines the prefetches' results")
+    node = QueryRequest(None, pred, lim, off, wp, wv, children, threshold, key)
+    if kind == "nearest":
+        assert vec is not None
+        node.nearest = SearchSpec(
+            vector=vec, using=name, pred=pred, limit=lim, offset=off, score_threshold=threshold,
+            with_payload=wp, with_vector=wv,
+            exclude_ids=(exclude,) if exclude is not None and simple else (),
+            filter_key=key, hnsw_ef=hnsw_ef, exact=exact)
+        node.mmr = mmr
+    elif kind in ("fusion", "rrf"):
+        node.fusion = _fusion(kind, q)
+    elif kind == "formula":
+        node.formula = parse_formula(q["formula"], q.get("defaults"))
+    elif kind == "order_by":
+        node.order_by = order_by(q["order_by"])
+    elif kind == "sample":
+        if q["sample"] != "random":
+            raise BadRequest(f"unknown sample `{q['sample']}`: expected random")
+        node.sample = True
+    return node
+
+
+def query_request(coll: Collection, b: dict[str, Any], lookup: Lookup | None = None
+                  ) -> QueryRequest:
+    """One QueryRequest body (POST /points/query, or one of /points/query/batch) as a query
+    plan. `lookup` finds the collections `lookup_from` names."""
+    return _node(coll, b, None, 0, lookup, True)
 
 
 def searches(body: dict[str, Any]) -> list[Any]:
@@ -100,8 +258,9 @@ def search_request(coll: Collection, b: dict[str, Any]) -> SearchSpec:
         if "name" in v and "vector" in v:
             using, v = v["name"], v["vector"]
         else:
-            raise BadInput("Sparse vector search is not supported by Quiver")
-    return _spec(coll, b, query_vector(v), using)
+            raise BadInput("a sparse search vector needs a name: {\"name\": ..., \"vector\": "
+                           "{\"indices\": [...], \"values\": [...]}}")
+    return _spec(coll, b, vectors.parse_query_vector(v, using, coll.config), using)
 
 
 # ---- scroll, count, retrieve ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Dense vectors given as JSON lists → float32 arrays, checked the way Qdrant reports them.
+"""Vectors given as JSON → float32 arrays (dense) or CSR batches (sparse `{indices, values}`,
+engine/sparse.py), checked the way Qdrant reports them.
 
 Write vectors are converted once per batch and per vector name (`np.asarray` over the list
 of lists); the only per-point Python work is picking the right list out of each point.
@@ -12,7 +13,8 @@ import numpy as np
 
 from engine.config import CollectionConfig
 from engine.errors import BadInput, BadRequest
-from engine.operations import VectorRows
+from engine.operations import SparseRows, VectorRows
+from engine.sparse import SparseVector, checked_batch, sparse_vector
 
 
 def numeric_array(raw: Any) -> np.ndarray | None:
@@ -44,6 +46,35 @@ def query_vector(raw: Any) -> np.ndarray:
     return arr
 
 
+def is_sparse(raw: Any) -> bool:
+    return isinstance(raw, dict) and "indices" in raw and "values" in raw
+
+
+def sparse_query(raw: Any, name: str = "") -> SparseVector:
+    """`{"indices": [...], "values": [...]}` as a query vector (checked, sorted by index)."""
+    if not is_sparse(raw) or set(raw) - {"indices", "values"}:
+        raise BadRequest("a sparse vector is an object with exactly `indices` and `values`")
+    return sparse_vector(raw["indices"], raw["values"], name)
+
+
+def parse_query_vector(raw: Any, using: str | None, cfg: CollectionConfig
+                       ) -> np.ndarray | SparseVector:
+    """A `nearest` query vector for the vector `using`: a SparseVector for a sparse name
+    (from `{indices, values}`), a dense float32 array otherwise. A sparse vector for a dense
+    name, or the other way around, is a 400."""
+    if cfg.is_sparse(using):
+        if not is_sparse(raw):
+            raise BadInput(f"Vector '{using}' is sparse: the query must be "
+                           "{\"indices\": [...], \"values\": [...]}")
+        return sparse_query(raw, using or "")
+    if is_sparse(raw):
+        if not using:
+            raise BadInput("a sparse query vector needs `using`: the name of a sparse vector")
+        cfg.vector(using)  # 400 for an unknown name
+        raise BadInput(f"Vector '{using}' is dense: a sparse query vector does not apply")
+    return query_vector(raw)
+
+
 def to_matrix(rows: Any, dim: int, name: str) -> np.ndarray:
     """Rows of one named vector → (r, dim) float32, finite."""
     arr = numeric_array(rows)
@@ -70,13 +101,16 @@ def prepared(cfg: CollectionConfig, name: str, positions: np.ndarray, arr: np.nd
     return VectorRows(positions, spec.distance.prepare(arr).astype(np.float32, copy=False))
 
 
-def split_vectors(cfg: CollectionConfig, per_point: list[Any]) -> dict[str, VectorRows]:
-    """[vector field of each point] → {name: rows}, positions indexing `per_point`.
+def split_vectors(cfg: CollectionConfig, per_point: list[Any]
+                  ) -> tuple[dict[str, VectorRows], dict[str, SparseRows]]:
+    """[vector field of each point] → ({dense name: rows}, {sparse name: rows}), positions
+    indexing `per_point`.
 
-    A point's vector is a bare list (the default vector) or a dict name → list; a missing
-    name means the point has no such vector.
+    A point's vector is a bare list (the default vector) or a dict name → list (dense) or
+    name → {indices, values} (sparse); a missing name means the point has no such vector.
     """
     buckets: dict[str, tuple[list[int], list[Any]]] = {}
+    sparse_buckets: dict[str, tuple[list[int], list[Any]]] = {}
     for i, v in enumerate(per_point):
         if v is None:
             continue
@@ -90,15 +124,23 @@ def split_vectors(cfg: CollectionConfig, per_point: list[Any]) -> dict[str, Vect
             b[0].append(i)
             b[1].append(v)
         elif isinstance(v, dict):
-            if "indices" in v and "values" in v:
-                raise BadInput("Sparse vectors are not supported by Quiver")
+            if is_sparse(v) and not isinstance(v.get("indices"), dict):
+                raise BadInput("A sparse vector must be named: {\"<sparse name>\": "
+                               "{\"indices\": [...], \"values\": [...]}}")
             for name, vec in v.items():
+                if cfg.is_sparse(name):
+                    if not isinstance(vec, dict) or set(vec) != {"indices", "values"}:
+                        raise BadInput(f"Conversion between sparse and regular vectors failed "
+                                       f"for vector '{name}': expected {{indices, values}}")
+                    b = sparse_buckets.setdefault(name, ([], []))
+                    b[0].append(i)
+                    b[1].append(vec)
+                    continue
                 if name not in cfg.vectors:
-                    if name in cfg.sparse_vectors:
-                        raise BadInput(f"Sparse vector '{name}' is not supported by Quiver")
                     raise BadInput(f"Not existing vector name error: {name}")
                 if isinstance(vec, dict):
-                    raise BadInput(f"Sparse vector '{name}' is not supported by Quiver")
+                    raise BadInput(f"Conversion between sparse and regular vectors failed for "
+                                   f"vector '{name}': it is a dense vector")
                 b = buckets.setdefault(name, ([], []))
                 b[0].append(i)
                 b[1].append(vec)
@@ -108,4 +150,8 @@ def split_vectors(cfg: CollectionConfig, per_point: list[Any]) -> dict[str, Vect
     for name, (pos, rows) in buckets.items():
         arr = to_matrix(rows, cfg.vectors[name].size, name)
         out[name] = prepared(cfg, name, np.asarray(pos, dtype=np.int64), arr)
-    return out
+    sparse = {}
+    for name, (pos, vecs) in sparse_buckets.items():
+        batch = checked_batch([v["indices"] for v in vecs], [v["values"] for v in vecs], name)
+        sparse[name] = SparseRows(np.asarray(pos, dtype=np.int64), batch)
+    return out, sparse

@@ -139,7 +139,8 @@ def upsert_op(cfg: CollectionConfig, body: Any) -> Upsert:
     else:
         raise BadRequest("request needs `points` or `batch`")
     ids, vectors_raw, payloads = _last_wins(ids, vectors_raw, payloads)
-    return Upsert(ids, split_vectors(cfg, vectors_raw), payloads)
+    dense, sparse = split_vectors(cfg, vectors_raw)
+    return Upsert(ids, dense, payloads, sparse)
 
 
 # ---- the other writes -------------------------------------------------------------------------
@@ -205,7 +206,8 @@ def update_vectors_op(cfg: CollectionConfig, body: Any) -> UpdateVectors:
     if any(v is None for v in vecs):
         raise BadRequest("each point needs a `vector`")
     ids, vecs = _last_wins(ids, vecs)
-    return UpdateVectors(ids, split_vectors(cfg, vecs))
+    dense, sparse = split_vectors(cfg, vecs)
+    return UpdateVectors(ids, dense, sparse)
 
 
 def delete_vectors_op(cfg: CollectionConfig, body: Any) -> DeleteVectors:
@@ -213,7 +215,7 @@ def delete_vectors_op(cfg: CollectionConfig, body: Any) -> DeleteVectors:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise BadRequest("`vector` must be a list of vector names")
     for n in names:
-        cfg.vector(n)
+        cfg.search_name(n)  # 400 unless a dense or sparse vector of the collection
     ids, sel = _selection(body)
     return DeleteVectors(ids, names, **sel)
 

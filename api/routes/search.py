@@ -15,13 +15,15 @@ from engine import query
 
 def query_points(request: Request, body: Any) -> dict[str, Any]:
     coll = collection(request)
-    return {"points": query.query_points(coll, [reads.query_request(coll, body_dict(body))])[0]}
+    req = reads.query_request(coll, body_dict(body), request.app.state.catalog.get)
+    return {"points": query.query_points(coll, [req])[0]}
 
 
 def query_batch(request: Request, body: Any) -> list[dict[str, Any]]:
     items = reads.searches(body_dict(body))
     coll = collection(request)
-    reqs = [reads.query_request(coll, body_dict(b)) for b in items]
+    lookup = request.app.state.catalog.get
+    reqs = [reads.query_request(coll, body_dict(b), lookup) for b in items]
     return [{"points": r} for r in query.query_points(coll, reqs)]
 
 

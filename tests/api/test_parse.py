@@ -144,13 +144,15 @@ def test_query_request_without_query_is_a_scroll() -> None:
 
 
 @pytest.mark.parametrize(("body", "exc", "message"), [
-    ({"prefetch": [{"query": [1, 2, 3]}]}, BadRequest,
-     "`prefetch` (hybrid queries) is not supported by Quiver yet"),
-    ({"lookup_from": {"collection": "x"}}, BadRequest,
-     "`lookup_from` is not supported by Quiver yet"),
-    ({"query": {"fusion": "rrf"}}, BadRequest, "query type `fusion` is not supported by Quiver yet"),
+    ({"prefetch": [{"query": [1, 2, 3], "using": "img"}], "query": {"fusion": "rrf"}}, BadInput,
+     "Not existing vector name error: img"),
+    ({"lookup_from": {"vector": "x"}}, BadRequest, "`lookup_from` needs a `collection` name"),
+    ({"query": {"fusion": "rrf"}}, BadRequest,
+     "`fusion` query needs `prefetch`: it combines the prefetches' results"),
+    ({"query": {"recommend": {"positive": [1]}}}, BadRequest,
+     "query type `recommend` is not supported by Quiver yet"),
     ({"query": {"nearest": {"indices": [1], "values": [1.0]}}}, BadInput,
-     "Sparse vector queries are not supported by Quiver"),
+     "a sparse query vector needs `using`: the name of a sparse vector"),
     ({"query": [[1, 2, 3]]}, BadRequest, "multi-vector queries are not supported by Quiver"),
     ({"query": [1, "a", 3]}, BadInput,
      "Query vector must not contain NaN (null) or non-numeric values"),
@@ -171,7 +173,8 @@ def test_search_request() -> None:
     spec = reads.search_request(_coll(NAMED), {"vector": {"name": "img", "vector": [1, 2]},
                                                "top": 4})
     assert (spec.using, spec.limit) == ("img", 4)
-    _raises(BadInput, "Sparse vector search is not supported by Quiver", reads.search_request,
+    _raises(BadInput, 'a sparse search vector needs a name: {"name": ..., "vector": '
+            '{"indices": [...], "values": [...]}}', reads.search_request,
             _coll(), {"vector": {"name": "s", "indices": [1]}})
     _raises(BadRequest, "`searches` must be a list", reads.searches, {"searches": {}})
 
@@ -248,7 +251,7 @@ def test_upsert_numpy_batch_in_process() -> None:
     (SINGLE, {"points": [{"id": 3, "vector": {"img": [1, 2, 3]}}]}, BadInput,
      "Not existing vector name error: img"),
     (SINGLE, {"points": [{"id": 3, "vector": {"indices": [1], "values": [1]}}]}, BadInput,
-     "Sparse vectors are not supported by Quiver"),
+     'A sparse vector must be named: {"<sparse name>": {"indices": [...], "values": [...]}}'),
     (SINGLE, {"points": [{"id": 3, "vector": 5}]}, BadRequest,
      "point vector must be a list or an object of named vectors"),
     (NAMED, {"points": [{"id": 3, "vector": [1, 2]}]}, BadInput,
