@@ -23,6 +23,8 @@ from engine.sparse import PostingIndex, SparseVector, idf
 from engine.tables import segment_mask_count
 from engine.view import View
 
+TINY = float(np.finfo(np.float32).tiny) * 16  # products above it never round to 0
+
 
 def search_sparse(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
     return [_search(view, s) for s in specs]
@@ -39,11 +41,14 @@ class _Part:
         self.index: PostingIndex = index
         self.covered = covered = min(index.rows, n)
         self.slices: list[tuple[int, int, int]] = []
-        for qpos, a, b in index.postings(query.indices):
+        self.dense: list[tuple[int, int]] = []  # (query position, dense slot): frequent terms
+        for qpos, a, b, slot in index.postings_and_slots(query.indices):
             if index.rows > n:  # rows appended after this view began: not visible
                 b = a + int(np.searchsorted(index.post_rows[a:b], n))
             if b > a:
                 self.slices.append((qpos, a, b))
+                if slot >= 0:
+                    self.dense.append((qpos, slot))
         self.tail_rows: np.ndarray | None = None  # tail entries matching a query term:
         self.tail_q = self.tail_vals = np.empty(0)  # their rows, query positions, values
         if covered < n:
@@ -66,17 +71,35 @@ class _Part:
 
     def scores(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dot products, hit) over rows [0, n): float32, accumulated in index order."""
-        acc = np.zeros(self.n, np.float32)
-        hit = np.zeros(self.n, bool)
+        n, covered = self.n, self.covered
+        acc = np.zeros(n, np.float32)
         rows, vals = self.index.post_rows, self.index.post_values
+        dense = dict(self.dense)
+        # with positive weights on both sides (whose products cannot underflow to 0) a row is
+        # hit exactly when its score is > 0: no hit mask to maintain (BM25, SPLADE, ...)
+        smallest = self.index.min_value
+        if self.tail_rows is not None and len(self.tail_vals):
+            smallest = min(smallest, float(self.tail_vals.min()))
+        lightest = float(weights.min()) if len(weights) else 0.0
+        positive = smallest > 0 and lightest > 0 and smallest * lightest > TINY
+        hit = None if positive else np.zeros(n, bool)
+        tmp = np.empty(covered, np.float32) if dense else None
         for qpos, a, b in self.slices:
-            r = rows[a:b]  # unique within one term: plain fancy-index adds are exact
-            acc[r] += weights[qpos] * vals[a:b]
-            hit[r] = True
+            slot = dense.get(qpos)
+            if slot is not None and self.index.dense is not None and tmp is not None:
+                # a frequent term: one contiguous multiply-add over the covered rows
+                np.multiply(self.index.dense[slot, :covered], weights[qpos], out=tmp)
+                acc[:covered] += tmp
+            else:
+                r = rows[a:b]  # unique within one term: plain fancy-index adds are exact
+                acc[r] += weights[qpos] * vals[a:b]
+            if hit is not None:
+                hit[rows[a:b]] = True
         if self.tail_rows is not None and len(self.tail_rows):
             np.add.at(acc, self.tail_rows, weights[self.tail_q] * self.tail_vals)
-            hit[self.tail_rows] = True
-        return acc, hit
+            if hit is not None:
+                hit[self.tail_rows] = True
+        return acc, (acc > 0 if hit is None else hit)
 
 
 def _search(view: View, s: SearchSpec) -> list[dict[str, Any]]:
@@ -108,6 +131,13 @@ def _search(view: View, s: SearchSpec) -> list[dict[str, Any]]:
         sc = acc[rows]
         if s.score_threshold is not None:
             keep = sc > np.float32(s.score_threshold)  # strict, as Qdrant
+            rows, sc = rows[keep], sc[keep]
+        if len(rows) > 400 * k:
+            # the k-th best of a subsample (~200 k rows) is a lower bound of the k-th best
+            # overall: one compare leaves a few hundred rows for the real selection
+            # (ties at the bound are kept)
+            sub = sc[:: len(rows) // (200 * k)]
+            keep = np.flatnonzero(sc >= np.partition(sub, len(sub) - k)[len(sub) - k])
             rows, sc = rows[keep], sc[keep]
         if len(rows) > k:
             top = np.argpartition(-sc, k - 1)[:k]

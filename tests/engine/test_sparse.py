@@ -22,7 +22,15 @@ from engine.operations import SparseRows, Upsert, from_record, to_record
 from engine.plan import RetrieveRequest, SearchSpec
 from engine.query import retrieve, search_batch
 from engine.segment import Segment
-from engine.sparse import PostingIndex, SparseBatch, checked_batch, idf, sparse_vector
+from engine.sparse import (
+    PostingIndex,
+    SparseBatch,
+    SparseStore,
+    SparseVector,
+    checked_batch,
+    idf,
+    sparse_vector,
+)
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
 
@@ -234,10 +242,40 @@ def _check(coll: Any, points: dict[int, dict[int, float]], use_idf: bool, seed: 
         assert [g[0] for g in got] == [w[0] for w in want]
 
 
-@pytest.fixture
-def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["postings", "dense columns"])
+def small_segments(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("engine.collection.SEGMENT_MAX_BYTES", 4096)
     monkeypatch.setattr("engine.sparse.TAIL_ROWS", 16)
+    if request.param == "dense columns":  # most terms frequent enough for a dense column
+        monkeypatch.setattr("engine.sparse.DENSE_MIN_ROWS", 1)
+        monkeypatch.setattr("engine.sparse.DENSE_SHARE", 16)
+
+
+def test_dense_columns_score_exactly_like_postings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frequent terms scored from their dense column give the same float32 sums and the same
+    hits as the scatter over postings, with negative weights and zero products too."""
+    from engine.sparse_search import _Part  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    rows = [{int(t): float(rng.choice([-1.5, 0.0, 0.25, 2.0]) if rng.random() < 0.3
+                           else rng.random() + 0.01)
+             for t in rng.choice(12, rng.integers(0, 6), False)} for _ in range(400)]
+
+    class _Seg:  # what _Part reads of a segment
+        def __init__(self) -> None:
+            self.sparse = {"s": SparseStore.load(_batch(rows), len(rows))}
+
+    for weights in ([0.5, 1.0, 2.0], [0.5, -1.0, 2.0]):
+        query = SparseVector(np.array([0, 3, 7], np.uint32), np.array(weights, np.float32))
+        got = []
+        for share, min_rows in ((10**9, 10**9), (16, 1)):
+            monkeypatch.setattr("engine.sparse.DENSE_SHARE", share)
+            monkeypatch.setattr("engine.sparse.DENSE_MIN_ROWS", min_rows)
+            part = _Part(_Seg(), 400, "s", query)  # type: ignore[arg-type]
+            got.append(part.scores(query.values))
+        assert part.dense, "the second index should score some terms from dense columns"
+        np.testing.assert_array_equal(got[0][0], got[1][0])
+        np.testing.assert_array_equal(got[0][1], got[1][1])
 
 
 @pytest.mark.parametrize("modifier", ["idf", "none"])
