@@ -27,11 +27,14 @@ from engine.config import CollectionConfig, apply_update, from_state, parse_crea
 from engine.errors import BadRequest, NotFound, StorageError
 from engine.id_tracker import split_handles
 from engine.ids import PointId, ids_to_records
+from engine.multivector import MultiBatch
+from engine.multivector import concat as concat_multi
 from engine.operations import (
     ClearPayload,
     DeletePayload,
     DeletePoints,
     DeleteVectors,
+    MultiRows,
     Operation,
     OverwritePayload,
     SetPayload,
@@ -113,7 +116,8 @@ class Collection(CollectionState):
 
     def _load_segment(self, meta: dict[str, Any]) -> None:
         seg_dir = os.path.join(self.path, "segments", str(meta["id"]))
-        data = read_segment(seg_dir, meta, self.config.vectors, self.sparse_names)
+        data = read_segment(seg_dir, meta, self.config.vectors, self.sparse_names,
+                            self.config.multivectors)
         seg = Segment.from_arrays(meta["id"], self.config.vectors, self.device, data,
                                   bool(meta.get("sealed")))
         seg.flushed_n = seg.n
@@ -178,7 +182,7 @@ class Collection(CollectionState):
 
     def _new_appendable(self) -> Segment:
         seg = Segment(self.next_segment_id, self.config.vectors, self.device,
-                      sparse=self.sparse_names)
+                      sparse=self.sparse_names, multi=self.config.multivectors)
         self.next_segment_id += 1
         self.segments.append(seg)
         self.seg_by_id[seg.seg_id] = seg
@@ -246,13 +250,13 @@ class Collection(CollectionState):
     def apply(self, op: Operation, seq: int) -> None:
         """Apply a logged op (live write or WAL replay). Caller holds write_lock."""
         if isinstance(op, Upsert):
-            self._upsert_rows(op.ids, op.vectors, op.payloads, seq, op.sparse)
+            self._upsert_rows(op.ids, op.vectors, op.payloads, seq, op.sparse, op.multi)
         elif isinstance(op, DeletePoints):
             self._delete_ids(op.ids)
         elif isinstance(op, SetPayload | OverwritePayload | DeletePayload | ClearPayload):
             self._payload_op(op, seq)
         elif isinstance(op, UpdateVectors):
-            self._update_vectors(op.ids, op.vectors, seq, op.sparse)
+            self._update_vectors(op.ids, op.vectors, seq, op.sparse, op.multi)
         elif isinstance(op, DeleteVectors):
             self._delete_vectors(op.ids, op.names, seq)
         else:
@@ -265,7 +269,8 @@ class Collection(CollectionState):
 
     def _upsert_rows(self, ids: list[PointId], vectors: dict[str, VectorRows],
                      payloads: list[dict[str, Any]], seq: int,
-                     sparse: dict[str, SparseRows] | None = None) -> None:
+                     sparse: dict[str, SparseRows] | None = None,
+                     multi: dict[str, MultiRows] | None = None) -> None:
         if not ids:
             return
         for seg, rows, _ in self._segments_of(ids):
@@ -274,7 +279,8 @@ class Collection(CollectionState):
         rows = seg.append(ids, ids_to_records(ids),
                           {name: (v.positions, v.values) for name, v in vectors.items()},
                           payloads, seq,
-                          {name: (v.positions, v.rows) for name, v in (sparse or {}).items()})
+                          {name: (v.positions, v.rows) for name, v in (sparse or {}).items()},
+                          {name: (v.positions, v.rows) for name, v in (multi or {}).items()})
         self.ids.assign(ids, seg.seg_id, rows.tolist())
         self._warm_indexes(seg)
         if self._segment_full(seg):
@@ -287,6 +293,7 @@ class Collection(CollectionState):
         max_kb = self.config.optimizer_config.get("max_segment_size")
         limit = max_kb * 1024 if isinstance(max_kb, int) and max_kb > 0 else SEGMENT_MAX_BYTES
         sparse_bytes = sum(store.nnz * 8 for store in seg.sparse.values())  # index + value
+        sparse_bytes += sum(store.ntok * store.dim * 4 for store in seg.multi.values())
         return (seg.n * row_bytes + sparse_bytes >= limit or seg.n >= SEGMENT_MAX_ROWS)
 
     def _delete_ids(self, ids: list[PointId]) -> None:
@@ -309,10 +316,12 @@ class Collection(CollectionState):
             self._warm_indexes(seg)
 
     def _update_vectors(self, ids: list[PointId], updates: dict[str, VectorRows],
-                        seq: int, sparse_updates: dict[str, SparseRows] | None = None) -> None:
+                        seq: int, sparse_updates: dict[str, SparseRows] | None = None,
+                        multi_updates: dict[str, MultiRows] | None = None) -> None:
         """A point whose vectors change moves to the appendable segment (rows are immutable)."""
         merged: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         merged_sparse: dict[str, tuple[list[np.ndarray], list[Any]]] = {}
+        merged_multi: dict[str, tuple[list[np.ndarray], list[MultiBatch]]] = {}
         order: list[int] = []
         payloads: list[dict[str, Any]] = []
         for seg, rows, pos in self._segments_of(ids):
@@ -328,6 +337,12 @@ class Collection(CollectionState):
                     ms = merged_sparse.setdefault(name, ([], []))
                     ms[0].append(pos[has])
                     ms[1].append(seg.sparse_of(name, rows[has]))
+            for name in self.config.multivectors:
+                has = seg.present[name][rows]
+                if has.any():
+                    mm = merged_multi.setdefault(name, ([], []))
+                    mm[0].append(pos[has])
+                    mm[1].append(seg.multi_of(name, rows[has]))
             order.extend(pos.tolist())
             payloads.extend(seg.payloads[r] for r in rows.tolist())
         # positions are indices into `ids`; rebuild per-name arrays in `ids` order
@@ -358,7 +373,19 @@ class Collection(CollectionState):
                 cur_pos = np.concatenate([cur_pos[kept], upd.positions])
                 cur = concat([cur.take(kept), upd.rows])
             final_sparse[name] = SparseRows(inv[cur_pos], cur)
-        self._upsert_rows([ids[i] for i in order], final, payloads, seq, final_sparse)
+        final_multi: dict[str, MultiRows] = {}
+        for name, mspec in self.config.multivectors.items():
+            mpos_parts, mbatches = merged_multi.get(name, ([], []))
+            mpos = np.concatenate(mpos_parts) if mpos_parts else np.empty(0, np.int64)
+            mcur = concat_multi(mbatches, mspec.size)
+            mupd = (multi_updates or {}).get(name)
+            if mupd is not None:
+                kept = np.flatnonzero(~np.isin(mpos, mupd.positions))
+                mpos = np.concatenate([mpos[kept], mupd.positions])
+                mcur = concat_multi([mcur.take(kept), mupd.rows], mspec.size)
+            final_multi[name] = MultiRows(inv[mpos], mcur)
+        self._upsert_rows([ids[i] for i in order], final, payloads, seq, final_sparse,
+                          final_multi)
 
     def _delete_vectors(self, ids: list[PointId], names: list[str], seq: int) -> None:
         for seg, rows, _ in self._segments_of(ids):

@@ -132,6 +132,7 @@ class VectorSpec:
     size: int
     distance: Distance
     datatype: str = "float32"
+    multivector: bool = False  # multivector_config {comparator: max_sim} (engine/multivector.py)
 
 
 @dataclass
@@ -145,6 +146,8 @@ class CollectionConfig:
     wal_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_WAL))
     sparse_vectors: dict[str, Any] = field(default_factory=dict)
     quantization_config: Any = None
+    # multivector names (MaxSim): kept out of `vectors`, which hold plain dense rows only
+    multivectors: dict[str, VectorSpec] = field(default_factory=dict)
     strict_mode_config: Any = None
     metadata: dict[str, Any] | None = None
 
@@ -155,11 +158,18 @@ class CollectionConfig:
         """Whether searches by this sparse vector weigh query terms by IDF."""
         return (self.sparse_vectors.get(name) or {}).get("modifier") == "idf"
 
+    def is_multi(self, name: str | None) -> bool:
+        return (name or "") in self.multivectors
+
     def search_name(self, name: str | None) -> str:
-        """A dense or sparse vector's name as searches use it (400 when there is none)."""
-        if self.is_sparse(name):
+        """A dense, multi or sparse vector's name as searches use it (400 when none)."""
+        if self.is_sparse(name) or self.is_multi(name):
             return name or ""
         return self.vector(name).name
+
+    def dense_names(self) -> list[str]:
+        """Dense and multivector names, in the order the user gave them."""
+        return [*self.vectors, *self.multivectors]
 
     def vector(self, name: str | None) -> VectorSpec:
         name = name or ""
@@ -221,9 +231,35 @@ def _parse_vector_params(name: str, raw: Any) -> VectorSpec:
         # Cosine stores unit vectors, whose components would all truncate to 0 or 1 as bytes
         raise BadRequest("datatype uint8 supports Dot, Euclid and Manhattan distances, not "
                          "Cosine: normalise the vectors and use Dot, or store float16")
-    if raw.get("multivector_config") is not None:
-        raise BadRequest("multivector_config is not supported by Quiver")
-    return VectorSpec(name, size, dist, datatype)
+    multi = _check_multivector(name, raw, dist.name, datatype)
+    return VectorSpec(name, size, dist, datatype, multi)
+
+
+def _check_multivector(name: str, raw: dict[str, Any], distance: str, datatype: str) -> bool:
+    """Whether the vector is a multivector; combinations Quiver does not implement are a 400
+    here, at create, never accepted and then failing."""
+    mv = raw.get("multivector_config")
+    if mv is None:
+        return False
+    if not isinstance(mv, dict) or set(mv) != {"comparator"}:
+        raise BadRequest("`multivector_config` must be {\"comparator\": \"max_sim\"}")
+    if mv["comparator"] != "max_sim":
+        raise BadRequest(f"unknown multivector comparator {mv['comparator']!r}, expected max_sim")
+    if datatype != "float32":
+        raise BadRequest(f"multivector {name!r}: datatype {datatype} is not supported by Quiver "
+                         "for multivectors (tokens are stored as float32)")
+    if distance == "Manhattan":
+        raise BadRequest(f"multivector {name!r}: Manhattan distance is not supported by Quiver "
+                         "for multivectors (use Cosine, Dot or Euclid)")
+    hnsw = raw.get("hnsw_config")
+    if isinstance(hnsw, dict) and hnsw.get("m", 0) != 0:
+        raise BadRequest(f"multivector {name!r}: an HNSW index over multivectors is not "
+                         "supported by Quiver (they are searched exactly): use hnsw_config "
+                         "{\"m\": 0} or leave it out")
+    if raw.get("quantization_config") is not None:
+        raise BadRequest(f"multivector {name!r}: quantization of multivectors is not "
+                         "supported by Quiver")
+    return True
 
 
 def _check_sparse(name: str, raw: Any, strict: bool) -> dict[str, Any]:
@@ -292,7 +328,9 @@ def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
     sparse = dict(_object(body.get("sparse_vectors"), "sparse_vectors", strict) or {})
     for name, sparse_params in sparse.items():
         sparse[name] = _check_sparse(name, sparse_params, strict)
-    overlap = set(sparse) & set(specs)
+    multis = {n: spec for n, spec in specs.items() if spec.multivector}
+    specs = {n: spec for n, spec in specs.items() if not spec.multivector}
+    overlap = set(sparse) & (set(specs) | set(multis))
     if overlap:
         raise BadInput(f"vector name(s) used for both dense and sparse vectors: {sorted(overlap)}")
     metadata = _object(body.get("metadata"), "metadata", strict)
@@ -309,6 +347,7 @@ def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
         wal_config=_merge_section(dict(DEFAULT_WAL), body.get("wal_config"), "wal_config",
                                   strict),
         sparse_vectors=copy.deepcopy(sparse),
+        multivectors=multis,
         quantization_config=body.get("quantization_config"),
         strict_mode_config=body.get("strict_mode_config"),
         metadata=metadata,
@@ -348,10 +387,14 @@ def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfi
     if body.get("vectors") is not None:
         vec_updates = _object(body["vectors"], "vectors", True) or {}
         for name, upd in vec_updates.items():
-            if name not in cfg.vectors:
+            if name not in cfg.vectors and name not in cfg.multivectors:
                 raise BadInput(f"Not existing vector name error: {name}")
             target = state["vectors"] if not cfg.named else state["vectors"][name]
-            for k, v in (_object(upd, f"vectors.{name}", True) or {}).items():
+            upd = _object(upd, f"vectors.{name}", True) or {}
+            if name in cfg.multivectors:  # same refusals as at create
+                _check_multivector(name, {**target, **{k: v for k, v in upd.items()
+                                                       if v is not None}}, "", "float32")
+            for k, v in upd.items():
                 if k in ("hnsw_config", "quantization_config", "on_disk") and v is not None:
                     target[k] = v
                 elif k not in ("hnsw_config", "quantization_config", "on_disk"):

@@ -8,6 +8,8 @@ The WAL record layout is the one earlier versions wrote (a dict with "op", "ids"
 vectors, arrays under "v:<name>" with row positions under "p:<name>"), so existing WALs replay.
 Sparse vectors add "s:<name>" (row ends, int64), "si:<name>" (indices, uint32), "sv:<name>"
 (values, float32) and "sp:<name>" (positions): keys an older record never has.
+Multivectors add "m:<name>" (row ends, int64), "mt:<name>" (tokens, (t, dim) float32) and
+"mp:<name>" (positions), likewise new keys: records without multivectors are unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from engine.filters import Predicate
 from engine.ids import PointId
+from engine.multivector import MultiBatch
 from engine.sparse import SparseBatch
 
 
@@ -39,6 +42,15 @@ class SparseRows:
     rows: SparseBatch  # r rows, each sorted by index, checked
 
 
+@dataclass(frozen=True)
+class MultiRows:
+    """One multivector for some of an operation's points: batch row j belongs to the op's
+    point `positions[j]`; tokens already prepared (Cosine: unit length)."""
+
+    positions: np.ndarray  # (r,) int64
+    rows: MultiBatch
+
+
 @dataclass
 class Operation:
     """Base: the points it touches. `filter`, when set, selects them instead of `ids`; the
@@ -57,6 +69,7 @@ class Upsert(Operation):
     vectors: dict[str, VectorRows] = field(default_factory=dict)
     payloads: list[dict[str, Any]] = field(default_factory=list)
     sparse: dict[str, SparseRows] = field(default_factory=dict)
+    multi: dict[str, MultiRows] = field(default_factory=dict)
 
     kind: ClassVar[str] = "upsert"
     requires_existing: ClassVar[bool] = False
@@ -99,6 +112,7 @@ class ClearPayload(Operation):
 class UpdateVectors(Operation):
     vectors: dict[str, VectorRows] = field(default_factory=dict)
     sparse: dict[str, SparseRows] = field(default_factory=dict)
+    multi: dict[str, MultiRows] = field(default_factory=dict)
 
     kind: ClassVar[str] = "update_vectors"
 
@@ -164,6 +178,26 @@ def _decode_sparse(arrays: dict[str, np.ndarray]) -> dict[str, SparseRows]:
     return out
 
 
+def _encode_multi(multi: dict[str, MultiRows]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, rows in multi.items():
+        arrays["m:" + name] = rows.rows.offsets[1:]
+        arrays["mt:" + name] = rows.rows.tokens
+        arrays["mp:" + name] = rows.positions
+    return arrays
+
+
+def _decode_multi(arrays: dict[str, np.ndarray]) -> dict[str, MultiRows]:
+    out = {}
+    for key, ends in arrays.items():
+        if key.startswith("m:"):
+            name = key[2:]
+            offsets = np.zeros(len(ends) + 1, np.int64)
+            offsets[1:] = ends
+            out[name] = MultiRows(arrays["mp:" + name], MultiBatch(offsets, arrays["mt:" + name]))
+    return out
+
+
 def to_record(op: Operation) -> dict[str, Any]:
     """op → the WAL's record dict (arrays under "arrays"). The op's ids must be resolved."""
     if op.filter is not None:
@@ -173,9 +207,11 @@ def to_record(op: Operation) -> dict[str, Any]:
         rec["payloads"] = op.payloads
         rec["arrays"] = _encode_vectors(op.vectors, len(op.ids), with_positions=False)
         rec["arrays"].update(_encode_sparse(op.sparse))
+        rec["arrays"].update(_encode_multi(op.multi))
     elif isinstance(op, UpdateVectors):
         rec["arrays"] = _encode_vectors(op.vectors, len(op.ids), with_positions=True)
         rec["arrays"].update(_encode_sparse(op.sparse))
+        rec["arrays"].update(_encode_multi(op.multi))
     elif isinstance(op, SetPayload):
         rec["payload"] = op.payload
         if op.key is not None:
@@ -196,7 +232,7 @@ def from_record(rec: dict[str, Any]) -> Operation:
     if kind == "upsert":
         arrays = rec.get("arrays") or {}
         return Upsert(ids, _decode_vectors(arrays, len(ids)), list(rec.get("payloads") or []),
-                      _decode_sparse(arrays))
+                      _decode_sparse(arrays), _decode_multi(arrays))
     if kind == "delete":
         return DeletePoints(ids)
     if kind == "set_payload":
@@ -209,7 +245,8 @@ def from_record(rec: dict[str, Any]) -> Operation:
         return ClearPayload(ids)
     if kind == "update_vectors":
         arrays = rec.get("arrays") or {}
-        return UpdateVectors(ids, _decode_vectors(arrays, len(ids)), _decode_sparse(arrays))
+        return UpdateVectors(ids, _decode_vectors(arrays, len(ids)), _decode_sparse(arrays),
+                             _decode_multi(arrays))
     if kind == "delete_vectors":
         return DeleteVectors(ids, list(rec["names"]))
     raise ValueError(f"unknown WAL op {kind}")

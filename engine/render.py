@@ -16,7 +16,7 @@ from engine.view import View
 def _with_vector_names(view: View, selector: Any) -> list[str] | None:
     if selector is None or selector is False:
         return None
-    vectors = [*view.config.vectors, *view.config.sparse_vectors]
+    vectors = [*view.config.dense_names(), *view.config.sparse_vectors]
     if selector is True:
         return vectors
     if isinstance(selector, list) and all(isinstance(n, str) for n in selector):
@@ -33,8 +33,11 @@ def render(view: View, seg: Segment, rows: list[int], with_payload: Any,
         r = np.asarray(rows, dtype=np.int64)
         for name in names:
             present = seg.present[name][r] if len(r) else np.zeros(0, bool)
+            values: list[Any]
             if name in seg.sparse:
                 values = _sparse_json(seg, name, r)
+            elif name in seg.multi:
+                values = _multi_json(seg, name, r)
             else:
                 values = seg.vectors_of(name, r).tolist()
             vecs[name] = [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
@@ -75,6 +78,14 @@ def _sparse_json(seg: Segment, name: str, rows: np.ndarray) -> list[dict[str, An
     idx, vals = batch.indices.tolist(), batch.values.tolist()
     return [{"indices": idx[a:b], "values": vals[a:b]}
             for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def _multi_json(seg: Segment, name: str, rows: np.ndarray) -> list[list[list[float]]]:
+    """Rows of a multivector as Qdrant renders them: a list of token vectors."""
+    batch = seg.multi_of(name, rows)
+    ends = batch.offsets.tolist()
+    toks = batch.tokens.tolist()
+    return [toks[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
 
 
 def render_handles(view: View, handles: list[int], with_payload: Any, with_vector: Any,

@@ -9,6 +9,7 @@ import numpy as np
 from engine.errors import BadInput, NotFound
 from engine.id_tracker import ROW_BITS, ROW_MASK
 from engine.ids import parse_id
+from engine.multivector import MultiVector
 from engine.plan import RetrieveRequest
 from engine.render import render_handles
 from engine.view import Readable
@@ -28,7 +29,7 @@ def get_point(coll: Readable, raw_id: Any) -> dict[str, Any]:
     return render_handles(view, view.found, True, True)[0]
 
 
-def vector_of_point(coll: Readable, raw_id: Any, using: str) -> np.ndarray:
+def vector_of_point(coll: Readable, raw_id: Any, using: str) -> np.ndarray | MultiVector:
     pid = parse_id(raw_id)
     view = coll.view([pid])
     if not view.found:
@@ -36,7 +37,9 @@ def vector_of_point(coll: Readable, raw_id: Any, using: str) -> np.ndarray:
     h = view.found[0]
     seg = view.by_id[h >> ROW_BITS]
     row = h & ROW_MASK
-    name = view.config.vector(using).name
+    name = using if view.config.is_multi(using) else view.config.vector(using).name
     if not seg.present[name][row]:
         raise BadInput(f"Vector with name {name!r} for point {pid} not found")
+    if name in seg.multi:  # a multivector point: its tokens are the query
+        return MultiVector(seg.multi_of(name, np.array([row])).tokens)
     return seg.vectors_of(name, np.array([row]))[0]

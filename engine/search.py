@@ -14,6 +14,8 @@ import numpy as np
 from engine import ann
 from engine.errors import BadInput
 from engine.id_tracker import ROW_BITS
+from engine.multi_search import search_multi
+from engine.multivector import MultiVector
 from engine.plan import SearchSpec
 from engine.render import render_handles
 from engine.segment import Segment
@@ -31,6 +33,10 @@ def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any
     sparse = [i for i, s in enumerate(specs) if isinstance(s.vector, SparseVector)]
     if sparse:  # sparse vectors: posting lists on the host (engine/sparse_search.py)
         for i, res in zip(sparse, search_sparse(view, [specs[i] for i in sparse]), strict=True):
+            results[i] = res
+    multi = [i for i, s in enumerate(specs) if isinstance(s.vector, MultiVector)]
+    if multi:  # multivectors: MaxSim over token rows (engine/multi_search.py)
+        for i, res in zip(multi, search_multi(view, [specs[i] for i in multi]), strict=True):
             results[i] = res
     groups: dict[tuple[str, str, int | None, bool], list[int]] = {}
     for i, s in enumerate(specs):

@@ -22,6 +22,7 @@ import numpy as np
 from engine.columns import Column, ColumnData
 from engine.config import VectorSpec
 from engine.ids import ID_DTYPE, PointId
+from engine.multivector import MultiBatch, MultiStore, empty_batch
 from engine.payload import raw_values_at
 from engine.sparse import SparseBatch, SparseStore
 from gpu.budget import now
@@ -50,6 +51,7 @@ class FrozenSegment:
     ann: dict[str, Any]  # vector name → HnswIndex over its leading rows (immutable)
     digests: dict[str, str]  # vector name → sha256 of its .npy member, where precomputed
     sparse: dict[str, SparseBatch]  # sparse name → rows [0, n) (views: immutable rows)
+    multi: dict[str, MultiBatch]  # multivector name → rows [0, n) (views: immutable rows)
 
     def host_rows(self, name: str, start: int = 0) -> np.ndarray:
         """Rows [start, n) of a vector in host memory, in their storage dtype."""
@@ -81,10 +83,12 @@ class _Arrays(Mapping[str, Any]):
 
 class Segment:
     def __init__(self, seg_id: int, specs: dict[str, VectorSpec], device: Any = None,
-                 capacity: int = 1024, sparse: tuple[str, ...] = ()) -> None:
+                 capacity: int = 1024, sparse: tuple[str, ...] = (),
+                 multi: dict[str, VectorSpec] | None = None) -> None:
         """`device`: a gpu.device.Device (default: the process default device). The numpy
         module (host memory) or cupy (the default device) are accepted too. `sparse`: the
-        collection's sparse vector names (their rows live on the host, engine/sparse.py)."""
+        collection's sparse vector names (their rows live on the host, engine/sparse.py);
+        `multi`: its multivectors (token rows on the host, engine/multivector.py)."""
         self.seg_id = seg_id
         self.specs = specs
         self.device: Device = placement(device)
@@ -101,6 +105,9 @@ class Segment:
         self.vectors: Mapping[str, Any] = _Arrays(self.matrices)  # name → storage array
         self.sq_norms: Mapping[str, Any] = _Arrays(self.matrices, norms=True)
         self.sparse: dict[str, SparseStore] = {name: SparseStore() for name in sparse}
+        self.multi_specs: dict[str, VectorSpec] = dict(multi or {})
+        self.multi: dict[str, MultiStore] = {name: MultiStore(spec.size)
+                                             for name, spec in self.multi_specs.items()}
         self.present: dict[str, np.ndarray] = {}  # dense and sparse names
         self.deleted = np.zeros(0, bool)
         self.versions = np.zeros(0, np.uint64)
@@ -163,7 +170,9 @@ class Segment:
             m.grow(cap, self.n)
         for store in self.sparse.values():
             store.grow(cap, self.n)
-        for name in [*self.specs, *self.sparse]:
+        for mstore in self.multi.values():
+            mstore.grow(cap, self.n)
+        for name in [*self.specs, *self.sparse, *self.multi]:
             pres = np.zeros(cap, bool)
             if name in self.present:
                 pres[: self.n] = self.present[name][: self.n]
@@ -185,9 +194,11 @@ class Segment:
     def append(self, ids: list[PointId], id_recs: np.ndarray,
                vectors: dict[str, tuple[np.ndarray, np.ndarray]],
                payloads: list[dict[str, Any]], version: int,
-               sparse: dict[str, tuple[np.ndarray, SparseBatch]] | None = None) -> np.ndarray:
+               sparse: dict[str, tuple[np.ndarray, SparseBatch]] | None = None,
+               multi: dict[str, tuple[np.ndarray, MultiBatch]] | None = None) -> np.ndarray:
         """Append rows. `vectors[name] = (batch positions that have it, (r, dim) array)`;
-        `sparse[name]` the same for a sparse vector (its rows as one CSR batch)."""
+        `sparse[name]` the same for a sparse vector (its rows as one CSR batch), `multi[name]`
+        for a multivector (its token rows as one batch)."""
         m = len(ids)
         start = self.n
         self._grow(start + m)
@@ -209,6 +220,14 @@ class Segment:
                 pos, batch = pos[order], batch.take(order)
             store.append(start, m, pos, batch)
             self.present[name][rows[pos]] = True
+        for name, mstore in self.multi.items():  # likewise: every row gets its token range
+            mpos, mbatch = (multi or {}).get(name) or (np.empty(0, np.int64),
+                                                       empty_batch(mstore.dim))
+            if len(mpos) > 1 and (np.diff(mpos) < 0).any():
+                order = np.argsort(mpos, kind="stable")
+                mpos, mbatch = mpos[order], mbatch.take(order)
+            mstore.append(start, m, mpos, mbatch)
+            self.present[name][rows[mpos]] = True
         self.id_recs[start : start + m] = id_recs
         self.versions[start : start + m] = version
         self.ids.extend(ids)
@@ -259,6 +278,10 @@ class Segment:
     def sparse_of(self, name: str, rows: np.ndarray) -> SparseBatch:
         """Some rows of a sparse vector (host copies), in the order given."""
         return self.sparse[name].rows(rows)
+
+    def multi_of(self, name: str, rows: np.ndarray) -> MultiBatch:
+        """Some rows of a multivector (host copies), in the order given."""
+        return self.multi[name].rows(rows)
 
     def vectors_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Host float32 copies of some rows' vectors (for responses)."""
@@ -335,6 +358,7 @@ class Segment:
             ann=dict(self.ann),
             digests={name: d for name, (rows, d) in self.digests.items() if rows == n},
             sparse={name: store.csr(n) for name, store in self.sparse.items()},
+            multi={name: store.batch(n) for name, store in self.multi.items()},
         )
 
     @classmethod
@@ -345,8 +369,13 @@ class Segment:
         them, nothing is copied); otherwise one large copy per array, to the device if any."""
         n = len(data["id_recs"])
         sparse: dict[str, SparseBatch] = data.get("sparse") or {}
-        seg = cls(seg_id, specs, device, capacity=max(n, 16), sparse=tuple(sparse))
+        multi: dict[str, tuple[VectorSpec, MultiBatch]] = data.get("multi") or {}
+        seg = cls(seg_id, specs, device, capacity=max(n, 16), sparse=tuple(sparse),
+                  multi={name: spec for name, (spec, _) in multi.items()})
         seg.sealed = sealed
+        for name, (spec, mbatch) in multi.items():
+            seg.multi[name] = MultiStore.load(mbatch, spec.size, seg.capacity)
+            seg.present[name][:n] = data["present"][name]
         for name, batch in sparse.items():
             seg.sparse[name] = SparseStore.load(batch, seg.capacity)
             seg.present[name][:n] = data["present"][name]
@@ -374,7 +403,10 @@ class Segment:
         live = np.flatnonzero(~src.deleted[:n])
         m = len(live)
         seg = cls(seg_id, src.specs, src.device if src.on_device else HOST,
-                  capacity=max(m, 16), sparse=tuple(src.sparse))
+                  capacity=max(m, 16), sparse=tuple(src.sparse), multi=src.multi_specs)
+        for name, mstore in src.multi.items():
+            seg.multi[name] = MultiStore.load(mstore.rows(live), mstore.dim, seg.capacity)
+            seg.present[name][:m] = src.present[name][:n][live]
         for name, store in src.sparse.items():
             seg.sparse[name] = SparseStore.load(store.rows(live), seg.capacity)
             seg.present[name][:m] = src.present[name][:n][live]

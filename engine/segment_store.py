@@ -5,6 +5,9 @@
     segments/<id>/sparse-<hexname>.ends    a sparse vector's rows (CSR, engine/sparse.py): each
     segments/<id>/sparse-<hexname>.idx     row's end offset (int64), then indices (uint32)
     segments/<id>/sparse-<hexname>.val     and values (float32), all append-only
+    segments/<id>/multi-<hexname>.ends     a multivector's rows (engine/multivector.py): each
+    segments/<id>/multi-<hexname>.tok      row's end offset (int64), then its token vectors
+                                           (float32, row-major (t, dim)), both append-only
     segments/<id>/masks.<gen>.npz          deleted, versions, present-<hexname>
     segments/<id>/payloads.<gen>.json      list of payload dicts
     segments/<id>/hnsw-<hexname>.npz       HNSW graph over the leading rows (engine/ann.py),
@@ -34,6 +37,7 @@ import numpy as np
 from engine import jsonio
 from engine.durable import append_durable, atomic_writer, fsync_dir, io_error
 from engine.ids import ID_DTYPE
+from engine.multivector import MultiBatch, empty_batch
 from engine.segment import STORAGE_DTYPES, FrozenSegment
 from engine.sparse import SparseBatch
 
@@ -46,6 +50,10 @@ def vec_file(name: str) -> str:
 
 def sparse_file(name: str, part: str) -> str:
     return f"sparse-{name.encode().hex()}.{part}"
+
+
+def multi_file(name: str, part: str) -> str:
+    return f"multi-{name.encode().hex()}.{part}"
 
 
 def _raw(a: np.ndarray) -> memoryview | bytes:
@@ -85,6 +93,15 @@ def write_segment(seg_dir: str, frozen: FrozenSegment, flushed_n: int, gen: int,
                     keep = flushed_n if part == "ends" else base
                     _truncate_to(path, keep * np.dtype(dt).itemsize)
                     append_durable(path, _raw(parts[part].astype(dt, copy=False)))
+            for name, mb in frozen.multi.items():
+                base = int(mb.offsets[flushed_n])
+                dim = mb.tokens.shape[1]
+                path = os.path.join(seg_dir, multi_file(name, "ends"))
+                _truncate_to(path, flushed_n * 8)
+                append_durable(path, _raw(mb.offsets[flushed_n + 1 : n + 1]))
+                path = os.path.join(seg_dir, multi_file(name, "tok"))
+                _truncate_to(path, base * dim * 4)
+                append_durable(path, _raw(mb.tokens[base:]))
         masks: dict[str, np.ndarray] = {"deleted": frozen.deleted, "versions": frozen.versions}
         for name, p in frozen.present.items():
             masks[f"present-{name.encode().hex()}"] = p
@@ -131,8 +148,35 @@ def _read_sparse(seg_dir: str, name: str, n: int, blob: dict[str, Any] | None,
     return SparseBatch(indptr, arrays[0], arrays[1])
 
 
+def _read_multi(seg_dir: str, name: str, dim: int, n: int, blob: dict[str, Any] | None,
+                blob_path: str) -> MultiBatch:
+    """A multivector's committed rows; none stored (an archive without it): every row empty."""
+    empty = empty_batch(dim, n)
+    if not n:
+        return empty
+    offsets = np.zeros(n + 1, np.int64)
+    if blob is not None:
+        where = (blob.get("multi") or {}).get(name.encode().hex())
+        if where is None:
+            return empty
+        offsets[1:] = np.fromfile(blob_path, np.int64, n, offset=where["ends"])
+        t = int(offsets[-1])
+        return MultiBatch(offsets, np.fromfile(blob_path, np.float32, t * dim,
+                                               offset=where["tok"]).reshape(t, dim))
+    ends_path = os.path.join(seg_dir, multi_file(name, "ends"))
+    if not os.path.exists(ends_path):
+        return empty
+    _truncate_to(ends_path, n * 8)
+    offsets[1:] = np.fromfile(ends_path, np.int64, n)
+    t = int(offsets[-1])
+    tok_path = os.path.join(seg_dir, multi_file(name, "tok"))
+    _truncate_to(tok_path, t * dim * 4)
+    return MultiBatch(offsets, np.fromfile(tok_path, np.float32, t * dim).reshape(t, dim))
+
+
 def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any],
-                 sparse_names: tuple[str, ...] = ()) -> dict[str, Any]:
+                 sparse_names: tuple[str, ...] = (),
+                 multi_specs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read exactly the committed rows of a segment (truncating any uncommitted tail)."""
     n = int(meta["n"])
     blob = meta.get("blob")
@@ -177,11 +221,13 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any],
         with open(os.path.join(seg_dir, f"payloads.{meta['payload_gen']}.json"), "rb") as f:
             payloads = jsonio.loads(f.read())
     present = {name: masks.get(f"present-{name.encode().hex()}", np.zeros(n, bool))
-               for name in [*specs, *sparse_names]}
+               for name in [*specs, *sparse_names, *(multi_specs or {})]}
     sparse = {name: _read_sparse(seg_dir, name, n, blob, blob_path) for name in sparse_names}
+    multi = {name: (spec, _read_multi(seg_dir, name, spec.size, n, blob, blob_path))
+             for name, spec in (multi_specs or {}).items()}
     return {"id_recs": id_recs, "vectors": vectors, "deleted": masks["deleted"],
             "versions": masks["versions"], "present": present, "payloads": payloads,
-            "blob": blob, "sparse": sparse}
+            "blob": blob, "sparse": sparse, "multi": multi}
 
 
 BLOBS = "blobs"  # next to segments/: recovered archives segments map their rows from
@@ -246,7 +292,7 @@ def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) ->
         return  # a recovered segment still entirely in its archive
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):
-        if name in keep or name.startswith(("vec-", "hnsw-", "sparse-")):
+        if name in keep or name.startswith(("vec-", "hnsw-", "sparse-", "multi-")):
             continue
         if name.startswith(("masks.", "payloads.", ".tmp-")):
             try:

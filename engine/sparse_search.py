@@ -137,8 +137,8 @@ def _search(view: View, s: SearchSpec) -> list[dict[str, Any]]:
             # overall: one compare leaves a few hundred rows for the real selection
             # (ties at the bound are kept)
             sub = sc[:: len(rows) // (200 * k)]
-            keep = np.flatnonzero(sc >= np.partition(sub, len(sub) - k)[len(sub) - k])
-            rows, sc = rows[keep], sc[keep]
+            near = np.flatnonzero(sc >= np.partition(sub, len(sub) - k)[len(sub) - k])
+            rows, sc = rows[near], sc[near]
         if len(rows) > k:
             top = np.argpartition(-sc, k - 1)[:k]
             rows, sc = rows[top], sc[top]

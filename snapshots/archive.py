@@ -11,6 +11,9 @@
     segments/<i>/sparse-<hexname>-<part>.npy  (1.1) a sparse vector's rows as CSR: `ends`
                                            (each row's end offset, int64), `indices` (uint32),
                                            `values` (float32); rows sorted by index
+    segments/<i>/multi-<hexname>-<part>.npy   a multivector's rows: `ends` (each row's end
+                                           offset, int64) and `tokens` ((t, dim) float32);
+                                           only collections with multivectors have them
     segments/<i>/payloads.json             payload per row
     segments/<i>/hnsw-<hexname>-<part>.npy HNSW graph over the segment's leading rows (levels,
                                            offsets, neighbors, entry): recovery rebuilds the
@@ -18,7 +21,9 @@
                                            construction; bounds-checked before faiss sees them
 
 Format versions: 1.0 (dense vectors only), 1.1 (adds the sparse members). Readers accept
-both: a 1.0 archive recovers with every sparse vector absent.
+both: a 1.0 archive recovers with every sparse vector absent. Multivector members came
+later without a version bump: an archive without multivectors is byte-for-byte what 1.1
+wrote, and one with them needs a config (multivector_config) that older readers refuse.
 
 Writing hashes every member in memory before its bytes go out, so the manifest can come
 first, and hashes the whole archive as it streams (the `.checksum` sidecar): no file is
@@ -53,7 +58,8 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
 MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
                         r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry)|"
-                        r"sparse-[0-9a-f]*-(?:ends|indices|values))"
+                        r"sparse-[0-9a-f]*-(?:ends|indices|values)|"
+                        r"multi-[0-9a-f]*-(?:ends|tokens))"
                         r"\.(npy|json)$")
 CHUNK = 8 << 20
 
@@ -92,6 +98,11 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
         out.append(Member(base + f"sparse-{hx}-ends.npy", npy_parts(csr.indptr[1:])))
         out.append(Member(base + f"sparse-{hx}-indices.npy", npy_parts(csr.indices)))
         out.append(Member(base + f"sparse-{hx}-values.npy", npy_parts(csr.values)))
+        out.append(Member(base + f"present-{hx}.npy", npy_parts(fz.present[name])))
+    for name, mb in fz.multi.items():
+        hx = name.encode().hex()
+        out.append(Member(base + f"multi-{hx}-ends.npy", npy_parts(mb.offsets[1:])))
+        out.append(Member(base + f"multi-{hx}-tokens.npy", npy_parts(mb.tokens)))
         out.append(Member(base + f"present-{hx}.npy", npy_parts(fz.present[name])))
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
     for name, hnsw in fz.ann.items():  # the graph only: its vectors are the segment's own

@@ -38,6 +38,7 @@ from engine.errors import (
     Unprocessable,
 )
 from engine.ids import ID_DTYPE
+from engine.multivector import MultiBatch, empty_batch
 from engine.segment import STORAGE_DTYPES
 from engine.segment_store import BLOBS, GRAPH_KEYS
 from engine.sparse import SparseBatch
@@ -239,7 +240,8 @@ class Recovery:
         if collection not in self.catalog.collections:
             return snap_state, schema  # type: ignore[return-value]
         live = self.catalog.collections[collection]
-        if snap_cfg.vectors != live.config.vectors:
+        if (snap_cfg.vectors != live.config.vectors
+                or snap_cfg.multivectors != live.config.multivectors):
             raise BadInput("Snapshot is not compatible with existing collection: Collection "
                            f"vectors: {jsonio.dumps(live.config.vectors_echo).decode()} Snapshot "
                            f"Vectors: {jsonio.dumps(snap_cfg.vectors_echo).decode()}")
@@ -303,6 +305,21 @@ class Recovery:
                     _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
                 else:  # a 1.0 archive: no point has a sparse vector
                     present[name] = np.zeros(n, bool)
+            multi = {}
+            ref["multi"] = {}
+            for name, mspec in cfg.multivectors.items():
+                hx = name.encode().hex()
+                mbatch, mwhere = _multi_rows(scanned, base, name, mspec.size, n)
+                multi[name] = (mspec, mbatch)
+                if mwhere is not None:
+                    ref["multi"][hx] = mwhere
+                member = f"{base}present-{hx}.npy"
+                if scanned.has(member):
+                    present[name] = scanned.array(member)
+                    ref["present"][hx] = scanned.npy(member).data_offset
+                    _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
+                else:
+                    present[name] = np.zeros(n, bool)
             ann_indexes = self._graphs(scanned, base, cfg, vectors)
             try:
                 payloads = jsonio.loads(scanned.read(base + "payloads.json"))
@@ -316,6 +333,7 @@ class Recovery:
             out.append(({"id_recs": ids, "vectors": vectors, "present": present,
                          "deleted": deleted, "versions": versions, "payloads": payloads,
                          "ann": ann_indexes, "blob": ref, "digests": digests, "sparse": sparse,
+                         "multi": multi,
                          "vector_members": members}, True))
         return out
 
@@ -374,6 +392,34 @@ def adopt_archive(src: str, dest: str, base: int = 0, length: int | None = None)
     except OSError as exc:
         raise io_error(exc, "syncing the recovered snapshot") from exc
     return base
+
+
+def _multi_rows(scanned: Scanned, base: str, name: str, dim: int, n: int
+                ) -> tuple[MultiBatch, dict[str, int] | None]:
+    """A multivector's rows in an archive segment, checked (row ends ascending, tokens
+    (t, dim) float32 and finite), and where its arrays lie in the archive. None stored: every
+    row empty."""
+    hx = name.encode().hex()
+    members = {part: f"{base}multi-{hx}-{part}.npy" for part in ("ends", "tokens")}
+    have = [scanned.has(m) for m in members.values()]
+    if not any(have):
+        return empty_batch(dim, n), None
+    if not all(have):
+        raise SnapshotFormatError(f"Invalid snapshot: incomplete multivector {name!r}")
+    ends = scanned.array(members["ends"])
+    _expect(ends, np.dtype(np.int64), (n,), f"multivector {name!r} ends")
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = ends
+    if (np.diff(offsets) < 0).any():
+        raise SnapshotFormatError(f"Invalid snapshot: multivector {name!r} row ends")
+    tokens = scanned.array(members["tokens"])
+    _expect(tokens, np.dtype(np.float32), (int(offsets[-1]), dim), f"multivector {name!r} tokens")
+    if not all_finite(tokens):
+        raise SnapshotFormatError(f"Invalid snapshot: multivector {name!r} holds NaN or "
+                                  "infinite values")
+    where = {"ends": scanned.npy(members["ends"]).data_offset,
+             "tok": scanned.npy(members["tokens"]).data_offset}
+    return MultiBatch(offsets, tokens), where
 
 
 def _sparse_rows(scanned: Scanned, base: str, name: str, n: int

@@ -191,6 +191,8 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
         name = coll.config.search_name(using)
         if mmr is not None and coll.config.is_sparse(name):
             raise BadRequest("`mmr` over a sparse vector is not supported by Quiver yet")
+        if mmr is not None and coll.config.is_multi(name):
+            raise BadRequest("`mmr` over a multivector is not supported by Quiver yet")
     own_filter = b.get("filter")
     parse_filter(own_filter)  # reports a malformed filter as such before merging
     flt = merge_filters(parent_filter, own_filter)

@@ -1,5 +1,6 @@
-"""Vectors given as JSON → float32 arrays (dense) or CSR batches (sparse `{indices, values}`,
-engine/sparse.py), checked the way Qdrant reports them.
+"""Vectors given as JSON → float32 arrays (dense), CSR batches (sparse `{indices, values}`,
+engine/sparse.py) or token batches (multivectors: lists of vectors, engine/multivector.py),
+checked the way Qdrant reports them.
 
 Write vectors are converted once per batch and per vector name (`np.asarray` over the list
 of lists); the only per-point Python work is picking the right list out of each point.
@@ -12,8 +13,11 @@ from typing import Any
 import numpy as np
 
 from engine.config import CollectionConfig
-from engine.errors import BadInput, BadRequest
-from engine.operations import SparseRows, VectorRows
+from engine.errors import BadInput, BadRequest, ValidationError
+from engine.multivector import MultiVector
+from engine.multivector import checked_batch as checked_multi
+from engine.multivector import prepare as prepare_multi
+from engine.operations import MultiRows, SparseRows, VectorRows
 from engine.sparse import SparseVector, checked_batch, sparse_vector
 
 
@@ -57,11 +61,28 @@ def sparse_query(raw: Any, name: str = "") -> SparseVector:
     return sparse_vector(raw["indices"], raw["values"], name)
 
 
+def multi_query(raw: Any, cfg: CollectionConfig, using: str | None) -> MultiVector:
+    """A list of vectors as a multivector query for the multivector `using` (checked:
+    non-empty, each of the vector's size, finite)."""
+    spec = cfg.multivectors[using or ""]
+    try:
+        batch = checked_multi([raw], spec.size, using or "")
+    except ValidationError as exc:
+        raise BadInput(str(exc)) from None
+    return MultiVector(batch.tokens)
+
+
 def parse_query_vector(raw: Any, using: str | None, cfg: CollectionConfig
-                       ) -> np.ndarray | SparseVector:
+                       ) -> np.ndarray | SparseVector | MultiVector:
     """A `nearest` query vector for the vector `using`: a SparseVector for a sparse name
-    (from `{indices, values}`), a dense float32 array otherwise. A sparse vector for a dense
-    name, or the other way around, is a 400."""
+    (from `{indices, values}`), a MultiVector for a multivector name (a list of vectors, or
+    one vector: a single-token query, as Qdrant), a dense float32 array otherwise. A sparse
+    vector for a dense name, a multivector for a plain dense one, or the other way around,
+    is a 400."""
+    if cfg.is_multi(using) and not is_sparse(raw):
+        if isinstance(raw, list) and raw and not isinstance(raw[0], list):
+            raw = [raw]  # Qdrant accepts a plain vector for a multivector: one token
+        return multi_query(raw, cfg, using)
     if cfg.is_sparse(using):
         if not is_sparse(raw):
             raise BadInput(f"Vector '{using}' is sparse: the query must be "
@@ -70,8 +91,12 @@ def parse_query_vector(raw: Any, using: str | None, cfg: CollectionConfig
     if is_sparse(raw):
         if not using:
             raise BadInput("a sparse query vector needs `using`: the name of a sparse vector")
-        cfg.vector(using)  # 400 for an unknown name
+        cfg.search_name(using)  # 400 for an unknown name
         raise BadInput(f"Vector '{using}' is dense: a sparse query vector does not apply")
+    if isinstance(raw, list) and raw and all(isinstance(t, list) for t in raw):
+        cfg.vector(using)  # 400 for an unknown name
+        raise BadInput(f"Vector '{using or ''}' is not a multivector: a multivector query (a list "
+                       "of vectors) does not apply")
     return query_vector(raw)
 
 
@@ -102,21 +127,26 @@ def prepared(cfg: CollectionConfig, name: str, positions: np.ndarray, arr: np.nd
 
 
 def split_vectors(cfg: CollectionConfig, per_point: list[Any]
-                  ) -> tuple[dict[str, VectorRows], dict[str, SparseRows]]:
-    """[vector field of each point] → ({dense name: rows}, {sparse name: rows}), positions
-    indexing `per_point`.
+                  ) -> tuple[dict[str, VectorRows], dict[str, SparseRows], dict[str, MultiRows]]:
+    """[vector field of each point] → ({dense name: rows}, {sparse name: rows},
+    {multivector name: rows}), positions indexing `per_point`.
 
     A point's vector is a bare list (the default vector) or a dict name → list (dense) or
     name → {indices, values} (sparse); a missing name means the point has no such vector.
     """
     buckets: dict[str, tuple[list[int], list[Any]]] = {}
     sparse_buckets: dict[str, tuple[list[int], list[Any]]] = {}
+    multi_buckets: dict[str, tuple[list[int], list[Any]]] = {}
     for i, v in enumerate(per_point):
         if v is None:
             continue
-        if isinstance(v, list):
+        if isinstance(v, list) and cfg.is_multi(""):
+            b = multi_buckets.setdefault("", ([], []))
+            b[0].append(i)
+            b[1].append(v)
+        elif isinstance(v, list):
             if "" not in cfg.vectors:
-                names = sorted(cfg.vectors)
+                names = sorted(cfg.dense_names())
                 raise BadInput(
                     "Unnamed vectors are not allowed when a collection has named vectors: "
                     f"{names}")
@@ -133,6 +163,14 @@ def split_vectors(cfg: CollectionConfig, per_point: list[Any]
                         raise BadInput(f"Conversion between sparse and regular vectors failed "
                                        f"for vector '{name}': expected {{indices, values}}")
                     b = sparse_buckets.setdefault(name, ([], []))
+                    b[0].append(i)
+                    b[1].append(vec)
+                    continue
+                if cfg.is_multi(name):
+                    if isinstance(vec, dict):
+                        raise BadInput(f"Conversion between sparse and regular vectors failed "
+                                       f"for vector '{name}': it is a multivector")
+                    b = multi_buckets.setdefault(name, ([], []))
                     b[0].append(i)
                     b[1].append(vec)
                     continue
@@ -154,4 +192,13 @@ def split_vectors(cfg: CollectionConfig, per_point: list[Any]
     for name, (pos, vecs) in sparse_buckets.items():
         batch = checked_batch([v["indices"] for v in vecs], [v["values"] for v in vecs], name)
         sparse[name] = SparseRows(np.asarray(pos, dtype=np.int64), batch)
-    return out, sparse
+    multi = {}
+    for name, (pos, vecs) in multi_buckets.items():
+        spec = cfg.multivectors[name]
+        try:
+            mbatch = checked_multi(vecs, spec.size, name)
+        except ValidationError as exc:
+            raise BadInput(str(exc)) from None
+        multi[name] = MultiRows(np.asarray(pos, dtype=np.int64),
+                                prepare_multi(mbatch, spec.distance.normalise))
+    return out, sparse, multi

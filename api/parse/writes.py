@@ -139,8 +139,8 @@ def upsert_op(cfg: CollectionConfig, body: Any) -> Upsert:
     else:
         raise BadRequest("request needs `points` or `batch`")
     ids, vectors_raw, payloads = _last_wins(ids, vectors_raw, payloads)
-    dense, sparse = split_vectors(cfg, vectors_raw)
-    return Upsert(ids, dense, payloads, sparse)
+    dense, sparse, multi = split_vectors(cfg, vectors_raw)
+    return Upsert(ids, dense, payloads, sparse, multi)
 
 
 # ---- the other writes -------------------------------------------------------------------------
@@ -206,8 +206,8 @@ def update_vectors_op(cfg: CollectionConfig, body: Any) -> UpdateVectors:
     if any(v is None for v in vecs):
         raise BadRequest("each point needs a `vector`")
     ids, vecs = _last_wins(ids, vecs)
-    dense, sparse = split_vectors(cfg, vecs)
-    return UpdateVectors(ids, dense, sparse)
+    dense, sparse, multi = split_vectors(cfg, vecs)
+    return UpdateVectors(ids, dense, sparse, multi)
 
 
 def delete_vectors_op(cfg: CollectionConfig, body: Any) -> DeleteVectors:
