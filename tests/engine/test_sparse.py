@@ -355,5 +355,11 @@ def test_format_1_0_archive_still_recovers(tmp_path: Path) -> None:
     for case in want["search"]:
         spec = SearchSpec(np.array(case["vector"], np.float32), case["using"], None, 10, 0,
                           None, True, True)
-        assert search_batch(coll, [spec])[0] == case["hits"]
+        got = search_batch(coll, [spec])[0]
+        # scores within float rounding (the answers were computed on the CPU; on a device
+        # the GEMM may round the last bit differently), everything else exactly
+        assert [{**h, "score": None} for h in got] == [{**h, "score": None}
+                                                        for h in case["hits"]]
+        assert [h["score"] for h in got] == pytest.approx([h["score"] for h in case["hits"]],
+                                                          rel=1e-5)
     cat.close()
