@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lifecycle import replay_vacuum_snapshot
 
 from api.parse.vectors import parse_query_vector
 from api.parse.writes import apply_body
@@ -23,8 +24,6 @@ from engine.operations import MultiRows, Upsert, from_record, to_record
 from engine.plan import RetrieveRequest, SearchSpec
 from engine.query import retrieve, search_batch
 from engine.segment import Segment
-from snapshots.manager import SnapshotManager
-from snapshots.recovery import Recovery
 
 MV = {"comparator": "max_sim"}
 
@@ -215,34 +214,8 @@ def test_collection_search_through_its_life(tmp_path: Path, distance: str,
     np.testing.assert_allclose(got[0]["vector"]["m"],
                                pts[7] / (np.linalg.norm(pts[7], axis=1, keepdims=True)
                                          if distance == "Cosine" else 1), rtol=1e-5)
-    cat.close()
-    cat = Catalog(str(tmp_path / "storage"))  # WAL replay
-    cat.load()
-    _check(cat.get("c"), pts, distance, 11)
-    cat.get("c").flush()
-    assert cat.get("c").vacuum() > 0
-    _check(cat.get("c"), pts, distance, 12)
-    cat.get("c").flush()
-    cat.close()
-    cat = Catalog(str(tmp_path / "storage"))  # from the segment files only
-    cat.load()
-    coll = cat.get("c")
-    assert coll.wal.last_seq == coll.flushed_seq
-    _check(coll, pts, distance, 13)
-    mgr = SnapshotManager(cat, str(tmp_path / "snaps"), 1)
-    info = mgr.create("c")
-    Recovery(cat, str(tmp_path / "snaps")).recover_file("copy", mgr.path("c", info.name),
-                                                        info.checksum)
-    _check(cat.get("copy"), pts, distance, 14)
-    more = _points(rng, range(200, 230))
-    _upsert(cat.get("copy"), more)
-    _check(cat.get("copy"), {**pts, **more}, distance, 15)
-    cat.get("copy").flush()
-    cat.close()
-    cat = Catalog(str(tmp_path / "storage"))  # the recovered copy, from its archive + files
-    cat.load()
-    _check(cat.get("copy"), {**pts, **more}, distance, 16)
-    cat.close()
+    replay_vacuum_snapshot(tmp_path, cat, pts, lambda c, p, seed: _check(c, p, distance, seed),
+                           _upsert, _points(rng, range(200, 230)), 11)
 
 
 def test_mixed_with_dense_and_sparse_in_every_form(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lifecycle import replay_vacuum_snapshot
 
 from api.parse.vectors import parse_query_vector
 from api.parse.writes import apply_body
@@ -31,7 +32,6 @@ from engine.sparse import (
     idf,
     sparse_vector,
 )
-from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -309,35 +309,9 @@ def test_collection_search_through_its_life(tmp_path: Path, modifier: str,
                                               "values": [pytest.approx(points[5][t])
                                                          for t in sorted(points[5])]}}},
                    {"id": 1, "vector": {}}]
-    cat.close()
-    cat = Catalog(str(tmp_path / "storage"))  # WAL replay
-    cat.load()
-    _check(cat.get("c"), points, use_idf, 10)
-    cat.get("c").flush()
-    assert cat.get("c").vacuum() > 0
-    _check(cat.get("c"), points, use_idf, 11)
-    cat.get("c").flush()
-    cat.close()
-    cat = Catalog(str(tmp_path / "storage"))  # from the segment files only
-    cat.load()
-    coll = cat.get("c")
-    assert coll.wal.last_seq == coll.flushed_seq
-    _check(coll, points, use_idf, 12)
-    # snapshot → recover into a new collection → the same answers, and it keeps working
-    mgr = SnapshotManager(cat, str(tmp_path / "snaps"), 1)
-    info = mgr.create("c")
-    Recovery(cat, str(tmp_path / "snaps")).recover_file("copy", mgr.path("c", info.name),
-                                                        info.checksum)
-    _check(cat.get("copy"), points, use_idf, 12)
-    more = _random_points(rng, range(300, 330))
-    _upsert(cat.get("copy"), more)
-    _check(cat.get("copy"), {**points, **more}, use_idf, 13)
-    cat.get("copy").flush()
-    cat.close()
-    cat = Catalog(str(tmp_path / "storage"))
-    cat.load()
-    _check(cat.get("copy"), {**points, **more}, use_idf, 14)
-    cat.close()
+    replay_vacuum_snapshot(tmp_path, cat, points,
+                           lambda c, p, seed: _check(c, p, use_idf, seed), _upsert,
+                           _random_points(rng, range(300, 330)), 10)
 
 
 def test_format_1_0_archive_still_recovers(tmp_path: Path) -> None:
