@@ -12,6 +12,7 @@ from engine.ids import parse_id
 from engine.multivector import MultiVector
 from engine.plan import RetrieveRequest
 from engine.render import render_handles
+from engine.sparse import SparseVector
 from engine.view import Readable
 
 
@@ -29,7 +30,8 @@ def get_point(coll: Readable, raw_id: Any) -> dict[str, Any]:
     return render_handles(view, view.found, True, True)[0]
 
 
-def vector_of_point(coll: Readable, raw_id: Any, using: str) -> np.ndarray | MultiVector:
+def vector_of_point(coll: Readable, raw_id: Any, using: str
+                    ) -> np.ndarray | MultiVector | SparseVector:
     pid = parse_id(raw_id)
     view = coll.view([pid])
     if not view.found:
@@ -37,9 +39,13 @@ def vector_of_point(coll: Readable, raw_id: Any, using: str) -> np.ndarray | Mul
     h = view.found[0]
     seg = view.by_id[h >> ROW_BITS]
     row = h & ROW_MASK
-    name = using if view.config.is_multi(using) else view.config.vector(using).name
+    config = view.config
+    sparse = config.is_sparse(using)
+    name = using if sparse or config.is_multi(using) else config.vector(using).name
     if not seg.present[name][row]:
         raise BadInput(f"Vector with name {name!r} for point {pid} not found")
+    if sparse:  # a sparse point: its indices and weights are the query
+        return seg.sparse_of(name, np.array([row])).row(0)
     if name in seg.multi:  # a multivector point: its tokens are the query
         return MultiVector(seg.multi_of(name, np.array([row])).tokens)
     return seg.vectors_of(name, np.array([row]))[0]

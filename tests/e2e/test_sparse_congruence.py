@@ -120,6 +120,8 @@ def test_sparse_congruence(server: Any, collection_name: str, modifier: Any) -> 
             mid = (full[2].score + full[3].score) / 2
             both(query=q, using="s", limit=50, score_threshold=mid)
     both(query=_sparse(qrng, 20), using="t", limit=10)
+    for pid in (2, 16, 23):  # a point's own sparse vector as the query (it is excluded)
+        both(query=pid, using="s", limit=10)
     both(query=[0.1, 0.2, -0.3, 0.4], using="d", limit=10)
     for name in ("s", "t", "d"):
         flt = models.Filter(must=[models.HasVectorCondition(has_vector=name)])
