@@ -298,13 +298,7 @@ class Recovery:
                 hx = name.encode().hex()
                 if where is not None:
                     ref["sparse"][hx] = where
-                member = f"{base}present-{hx}.npy"
-                if scanned.has(member):
-                    present[name] = scanned.array(member)
-                    ref["present"][hx] = scanned.npy(member).data_offset
-                    _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
-                else:  # a 1.0 archive: no point has a sparse vector
-                    present[name] = np.zeros(n, bool)
+                present[name] = _optional_present(scanned, base, name, n, ref)
             multi = {}
             ref["multi"] = {}
             for name, mspec in cfg.multivectors.items():
@@ -313,13 +307,7 @@ class Recovery:
                 multi[name] = (mspec, mbatch)
                 if mwhere is not None:
                     ref["multi"][hx] = mwhere
-                member = f"{base}present-{hx}.npy"
-                if scanned.has(member):
-                    present[name] = scanned.array(member)
-                    ref["present"][hx] = scanned.npy(member).data_offset
-                    _expect(present[name], np.dtype(bool), (n,), f"present {name!r}")
-                else:
-                    present[name] = np.zeros(n, bool)
+                present[name] = _optional_present(scanned, base, name, n, ref)
             ann_indexes = self._graphs(scanned, base, cfg, vectors)
             try:
                 payloads = jsonio.loads(scanned.read(base + "payloads.json"))
@@ -420,6 +408,20 @@ def _multi_rows(scanned: Scanned, base: str, name: str, dim: int, n: int
     where = {"ends": scanned.npy(members["ends"]).data_offset,
              "tok": scanned.npy(members["tokens"]).data_offset}
     return MultiBatch(offsets, tokens), where
+
+
+def _optional_present(scanned: Scanned, base: str, name: str, n: int,
+                      ref: dict[str, Any]) -> np.ndarray:
+    """The presence mask of a sparse vector or multivector, recorded in `ref`; an archive
+    without it (1.0, or a vector added later) means no point has that vector."""
+    hx = name.encode().hex()
+    member = f"{base}present-{hx}.npy"
+    if not scanned.has(member):
+        return np.zeros(n, bool)
+    mask = scanned.array(member)
+    ref["present"][hx] = scanned.npy(member).data_offset
+    _expect(mask, np.dtype(bool), (n,), f"present {name!r}")
+    return mask
 
 
 def _sparse_rows(scanned: Scanned, base: str, name: str, n: int
