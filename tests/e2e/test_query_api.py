@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
+from ranking import assert_same_ranking
 
 N = 240
 COLL, OTHER = "qapi", "qapi_lookup"
@@ -63,10 +64,13 @@ def clients(server: Any) -> Iterator[tuple[QdrantClient, QdrantClient]]:
     local.close()
 
 
-def _compare(q: list[models.ScoredPoint], loc: list[models.ScoredPoint], ctx: str) -> None:
-    assert [p.id for p in q] == [p.id for p in loc], ctx
-    for a, b in zip(q, loc, strict=True):
-        assert a.score == pytest.approx(b.score, rel=1e-4, abs=1e-5), ctx
+def _compare(q: list[models.ScoredPoint], loc: list[models.ScoredPoint], ctx: str,
+             offset: int = 0) -> None:
+    assert_same_ranking(q, loc, offset=offset)  # RRF and DBSF scores tie often
+    oracle = {b.id: b for b in loc}
+    for a in q:
+        if (b := oracle.get(a.id)) is None:
+            continue  # tied with a point the oracle's limit cut
         assert a.payload == b.payload, ctx
         assert a.order_value == b.order_value, ctx
 
@@ -75,7 +79,7 @@ def _both(clients: tuple[QdrantClient, QdrantClient], **kw: Any) -> int:
     remote, local = clients
     q = remote.query_points(COLL, **kw).points
     loc = local.query_points(COLL, **kw).points
-    _compare(q, loc, repr(kw))
+    _compare(q, loc, repr(kw), kw.get("offset") or 0)
     return len(q)
 
 
@@ -202,8 +206,9 @@ def test_fusion_kinds_and_thresholds(clients: tuple[QdrantClient, QdrantClient])
 
 def test_rescore_with_second_vector(clients: tuple[QdrantClient, QdrantClient]) -> None:
     n = np.random.default_rng(7)
-    for _ in range(5):
-        pf = models.Prefetch(query=_vec(n, "a"), using="a", limit=40, filter=_filter(random.Random()))
+    for seed in range(5):
+        pf = models.Prefetch(query=_vec(n, "a"), using="a", limit=40,
+                             filter=_filter(random.Random(seed)))
         _both(clients, prefetch=pf, query=_vec(n, "b"), using="b", limit=10, offset=2,
               with_payload=True)
 
