@@ -18,10 +18,22 @@ from api.auth import ApiKeyAuth, keys_from_settings
 from api.errors import MethodNotAllowed, from_exception
 from api.http import BodyLimit, NormalizePath
 from api.observability import Metrics, RequestContext, install_log_filter, instrument_snapshots
-from api.routes import collections, points, search, service, snapshots
+from api.qdrant_paths import not_served, qdrant_operation
+from api.routes import (
+    cluster,
+    collections,
+    facet,
+    groups,
+    matrix,
+    points,
+    recommend,
+    search,
+    service,
+    snapshots,
+)
 from api.settings import Settings, as_dict, max_snapshot_upload_bytes
 from engine.catalog import Catalog
-from engine.errors import NotFound
+from engine.errors import BadRequest, NotFound
 from gpu.config import GpuConfig
 from gpu.device import default_device
 from snapshots.manager import SnapshotManager
@@ -78,14 +90,19 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
         catalog, st.snapshots_path, st.enable_snapshot_url_recovery,
         float(st.snapshot_url_idle_timeout_s), st.snapshot_url_allowed_hosts,
         st.snapshot_url_max_bytes)
-    for r in service.routes + observability.routes + collections.routes + snapshots.routes \
-            + search.routes + points.routes + points.tail_routes:
+    for r in service.routes + observability.routes + cluster.routes + collections.routes + snapshots.routes \
+            + search.routes + recommend.routes + groups.routes + matrix.routes + facet.routes \
+            + points.routes + points.tail_routes:
         app.router.routes.append(r)
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        if (template := qdrant_operation(request.method, request.url.path)) is not None:
+            return from_exception(BadRequest(not_served(request.method, template)))
         return from_exception(NotFound(f"no such endpoint {request.method} {request.url.path}"))
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
+        if (template := qdrant_operation(request.method, request.url.path)) is not None:
+            return from_exception(BadRequest(not_served(request.method, template)))
         return from_exception(MethodNotAllowed(f"{request.method} {request.url.path}"))
 
     app.add_exception_handler(404, not_found)

@@ -83,6 +83,8 @@ class ServiceSettings:
     max_snapshot_upload_mb: float | None = field(default=0, metadata=_check(minimum=0))
     api_key: str | None = None
     read_only_api_key: str | None = None
+    # Qdrant's JWT RBAC: tokens signed (HS256) with api_key carry their own access rights
+    jwt_rbac: bool = False
     enable_tls: bool = False
     verify_https_client_certificate: bool = False
     enable_cors: bool = True
@@ -242,10 +244,20 @@ def validate(raw: dict[str, Any]) -> Settings:
     """The typed settings from their nested-dict form; unknown keys are logged, not fatal."""
     unknown: list[str] = []
     settings = typing.cast(Settings, _section(Settings, raw, "", unknown))
+    _check_consistent(settings)
     if unknown:
         log.warning("ignoring unknown settings keys (not used by Quiver): %s",
                     ", ".join(unknown))
     return settings
+
+
+def _check_consistent(settings: Settings) -> None:
+    """Rules that span keys. JWTs are signed with the API key: without one, Qdrant refuses
+    to start rather than run with RBAC silently off."""
+    svc = settings.service
+    if svc.jwt_rbac and (svc.api_key is None or svc.api_key == ""):
+        raise SettingsError("service.jwt_rbac: requires service.api_key (the key that signs "
+                            "the tokens)")
 
 
 # --------------------------------------------------------------------------- loading

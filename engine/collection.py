@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine import flush as flushing
-from engine import indexing, jsonio
+from engine import indexing, jsonio, strict
 from engine import payload as payload_ops
 from engine.coalesce import Coalescer
 from engine.config import CollectionConfig, apply_update, from_state, parse_create
@@ -43,6 +43,7 @@ from engine.operations import (
     Upsert,
     VectorRows,
     from_record,
+    resolved,
     to_record,
 )
 from engine.plan import SearchSpec
@@ -51,7 +52,7 @@ from engine.segment import FrozenSegment, Segment
 from engine.segment_store import read_segment
 from engine.sparse import concat
 from engine.state import CollectionState
-from engine.tables import filtered_ids
+from engine.tables import filtered_ids, segment_mask
 from engine.view import View
 from gpu.device import HOST, default_device
 
@@ -242,10 +243,35 @@ class Collection(CollectionState):
                 _, missing = self.ids.locate(op.ids)
                 if missing:
                     raise NotFound(f"No point with id {missing[0]} found")
+            if isinstance(op, Upsert | UpdateVectors) and op.conditional:
+                op = self._resolve_conditions(op)
             seq = self.wal.append(to_record(op))
             self.apply(op, seq)
             self.last_write = time.monotonic()
             return seq
+
+    def _resolve_conditions(self, op: Upsert | UpdateVectors) -> Upsert | UpdateVectors:
+        """update_mode / update_filter → the plain op over the points really written (Qdrant:
+        insert_only skips existing points, update_only skips new ones, an existing point that
+        does not match update_filter keeps its current state; new points ignore the filter)."""
+        handles, missing = self.ids.locate(op.ids)
+        absent = set(missing)
+        exists = np.fromiter((i not in absent for i in op.ids), bool, len(op.ids))
+        keep = np.ones(len(op.ids), bool)
+        mode = op.update_mode if isinstance(op, Upsert) else "update_only"
+        if mode == "insert_only":
+            keep &= ~exists
+        elif mode == "update_only":
+            keep &= exists
+        if op.update_filter is not None and exists.any():
+            view = self.view()
+            matched = np.zeros(len(handles), bool)
+            for sid, rows, pos in split_handles(handles):
+                seg = self.seg_by_id[sid]
+                matched[pos] = segment_mask(view, seg, seg.n, op.update_filter)[rows]
+            existing_at = np.flatnonzero(exists)  # handles are in the order of the found ids
+            keep[existing_at[~matched]] = False
+        return resolved(op, keep)
 
     def apply(self, op: Operation, seq: int) -> None:
         """Apply a logged op (live write or WAL replay). Caller holds write_lock."""
@@ -411,6 +437,7 @@ class Collection(CollectionState):
         if type_name not in INDEX_TYPES:
             raise BadRequest(f"unknown field_schema {schema!r}")
         with self.write_lock:
+            strict.check_index_count(self, field)
             self.payload_schema[field] = {"type": type_name,
                                           "params": schema if isinstance(schema, dict) else None}
             flushing.write_config(self)

@@ -8,6 +8,7 @@ incrementally: appended rows and rows whose payload changed are re-extracted, no
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -147,6 +148,10 @@ class ColumnData:
     # values_count semantics: one count per value the path reaches (lists whole).
     count_rows: np.ndarray
     counts: np.ndarray
+    # geo points among the entries ({"lon", "lat"} objects with finite numbers): row, lat, lon
+    geo_rows: np.ndarray
+    geo_lat: np.ndarray
+    geo_lon: np.ndarray
 
     def rows_where(self, sel: np.ndarray, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)
@@ -157,6 +162,12 @@ class ColumnData:
     def rows_where_counts(self, sel: np.ndarray, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)
         rows = self.count_rows[sel]
+        out[rows[rows < n]] = True
+        return out
+
+    def rows_where_geo(self, sel: np.ndarray, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        rows = self.geo_rows[sel]
         out[rows[rows < n]] = True
         return out
 
@@ -174,7 +185,26 @@ class ColumnData:
 def _empty(vocab: Vocab) -> ColumnData:
     return ColumnData(vocab, np.empty(0, np.int64), np.empty(0, np.int8),
                       np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int64),
-                      np.empty(0, np.int64), np.empty(0, np.int64))
+                      np.empty(0, np.int64), np.empty(0, np.int64),
+                      np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64))
+
+
+def _geo_point(v: Any) -> tuple[float, float] | None:
+    """(lat, lon) of a payload object usable as a geo point, as Qdrant reads one: numeric
+    `lat` and `lon` (extra keys allowed, range not checked), else None."""
+    if not isinstance(v, dict):
+        return None
+    lat, lon = v.get("lat"), v.get("lon")
+    if isinstance(lat, bool) or isinstance(lon, bool) \
+            or not isinstance(lat, int | float) or not isinstance(lon, int | float):
+        return None  # bools and strings are not coordinates
+    try:
+        flat, flon = float(lat), float(lon)
+    except OverflowError:
+        return None
+    if not (math.isfinite(flat) and math.isfinite(flon)):
+        return None
+    return flat, flon
 
 
 class Column:
@@ -199,6 +229,9 @@ class Column:
         i_list: list[int] = []
         cr_list: list[int] = []
         cn_list: list[int] = []
+        g_rows: list[int] = []
+        g_lat: list[float] = []
+        g_lon: list[float] = []
         path, vocab = self.path, d.vocab
         for row in rows.tolist():
             for raw in raw_values_at(src.payload_at(row), path):
@@ -217,6 +250,10 @@ class Column:
                     n_list.append(num)
                     c_list.append(code)
                     i_list.append(exact)
+                    if k == KIND_OBJ and (g := _geo_point(v)) is not None:
+                        g_rows.append(row)
+                        g_lat.append(g[0])
+                        g_lon.append(g[1])
         if not cr_list and not r_list:
             return d
         return ColumnData(
@@ -227,7 +264,10 @@ class Column:
             np.concatenate([d.codes, np.array(c_list, np.int32)]),
             np.concatenate([d.ints, np.array(i_list, np.int64)]),
             np.concatenate([d.count_rows, np.array(cr_list, np.int64)]),
-            np.concatenate([d.counts, np.array(cn_list, np.int64)]))
+            np.concatenate([d.counts, np.array(cn_list, np.int64)]),
+            np.concatenate([d.geo_rows, np.array(g_rows, np.int64)]),
+            np.concatenate([d.geo_lat, np.array(g_lat, np.float64)]),
+            np.concatenate([d.geo_lon, np.array(g_lon, np.float64)]))
 
     def sync(self, src: PayloadSource) -> ColumnData:
         """Bring the column up to date with `src` (cheap when nothing changed) and return
@@ -248,9 +288,11 @@ class Column:
                 if len(changed):
                     keep = ~np.isin(d.rows, changed)
                     ckeep = ~np.isin(d.count_rows, changed)
+                    gkeep = ~np.isin(d.geo_rows, changed)
                     d = ColumnData(d.vocab, d.rows[keep], d.kinds[keep], d.nums[keep],
                                    d.codes[keep], d.ints[keep], d.count_rows[ckeep],
-                                   d.counts[ckeep])
+                                   d.counts[ckeep], d.geo_rows[gkeep], d.geo_lat[gkeep],
+                                   d.geo_lon[gkeep])
                     d = self._extract(src, np.unique(changed), d)
             if n > self.n_rows:
                 d = self._extract(src, np.arange(self.n_rows, n, dtype=np.int64), d)

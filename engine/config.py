@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.distance import Distance, get_distance
 from engine.errors import BadInput, BadRequest
+from engine.strict import parse_config as parse_strict_mode
 
 MAX_DIM = 65536
 VECTOR_PARAM_KEYS = {
@@ -349,7 +350,7 @@ def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
         sparse_vectors=copy.deepcopy(sparse),
         multivectors=multis,
         quantization_config=body.get("quantization_config"),
-        strict_mode_config=body.get("strict_mode_config"),
+        strict_mode_config=parse_strict_mode(body.get("strict_mode_config"), strict),
         metadata=metadata,
     )
 
@@ -402,7 +403,8 @@ def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfi
     if "quantization_config" in body and body["quantization_config"] is not None:
         state["quantization_config"] = body["quantization_config"]
     if body.get("strict_mode_config") is not None:
-        state["strict_mode_config"] = body["strict_mode_config"]
+        state["strict_mode_config"] = parse_strict_mode(  # a diff: merged over the current
+            body["strict_mode_config"], True, state.get("strict_mode_config"))
     if body.get("metadata") is not None:
         meta = dict(state.get("metadata") or {})
         meta.update(_object(body["metadata"], "metadata", True) or {})

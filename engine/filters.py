@@ -26,6 +26,7 @@ from engine.columns import (
     tokenize,
 )
 from engine.errors import BadRequest
+from engine.geo import GEO_CONDITIONS, GeoTest, parse_geo
 from engine.ids import parse_id
 from engine.payload import parse_path
 
@@ -187,9 +188,9 @@ def _field_condition(c: dict[str, Any]) -> Predicate:
         want = bool(c["is_null"])
         base = _is_null(key)
         parts.append(base if want else (lambda t: ~base(t)))
-    for geo in ("geo_bounding_box", "geo_radius", "geo_polygon"):
+    for geo in GEO_CONDITIONS:
         if c.get(geo) is not None:
-            raise BadRequest(f"`{geo}` conditions are not supported by Quiver yet")
+            parts.append(_geo(key, parse_geo(geo, c[geo])))
     if not parts:
         raise BadRequest(f"field condition on `{key}` has no condition (match, range, ...)")
     if len(parts) == 1:
@@ -200,6 +201,17 @@ def _field_condition(c: dict[str, Any]) -> Predicate:
         for p in parts[1:]:
             mask &= p(t)
         return mask
+
+    return run
+
+
+def _geo(key: str, test: GeoTest) -> Predicate:
+    """Rows with some geo point at `key` inside the shape (index or not: same column)."""
+    def run(t: FilterTable) -> np.ndarray:
+        col = t.column(key)
+        if not len(col.geo_rows):
+            return np.zeros(t.n, dtype=bool)
+        return col.rows_where_geo(test(col.geo_lat, col.geo_lon), t.n)
 
     return run
 
@@ -356,11 +368,16 @@ def _bounds(r: Any, what: str) -> tuple[dict[str, Any], bool]:
         elif isinstance(v, str):
             ts = parse_datetime(v)
             if math.isnan(ts):
-                raise BadRequest(f"`{what}.{k}`: invalid datetime {v!r}")
+                # a string bound makes a datetime range: on any other field it must be a number
+                raise BadRequest(f"`{what}.{k}` must be a number, or an RFC 3339 datetime for "
+                                 f"a datetime range; {v!r} is neither")
             out[k] = ts
             is_dt = True
         else:
             raise BadRequest(f"`{what}.{k}` must be a number or datetime")
+    if is_dt and any(not isinstance(r[k], str) for k in out):
+        # Qdrant's range is either numeric or datetime as a whole, never a mix
+        raise BadRequest(f"`{what}` bounds must be all numbers or all datetimes")
     return out, is_dt
 
 
@@ -399,8 +416,9 @@ def _int_bound(op: str, bound: float) -> int:
 
 def _values_count(key: str, r: Any) -> Predicate:
     bounds, is_dt = _bounds(r, "values_count")
-    if is_dt:
-        raise BadRequest("`values_count` bounds must be integers")
+    if is_dt or any(isinstance(b, float) or b < 0 for b in bounds.values()):
+        # Qdrant's counts are unsigned integers (usize)
+        raise BadRequest("`values_count` bounds must be non-negative integers")
     zero_ok = all(_OPS[op](0, b) for op, b in bounds.items())
 
     def run(t: FilterTable) -> np.ndarray:

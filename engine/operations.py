@@ -10,6 +10,10 @@ Sparse vectors add "s:<name>" (row ends, int64), "si:<name>" (indices, uint32), 
 (values, float32) and "sp:<name>" (positions): keys an older record never has.
 Multivectors add "m:<name>" (row ends, int64), "mt:<name>" (tokens, (t, dim) float32) and
 "mp:<name>" (positions), likewise new keys: records without multivectors are unchanged.
+
+Conditional writes (`update_filter`, `update_mode`) never reach the WAL: the collection
+resolves them under its write lock into the plain op over the points it really writes
+(`resolved`), so a record replays to exactly what was acknowledged.
 """
 
 from __future__ import annotations
@@ -64,15 +68,25 @@ class Operation:
     requires_existing: ClassVar[bool] = True
 
 
+UPDATE_MODES = ("upsert", "insert_only", "update_only")  # Qdrant's UpdateMode
+
+
 @dataclass
 class Upsert(Operation):
     vectors: dict[str, VectorRows] = field(default_factory=dict)
     payloads: list[dict[str, Any]] = field(default_factory=list)
     sparse: dict[str, SparseRows] = field(default_factory=dict)
     multi: dict[str, MultiRows] = field(default_factory=dict)
+    # existing points are replaced only where they match; new points are inserted regardless
+    update_filter: Predicate | None = field(default=None, kw_only=True)
+    update_mode: str = field(default="upsert", kw_only=True)  # one of UPDATE_MODES
 
     kind: ClassVar[str] = "upsert"
     requires_existing: ClassVar[bool] = False
+
+    @property
+    def conditional(self) -> bool:
+        return self.update_filter is not None or self.update_mode != "upsert"
 
 
 @dataclass
@@ -113,8 +127,13 @@ class UpdateVectors(Operation):
     vectors: dict[str, VectorRows] = field(default_factory=dict)
     sparse: dict[str, SparseRows] = field(default_factory=dict)
     multi: dict[str, MultiRows] = field(default_factory=dict)
+    update_filter: Predicate | None = field(default=None, kw_only=True)  # only matching points
 
     kind: ClassVar[str] = "update_vectors"
+
+    @property
+    def conditional(self) -> bool:
+        return self.update_filter is not None
 
 
 @dataclass
@@ -129,6 +148,34 @@ PAYLOAD_OPS: tuple[type[Operation], ...] = (SetPayload, OverwritePayload, Delete
 ALL_OPS: tuple[type[Operation], ...] = (Upsert, DeletePoints, *PAYLOAD_OPS, UpdateVectors,
                                         DeleteVectors)
 BY_KIND: dict[str, type[Operation]] = {cls.kind: cls for cls in ALL_OPS}
+
+
+def resolved(op: Upsert | UpdateVectors, keep: np.ndarray) -> Upsert | UpdateVectors:
+    """The plain (unconditional) op over the points where `keep` (bool, one per id) holds:
+    vectors, sparse and multivector rows re-indexed onto the kept points."""
+    new_pos = np.cumsum(keep) - 1
+
+    def rows_of(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sel = np.flatnonzero(keep[positions])
+        return sel, new_pos[positions[sel]].astype(np.int64)
+
+    vectors = {}
+    for name, v in op.vectors.items():
+        sel, pos = rows_of(v.positions)
+        vectors[name] = VectorRows(pos, v.values[sel])
+    sparse = {}
+    for name, s in op.sparse.items():
+        sel, pos = rows_of(s.positions)
+        sparse[name] = SparseRows(pos, s.rows.take(sel))
+    multi = {}
+    for name, m in op.multi.items():
+        sel, pos = rows_of(m.positions)
+        multi[name] = MultiRows(pos, m.rows.take(sel))
+    idx = np.flatnonzero(keep).tolist()
+    ids = [op.ids[i] for i in idx]
+    if isinstance(op, Upsert):
+        return Upsert(ids, vectors, [op.payloads[i] for i in idx], sparse, multi)
+    return UpdateVectors(ids, vectors, sparse, multi)
 
 
 # ---- WAL encoding -----------------------------------------------------------------------------
@@ -202,6 +249,8 @@ def to_record(op: Operation) -> dict[str, Any]:
     """op → the WAL's record dict (arrays under "arrays"). The op's ids must be resolved."""
     if op.filter is not None:
         raise ValueError("a filter selection must be resolved to ids before logging")
+    if isinstance(op, Upsert | UpdateVectors) and op.conditional:
+        raise ValueError("a conditional write must be resolved before logging")
     rec: dict[str, Any] = {"op": op.kind, "ids": op.ids}
     if isinstance(op, Upsert):
         rec["payloads"] = op.payloads

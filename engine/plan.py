@@ -19,7 +19,9 @@ from engine.ids import PointId
 
 @dataclass
 class SearchSpec:
-    vector: np.ndarray  # (d,) float32, not yet prepared
+    # (d,) float32, not yet prepared; or a SparseVector, a MultiVector, or an
+    # engine.recommend.ExampleQuery (recommend / discover / context: custom scores)
+    vector: np.ndarray
     using: str
     pred: Predicate | None
     limit: int

@@ -17,6 +17,7 @@ from engine.id_tracker import ROW_BITS
 from engine.multi_search import search_multi
 from engine.multivector import MultiVector
 from engine.plan import SearchSpec
+from engine.recommend import ExampleQuery, search_examples
 from engine.render import render_handles
 from engine.segment import Segment
 from engine.sparse import SparseVector
@@ -37,6 +38,11 @@ def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any
     multi = [i for i, s in enumerate(specs) if isinstance(s.vector, MultiVector)]
     if multi:  # multivectors: MaxSim over token rows (engine/multi_search.py)
         for i, res in zip(multi, search_multi(view, [specs[i] for i in multi]), strict=True):
+            results[i] = res
+    custom = [i for i, s in enumerate(specs) if isinstance(s.vector, ExampleQuery)]
+    if custom:  # recommend / discover / context: exact custom scoring (engine/recommend.py)
+        for i, res in zip(custom, search_examples(view, [specs[i] for i in custom]),
+                          strict=True):
             results[i] = res
     groups: dict[tuple[str, str, int | None, bool], list[int]] = {}
     for i, s in enumerate(specs):

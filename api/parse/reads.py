@@ -18,6 +18,7 @@ from engine.filters import parse_filter
 from engine.formula import parse_formula
 from engine.fusion import DEFAULT_RRF_K
 from engine.ids import PointId, parse_id
+from engine.multivector import MultiVector
 from engine.plan import (
     CountRequest,
     Fusion,
@@ -28,6 +29,14 @@ from engine.plan import (
     ScrollRequest,
     SearchSpec,
 )
+from engine.recommend import (
+    STRATEGIES,
+    ExampleQuery,
+    average_multi,
+    average_sparse,
+    average_vector,
+)
+from engine.sparse import SparseVector
 
 if TYPE_CHECKING:
     from engine.collection import Collection
@@ -51,7 +60,8 @@ def _spec(coll: Collection, b: dict[str, Any], vector: Any, using: str | None,
 
 
 MAX_PREFETCH_DEPTH = 16  # nesting levels below the request; deeper is refused (400)
-NEXT_ISSUE_KINDS = ("recommend", "discover", "context", "relevance_feedback")
+NEXT_ISSUE_KINDS = ("relevance_feedback",)
+EXAMPLE_KINDS = ("recommend", "discover", "context")
 Lookup = Callable[[str], Any]  # collection name → collection (the catalog's `get`)
 
 
@@ -88,7 +98,8 @@ def _query_kind(q: Any) -> tuple[str, Any]:
     if q is None:
         return "none", None
     if isinstance(q, dict):
-        for kind in ("nearest", "fusion", "rrf", "formula", "order_by", "sample"):
+        for kind in ("nearest", "fusion", "rrf", "formula", "order_by", "sample",
+                     *EXAMPLE_KINDS):
             if kind in q:
                 return kind, q
         if "indices" in q and "values" in q:
@@ -117,6 +128,96 @@ def _vector(coll: Any, raw: Any, using: str | None, lookup_from: Any, lookup: Lo
     if isinstance(raw, dict) and not vectors.is_sparse(raw):
         raise BadRequest("unsupported vector input in `nearest`")
     return vectors.parse_query_vector(raw, using, coll.config), None
+
+
+def _example_query(coll: Any, kind: str, raw: Any, using: str | None, lookup_from: Any,
+                   lookup: Lookup | None) -> tuple[Any, list[PointId]]:
+    """A recommend / discover / context query: the vector of an average_vector
+    recommendation (a plain nearest search), or an ExampleQuery scored exactly; and the
+    ids of the examples taken from this collection (excluded from the results, as Qdrant)."""
+    name = coll.config.search_name(using)
+    sparse, multi = coll.config.is_sparse(name), coll.config.is_multi(name)
+    if (sparse or multi) and (kind != "recommend" or not isinstance(raw, dict)
+                              or (raw.get("strategy") or "average_vector") != "average_vector"):
+        what = "sparse vector" if sparse else "multivector"
+        how = kind if kind != "recommend" else f"recommend `{raw.get('strategy')}`"
+        raise BadRequest(f"`{how}` queries over a {what} are not supported by Quiver yet "
+                         "(average_vector recommendation is)")
+    dim = 0 if sparse or multi else coll.config.vector(name).size
+    same = lookup_from is not None and lookup is not None and \
+        lookup(lookup_from["collection"]) is coll  # ids from here: excluded too
+    excluded: list[PointId] = []
+
+    def one(ex: Any) -> Any:
+        """An example's (d,) float32 vector (sparse / multivector names: as parsed)."""
+        if ex is None:
+            raise BadRequest(f"`{kind}` examples must be point ids or vectors")
+        vec, pid = _vector(coll, ex, using, lookup_from, lookup)
+        if pid is None and same and isinstance(ex, int | str) and not isinstance(ex, bool):
+            pid = parse_id(ex)
+        if pid is not None:
+            excluded.append(pid)
+        if sparse or multi:  # average_vector only: kept as they are, averaged below
+            if not isinstance(vec, SparseVector if sparse else MultiVector):
+                raise BadRequest(f"`{kind}` examples for vector '{name}' must be "
+                                 + ("sparse vectors" if sparse else "multivectors")
+                                 + " or point ids")
+            return vec
+        if not isinstance(vec, np.ndarray):
+            raise BadRequest(f"`{kind}` examples must be dense vectors or point ids")
+        if vec.shape[0] != dim:
+            raise BadInput(f"Vector dimension error: expected dim: {dim}, got {vec.shape[0]}")
+        return vec.astype(np.float32, copy=False)
+
+    def stack(items: list[Any]) -> Any:
+        """(k, dim) float32; for a sparse or multivector name, the list of examples."""
+        vecs = [one(x) for x in items]
+        if sparse or multi:
+            return vecs
+        return np.stack(vecs) if vecs else np.empty((0, dim), np.float32)
+
+    def as_list(v: Any, what: str) -> list[Any]:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise BadRequest(f"`{what}` must be a list of point ids or vectors")
+        return v
+
+    if kind == "recommend":
+        if not isinstance(raw, dict):
+            raise BadRequest("`recommend` must be an object with `positive` and `negative`")
+        strategy = raw.get("strategy") or "average_vector"
+        if strategy not in STRATEGIES:
+            raise BadRequest(f"unknown recommend strategy `{strategy}`: expected one of "
+                             + ", ".join(STRATEGIES))
+        pos = stack(as_list(raw.get("positive"), "positive"))
+        neg = stack(as_list(raw.get("negative"), "negative"))
+        if strategy == "average_vector":
+            if len(pos) == 0:
+                raise BadRequest("At least one positive vector ID required with this strategy")
+            if sparse:
+                return average_sparse(list(pos), list(neg)), excluded
+            if multi:
+                return average_multi(list(pos), list(neg)), excluded
+            return average_vector(pos, neg), excluded
+        if len(pos) == 0 and len(neg) == 0:
+            raise BadRequest("At least one positive or negative example is required with "
+                             f"the {strategy} strategy")
+        return ExampleQuery(strategy, pos, neg), excluded
+    target = None
+    if kind == "discover":
+        if not isinstance(raw, dict) or "target" not in raw:
+            raise BadRequest("`discover` needs a `target` and `context` pairs")
+        target = one(raw["target"])
+        raw = raw.get("context")
+    pairs = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(p, dict) and "positive" in p and "negative" in p for p in pairs):
+        raise BadRequest("context pairs must be objects with `positive` and `negative`")
+    if kind == "context" and not pairs:
+        raise BadRequest("`context` needs at least one pair of examples")
+    pos = stack([p["positive"] for p in pairs])
+    neg = stack([p["negative"] for p in pairs])
+    return ExampleQuery(kind, pos, neg, target), excluded
 
 
 def _lookup_from(raw: Any) -> dict[str, Any] | None:
@@ -180,11 +281,16 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
     if using is not None and not isinstance(using, str):
         raise BadRequest("`using` must be a vector name")
     lookup_from = _lookup_from(b.get("lookup_from"))
-    vec, exclude = None, None
+    vec: Any = None
+    excluded: list[PointId] = []
     mmr = None
     if kind == "nearest":  # the vector first, then the rest: the order Qdrant reports in
         mmr = _mmr(q.get("mmr"))
         vec, exclude = _vector(coll, q["nearest"], using, lookup_from, lookup)
+        excluded = [exclude] if exclude is not None else []
+    elif kind in EXAMPLE_KINDS:  # recommend / discover / context: a vector or custom scores
+        vec, excluded = _example_query(coll, kind, q[kind], using, lookup_from, lookup)
+        kind = "nearest"
     hnsw_ef, exact, name = None, False, ""
     if kind == "nearest":  # params steer a vector search only (elsewhere they are ignored)
         hnsw_ef, exact = common.search_params(b.get("params"))
@@ -208,8 +314,8 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
         raise BadRequest("Fusion queries cannot be combined with the 'using' field.")
     wp, wv = common.selectors(b, payload_default=False) if root else (False, False)
     simple = root and not prefetches  # today's path: the point is dropped from the results
-    if exclude is not None and not simple:  # as the server: excluded by filter, propagated
-        flt = merge_filters(flt, {"must_not": [{"has_id": [exclude]}]})
+    if excluded and not simple:  # as the server: excluded by filter, propagated
+        flt = merge_filters(flt, {"must_not": [{"has_id": excluded}]})
     pred = parse_filter(flt)
     key = orjson.dumps(flt).decode() if flt is not None else ""
     children = [_node(coll, p, flt, depth + 1, lookup, False) for p in prefetches]
@@ -221,7 +327,7 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
         node.nearest = SearchSpec(
             vector=vec, using=name, pred=pred, limit=lim, offset=off, score_threshold=threshold,
             with_payload=wp, with_vector=wv,
-            exclude_ids=(exclude,) if exclude is not None and simple else (),
+            exclude_ids=tuple(excluded) if simple else (),
             filter_key=key, hnsw_ef=hnsw_ef, exact=exact)
         node.mmr = mmr
     elif kind in ("fusion", "rrf"):

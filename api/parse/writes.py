@@ -13,11 +13,13 @@ import numpy as np
 
 from api.parse.vectors import prepared, split_vectors, to_matrix
 from engine import payload as payload_paths
+from engine import strict
 from engine.config import CollectionConfig
 from engine.errors import BadRequest
 from engine.filters import parse_filter
 from engine.ids import PointId, parse_ids
 from engine.operations import (
+    UPDATE_MODES,
     ClearPayload,
     DeletePayload,
     DeletePoints,
@@ -140,7 +142,14 @@ def upsert_op(cfg: CollectionConfig, body: Any) -> Upsert:
         raise BadRequest("request needs `points` or `batch`")
     ids, vectors_raw, payloads = _last_wins(ids, vectors_raw, payloads)
     dense, sparse, multi = split_vectors(cfg, vectors_raw)
-    return Upsert(ids, dense, payloads, sparse, multi)
+    mode = body.get("update_mode")
+    if mode is None:
+        mode = "upsert"
+    elif mode not in UPDATE_MODES:
+        raise BadRequest(f"unknown variant `{mode}`, expected one of "
+                         + ", ".join(f"`{m}`" for m in UPDATE_MODES) + " (`update_mode`)")
+    return Upsert(ids, dense, payloads, sparse, multi,
+                  update_filter=parse_filter(body.get("update_filter")), update_mode=mode)
 
 
 # ---- the other writes -------------------------------------------------------------------------
@@ -207,7 +216,8 @@ def update_vectors_op(cfg: CollectionConfig, body: Any) -> UpdateVectors:
         raise BadRequest("each point needs a `vector`")
     ids, vecs = _last_wins(ids, vecs)
     dense, sparse, multi = split_vectors(cfg, vecs)
-    return UpdateVectors(ids, dense, sparse, multi)
+    return UpdateVectors(ids, dense, sparse, multi,
+                         update_filter=parse_filter(body.get("update_filter")))
 
 
 def delete_vectors_op(cfg: CollectionConfig, body: Any) -> DeleteVectors:
@@ -237,7 +247,9 @@ def apply_body(coll: Collection, kind: str, body: Any) -> int:
     """Parse a write body of `kind` (a WRITES name) against the collection's config and apply
     it; returns its WAL sequence number. The API's writes and in-process callers (benchmarks,
     tests, tools) all go through here."""
-    return coll.write(WRITES[kind](coll.config, body))
+    op = WRITES[kind](coll.config, body)
+    strict.check_write(coll, kind, body)  # strict mode (engine/strict.py): after the parse
+    return coll.write(op)
 
 
 def batch_ops(body: dict[str, Any]) -> list[tuple[str, Any]]:

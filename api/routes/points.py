@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from api.http import body_dict, endpoint
-from api.parse import reads, writes
+from api.parse import reads, strict, writes
 from api.parse.common import collection, path_point_id, query_flag
 from engine import query
 
@@ -44,13 +44,18 @@ def retrieve(request: Request, body: Any) -> list[dict[str, Any]]:
 def scroll(request: Request, body: Any) -> dict[str, Any]:
     b = body_dict(body)
     coll = collection(request)
-    points, nxt = query.scroll(coll, reads.scroll_request(b))
+    req = reads.scroll_request(b)
+    strict.check(request, coll, b, 10)
+    points, nxt = query.scroll(coll, req)
     return {"points": points, "next_page_offset": nxt}
 
 
 def count(request: Request, body: Any) -> dict[str, int]:
     coll = collection(request)
-    return {"count": query.count(coll, reads.count_request(body_dict(body)))}
+    b = body_dict(body)
+    req = reads.count_request(b)
+    strict.check(request, coll, b, None)
+    return {"count": query.count(coll, req)}
 
 
 P = "/collections/{collection_name}/points"

@@ -8,14 +8,16 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from api.http import body_dict, endpoint
-from api.parse import reads
+from api.parse import reads, strict
 from api.parse.common import collection
 from engine import query
 
 
 def query_points(request: Request, body: Any) -> dict[str, Any]:
     coll = collection(request)
-    req = reads.query_request(coll, body_dict(body), request.app.state.catalog.get)
+    b = body_dict(body)
+    req = reads.query_request(coll, b, request.app.state.catalog.get)
+    strict.check(request, coll, b, 10)
     return {"points": query.query_points(coll, [req])[0]}
 
 
@@ -24,18 +26,26 @@ def query_batch(request: Request, body: Any) -> list[dict[str, Any]]:
     coll = collection(request)
     lookup = request.app.state.catalog.get
     reqs = [reads.query_request(coll, body_dict(b), lookup) for b in items]
+    for b in items:
+        strict.check(request, coll, b, 10, batch=len(items))
     return [{"points": r} for r in query.query_points(coll, reqs)]
 
 
 def search(request: Request, body: Any) -> list[dict[str, Any]]:
     coll = collection(request)
-    return query.search(coll, [reads.search_request(coll, body_dict(body))])[0]
+    b = body_dict(body)
+    req = reads.search_request(coll, b)
+    strict.check(request, coll, b, 10)
+    return query.search(coll, [req])[0]
 
 
 def search_batch(request: Request, body: Any) -> list[list[dict[str, Any]]]:
     coll = collection(request)
     items = reads.searches(body_dict(body))
-    return query.search(coll, [reads.search_request(coll, body_dict(s)) for s in items])
+    reqs = [reads.search_request(coll, body_dict(s)) for s in items]
+    for s in items:
+        strict.check(request, coll, s, 10, batch=len(items))
+    return query.search(coll, reqs)
 
 
 P = "/collections/{collection_name}/points"

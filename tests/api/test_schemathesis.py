@@ -84,6 +84,14 @@ OPERATIONS: list[tuple[str, str]] = [
     ("POST", "/collections/{collection_name}/points/count"),
     ("POST", "/collections/{collection_name}/points/query"),
     ("POST", "/collections/{collection_name}/points/query/batch"),
+    ("POST", "/collections/{collection_name}/points/query/groups"),
+    ("POST", "/collections/{collection_name}/facet"),
+    ("POST", "/collections/{collection_name}/points/search/matrix/pairs"),
+    ("POST", "/collections/{collection_name}/points/search/matrix/offsets"),
+    ("GET", "/cluster"),
+    ("GET", "/collections/{collection_name}/cluster"),
+    ("GET", "/issues"),
+    ("DELETE", "/issues"),
     ("PUT", "/collections/{collection_name}"),
     ("PATCH", "/collections/{collection_name}"),
     ("POST", "/collections/aliases"),
@@ -408,10 +416,22 @@ def test_every_routed_operation_of_the_schema_is_fuzzed() -> None:
     import re
 
     from api import observability
-    from api.routes import collections, points, search, service, snapshots
+    from api.routes import (
+        cluster,
+        collections,
+        facet,
+        groups,
+        matrix,
+        points,
+        recommend,
+        search,
+        service,
+        snapshots,
+    )
 
     routed = set()
-    for module in (service, observability, collections, snapshots, search, points):
+    for module in (service, observability, cluster, collections, snapshots, search, recommend,
+                   groups, facet, matrix, points):
         for route in module.routes + getattr(module, "tail_routes", []):
             template = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
             routed |= {(m, template) for m in route.methods if m != "HEAD"}

@@ -294,8 +294,8 @@ def _nested(depth: int) -> dict[str, Any]:
     ({"prefetch": {"query": [0.1] * 8, "using": "a"}}, "A query is needed to merge the prefetches"),
     ({"prefetch": {"query": [0.1] * 8, "using": "a"}, "query": {"fusion": "rrf"}, "using": "a"},
      "Fusion queries cannot be combined with the 'using' field."),
-    ({"query": {"recommend": {"positive": [1]}}, "using": "a"},
-     "query type `recommend` is not supported by Quiver yet"),
+    ({"query": {"relevance_feedback": {"positive": [1]}}, "using": "a"},
+     "query type `relevance_feedback` is not supported by Quiver yet"),
     ({"query": {"nearest": [0.1] * 8, "mmr": {"diversity": 2}}, "using": "a"},
      "mmr.diversity value 2 is invalid"),
 ])

@@ -317,7 +317,7 @@ def test_compiled_predicate_sees_payload_changes_and_new_rows() -> None:
     {"must": [{"key": "n", "range": {"gt": [1]}}]},
     {"must": [{"key": "n", "range": 5}]},
     {"must": [{"key": "n", "values_count": {"gt": "2024-01-01"}}]},
-    {"must": [{"key": "loc", "geo_radius": {"center": {"lat": 0, "lon": 0}, "radius": 1}}]},
+    {"must": [{"key": "loc", "geo_radius": {"center": {"lat": 91, "lon": 0}, "radius": 1}}]},
     {"must": [{"is_empty": {}}]},
     {"must": [{"is_null": "city"}]},
     {"must": [{"has_id": 10}]},
