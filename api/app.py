@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from api import observability
 from api.auth import ApiKeyAuth, keys_from_settings
@@ -90,10 +91,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
         catalog, st.snapshots_path, st.enable_snapshot_url_recovery,
         float(st.snapshot_url_idle_timeout_s), st.snapshot_url_allowed_hosts,
         st.snapshot_url_max_bytes)
-    for r in service.routes + observability.routes + cluster.routes + collections.routes + snapshots.routes \
-            + search.routes + recommend.routes + groups.routes + matrix.routes + facet.routes \
-            + points.routes + points.tail_routes:
-        app.router.routes.append(r)
+    app.router.routes.extend(all_routes())
 
     async def not_found(request: Request, exc: Exception) -> Response:
         if (template := qdrant_operation(request.method, request.url.path)) is not None:
@@ -120,6 +118,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
     install_log_filter()
     app.add_middleware(NormalizePath)  # outermost: auth sees the normalised path, as in Qdrant
     return app
+
+
+def all_routes() -> list[Route]:
+    """Every route, in matching order: `GET /points/{id}` after the fixed sub-paths."""
+    return (service.routes + observability.routes + cluster.routes + collections.routes
+            + snapshots.routes + search.routes + recommend.routes + groups.routes
+            + matrix.routes + facet.routes + points.routes + points.tail_routes)
 
 
 def _node_id(root: str) -> int:

@@ -32,7 +32,7 @@ from engine.multivector import MultiVector
 from engine.plan import SearchSpec
 from engine.render import render_handles
 from engine.sparse import SparseVector
-from engine.tables import segment_mask_count
+from engine.tables import searched_segments
 from engine.view import View
 
 EPSILON = 1.1920929e-7  # f32::EPSILON, as Qdrant's context score
@@ -176,14 +176,8 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
     examples = np.concatenate(blocks)
     per_spec: list[list[np.ndarray]] = [[] for _ in specs]
     handle_parts = []
-    for seg, n in view.segments:
-        if n == 0:
-            continue
-        mask, allowed = segment_mask_count(view, seg, n, spec0.pred, vspec.name,
-                                           spec0.filter_key)
-        if allowed == 0:
-            continue
-        seg.touch()
+    for seg, n, mask, allowed in searched_segments(view, spec0.pred, vspec.name,
+                                                   spec0.filter_key):
         rows = np.flatnonzero(mask)
         mat = (seg.host_rows(vspec.name, n) if allowed == n
                else seg.vectors_of(vspec.name, rows))

@@ -22,7 +22,7 @@ from engine.render import render_handles
 from engine.segment import Segment
 from engine.sparse import SparseVector
 from engine.sparse_search import search_sparse
-from engine.tables import segment_mask_count
+from engine.tables import searched_segments
 from engine.view import View
 from gpu.device import DeviceFailure
 from gpu.topk import merge
@@ -63,14 +63,8 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
     k = max(s.limit + s.offset + len(s.exclude_ids) for s in specs)
     full_scan = int(view.config.hnsw_config.get("full_scan_threshold") or 0) * 1024
     parts = []
-    for seg, n in view.segments:
-        if n == 0:
-            continue
-        mask, allowed = segment_mask_count(view, seg, n, spec0.pred, vspec.name,
-                                           spec0.filter_key)
-        if allowed == 0:
-            continue
-        seg.touch()
+    for seg, n, mask, allowed in searched_segments(view, spec0.pred, vspec.name,
+                                                   spec0.filter_key):
         index = None if seg.on_device else seg.ann.get(vspec.name)
         row_bytes = seg.row_bytes(vspec.name)
         if index is not None and ann.use_index(index, spec0.exact, allowed, n,

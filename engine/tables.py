@@ -6,6 +6,7 @@ repeated filter are cached per segment state (see `segment_mask_count`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,20 @@ def segment_mask_count(view: View, seg: Segment, n: int, pred: Predicate | None,
     if key is not None:
         seg.remember_filter(key, result)
     return result
+
+
+def searched_segments(view: View, pred: Predicate | None, vector: str, cache_key: str = ""
+                      ) -> Iterator[tuple[Segment, int, np.ndarray, int]]:
+    """(segment, rows, mask, allowed) for each segment with rows that pass deletion, the
+    vector's presence and the filter — the segments a search reads (touched: recently used)."""
+    for seg, n in view.segments:
+        if n == 0:
+            continue
+        mask, allowed = segment_mask_count(view, seg, n, pred, vector, cache_key)
+        if allowed == 0:
+            continue
+        seg.touch()
+        yield seg, n, mask, allowed
 
 
 def filtered_ids(view: View, pred: Predicate | None) -> list[PointId]:
