@@ -209,6 +209,11 @@ def threshold_rows(indexing_threshold_kb: Any, row_bytes: int) -> int | None:
     return max(1, int(indexing_threshold_kb * 1024 // max(row_bytes, 1)))
 
 
+def full_scan_rows(hnsw_config: dict[str, Any], row_bytes: int) -> int:
+    """`full_scan_threshold` (KB) as rows: a filter allowing fewer rows scans them exactly."""
+    return int(hnsw_config.get("full_scan_threshold") or 0) * 1024 // max(row_bytes, 1)
+
+
 def use_index(index: HnswIndex | None, exact: bool, allowed: int, n: int,
               full_scan_rows: int) -> bool:
     """Whether a search over a segment of n rows, `allowed` of them passing filter and

@@ -61,14 +61,12 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
     dist = vspec.distance
     queries = _prepared_queries(specs, vspec.size, dist)
     k = max(s.limit + s.offset + len(s.exclude_ids) for s in specs)
-    full_scan = int(view.config.hnsw_config.get("full_scan_threshold") or 0) * 1024
     parts = []
     for seg, n, mask, allowed in searched_segments(view, spec0.pred, vspec.name,
                                                    spec0.filter_key):
         index = None if seg.on_device else seg.ann.get(vspec.name)
-        row_bytes = seg.row_bytes(vspec.name)
-        if index is not None and ann.use_index(index, spec0.exact, allowed, n,
-                                               full_scan // max(row_bytes, 1)):
+        if index is not None and ann.use_index(index, spec0.exact, allowed, n, ann.full_scan_rows(
+                view.config.hnsw_config, seg.row_bytes(vspec.name))):
             vals, rows = _index_search(seg, n, vspec.name, queries, k, dist.metric, mask, allowed,
                                        index, spec0.hnsw_ef or view.hnsw_ef_construct())
         else:

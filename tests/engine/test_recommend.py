@@ -113,3 +113,56 @@ def test_average_sparse_and_multi_match_local_mode() -> None:
     a, b = rng.standard_normal((2, 4)), rng.standard_normal((3, 4))
     got_m = average_multi([MultiVector(a)], [MultiVector(b)])
     np.testing.assert_allclose(got_m.tokens, np.concatenate([a, -b]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["Cosine", "Dot", "Euclid"])
+def test_graph_candidates_recall(tmp_path, monkeypatch, distance: str) -> None:
+    """With an HNSW graph, best_score and sum_scores score the graph neighbours of
+    their leads: recall@10 against the exact scan (`params.exact`) stays high, every hit's
+    score is its exact score, and a filter and the unindexed tail are honoured."""
+    from api.parse.reads import query_request
+    from api.parse.writes import apply_body
+    from engine.collection import Collection
+    from engine.query import query_points
+    from gpu.device import HOST
+
+    monkeypatch.setattr("engine.collection.default_device", lambda: HOST)  # the host graph
+    coll = Collection.create("g", str(tmp_path / "g"), {
+        "vectors": {"size": 16, "distance": distance},
+        "optimizers_config": {"indexing_threshold": 50}, "hnsw_config": {"m": 16}})
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((20, 16))
+    x = (centers[rng.integers(0, 20, 4000)] + 0.3 * rng.standard_normal((4000, 16)))
+    for s in range(0, 4000, 1000):
+        apply_body(coll, "upsert", {"batch": {
+            "ids": list(range(s, s + 1000)), "vectors": x[s:s + 1000].tolist(),
+            "payloads": [{"odd": i % 2} for i in range(s, s + 1000)]}})
+    while coll.build_pending_index():
+        pass
+    assert any(seg.ann for seg in coll.segments)
+    apply_body(coll, "upsert", {"points": [{"id": 5000 + i, "vector": x[i].tolist(),
+                                            "payload": {"odd": 1}} for i in range(30)]})
+    hits = total = 0
+    for t in range(12):
+        ex = rng.choice(4000, 8, replace=False).tolist()
+        kind = ("best_score", "sum_scores", "discover")[t % 3]
+        q: dict = ({"recommend": {"positive": ex[:5], "negative": ex[5:7], "strategy": kind}}
+                   if kind != "discover" else {"discover": {"target": ex[0], "context": [
+                       {"positive": ex[1], "negative": ex[2]}]}})
+        body = {"query": q, "limit": 10, "with_payload": True}
+        if t % 4 == 3:
+            body["filter"] = {"must": [{"key": "odd", "match": {"value": 1}}]}
+        graph = query_points(coll, [query_request(coll, body)])[0]
+        exact = query_points(coll, [query_request(coll, {**body, "params": {"exact": True}})])[0]
+        truth = {p["id"]: p["score"] for p in exact}
+        full = query_points(coll, [query_request(coll, {**body, "limit": 4030, "params": {
+            "exact": True}})])[0]
+        every = {p["id"]: p["score"] for p in full}
+        for p in graph:
+            assert p["score"] == pytest.approx(every[p["id"]], rel=1e-5, abs=1e-6)
+            assert "filter" not in body or p["payload"]["odd"] == 1
+            assert p["id"] not in ex
+        hits += len(truth.keys() & {p["id"] for p in graph})
+        total += len(truth)
+    assert hits / total >= 0.9, hits / total
+    coll.close()
