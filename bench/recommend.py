@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.recommend [--quick] [--points 100000] [--dim 128]
 
-Random normal float32 points (Cosine), one collection. Each query: 5 positive and 2 negative
+Clustered unit vectors (bench/data.py, as the ANN bench; Cosine), one collection. Each query: 5 positive and 2 negative
 example point ids (random), top-10, through the universal query path (body → plan →
 engine.query.query_points), once on the exact scan (no HNSW graph) and once after the
 collection's HNSW graph is built (`--no-index` skips that): average_vector (one computed
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from api.parse.reads import query_request
+from bench import data
 from engine.catalog import Catalog
 from engine.operations import Upsert, VectorRows
 from engine.query import query_points
@@ -56,9 +57,8 @@ def _recall(coll: Any, bodies: list[dict[str, Any]]) -> float:
     return hits / max(total, 1)
 
 
-def _round(coll: Any, rng: np.random.Generator, ex: list[list[int]], d: int, m: int,
-           graph: bool) -> None:
-    nearest = [{"query": rng.standard_normal(d).tolist(), "limit": 10} for _ in range(m)]
+def _round(coll: Any, qs: np.ndarray, ex: list[list[int]], graph: bool) -> None:
+    nearest = [{"query": q.tolist(), "limit": 10} for q in qs]
     base = _qps(coll, nearest)
     print(f"{'HNSW graph' if graph else 'exact scan'}:")
     rec = f"   recall@10 {_recall(coll, nearest):.3f}" if graph else ""
@@ -85,8 +85,8 @@ def main() -> None:
     if args.quick:
         n, m = 10_000, 20
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = data.points(n, d)  # the clustered unit vectors of the ANN bench
+    qs = data.queries(2 * m, d)
     tmp = tempfile.mkdtemp(prefix="quiver-bench-recommend-")
     try:
         cat = Catalog(os.path.join(tmp, "storage"))
@@ -101,13 +101,13 @@ def main() -> None:
         ex = [rng.choice(n, 7, replace=False).tolist() for _ in range(m)]
         print(f"recommend: {n} points x {d}-d Cosine, 5 positive + 2 negative ids, top-10, "
               f"{m} queries ({len(coll.segments)} segment(s))")
-        _round(coll, rng, ex, d, m, graph=False)
+        _round(coll, qs[:m], ex, graph=False)
         if not args.no_index:
             t0 = time.perf_counter()
             while coll.build_pending_index():
                 pass
             print(f"(HNSW graph built in {time.perf_counter() - t0:.1f} s)")
-            _round(coll, rng, ex, d, m, graph=True)
+            _round(coll, qs[m:], ex, graph=True)
         cat.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
