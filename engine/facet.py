@@ -93,13 +93,13 @@ def _segment_counts(col: ColumnData, mask: np.ndarray, n: int, kind: str
         return None
     # one count per point and value: drop repeated (row, value) pairs (arrays like [a, a])
     small = kind != "integer"
-    pairs = _distinct_pairs(rows, vals.astype(np.int64), small)
+    pair_rows, pair_vals = _distinct_pairs(rows, vals.astype(np.int64), small)
     if small:  # codes: a bincount, no sort
-        cnt = np.bincount(pairs[:, 1])
+        cnt = np.bincount(pair_vals)
         uniq = np.flatnonzero(cnt)
         cnt = cnt[uniq]
     else:
-        uniq, cnt = _sorted_counts(pairs[:, 1])
+        uniq, cnt = _sorted_counts(pair_vals)
     if kind == "bool":
         return uniq.astype(bool), cnt
     if kind == "integer":
@@ -113,27 +113,30 @@ def _segment_counts(col: ColumnData, mask: np.ndarray, n: int, kind: str
             return None
         # two spellings of one UUID in a point: still one count (rare: merge per point)
         if len(set(strings.tolist())) < len(strings):
-            return _uuid_recount(pairs, uniq, canon)
+            return _uuid_recount(pair_rows, pair_vals, uniq, canon)
     return strings.astype(str), cnt
 
 
-def _distinct_pairs(rows: np.ndarray, vals: np.ndarray, small: bool) -> np.ndarray:
-    """The distinct (row, value) pairs, (m, 2). `small`: values are codes in [0, 2^31),
-    so one int64 key per pair sorts faster than a lexsort of two columns."""
-    if np.bincount(rows).max() <= 1:  # one value per point (no arrays): nothing to drop
-        return np.stack([rows, vals], axis=1)
+def _distinct_pairs(rows: np.ndarray, vals: np.ndarray, small: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (row, value) pairs as (rows, values). `small`: values are codes in
+    [0, 2^31), so one int64 key per pair sorts faster than a lexsort of two columns."""
+    if len(rows) < 2 or bool((rows[1:] > rows[:-1]).all()):
+        return rows, vals  # one value per point (no arrays, rows ascending): nothing to drop
+    if np.bincount(rows).max() <= 1:
+        return rows, vals
     if small:
         span = int(vals.max()) + 1
         key = np.sort(rows * span + vals)
         first = np.ones(len(key), dtype=bool)
         first[1:] = key[1:] != key[:-1]
         key = key[first]
-        return np.stack([key // span, key % span], axis=1)
+        return key // span, key % span
     order = np.lexsort((vals, rows))
     r, v = rows[order], vals[order]
     first = np.ones(len(r), dtype=bool)
     first[1:] = (r[1:] != r[:-1]) | (v[1:] != v[:-1])
-    return np.stack([r[first], v[first]], axis=1)
+    return r[first], v[first]
 
 
 def _sorted_counts(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,17 +153,16 @@ def _canonical_uuid(s: str) -> str | None:
         return None
 
 
-def _uuid_recount(pairs: np.ndarray, uniq: np.ndarray, canon: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray] | None:
+def _uuid_recount(pair_rows: np.ndarray, pair_vals: np.ndarray, uniq: np.ndarray,
+                  canon: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Counts when several vocabulary strings name the same UUID: map each code to its
     canonical UUID first, then count distinct (row, UUID) pairs."""
     ok = canon != None  # noqa: E711
     names, ids = np.unique(canon[ok].astype(str), return_inverse=True)
     code_to = np.full(len(uniq), -1, np.int64)
     code_to[np.flatnonzero(ok)] = ids.ravel()
-    pos = np.searchsorted(uniq, pairs[:, 1])
-    mapped = code_to[pos]
+    mapped = code_to[np.searchsorted(uniq, pair_vals)]
     keep = mapped >= 0
-    rp = _distinct_pairs(pairs[keep, 0], mapped[keep], True)
-    got, cnt = np.unique(rp[:, 1], return_counts=True)
+    _, vals = _distinct_pairs(pair_rows[keep], mapped[keep], True)
+    got, cnt = np.unique(vals, return_counts=True)
     return (names[got], cnt) if len(got) else None
