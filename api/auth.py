@@ -119,10 +119,13 @@ LISTS = frozenset({"/collections", "/aliases"})
 # `/collections/{c}...` paths whose first segment is not a collection name
 NOT_COLLECTIONS = frozenset({"/collections/aliases"})
 COLLECTION_PATH = re.compile(r"/collections/(?P<c>[^/]+)(?P<rest>/.*)?")
-# Operations on one collection that only a manager may do; other non-reads under
-# /collections/{c} are writes (points, payload indexes, snapshots create/delete).
+# Operations on one collection that only a manager may do (payload indexes too: Qdrant's
+# FieldIndexOperation needs manage); other non-reads under /collections/{c} are writes
+# (points, snapshots create/delete).
 COLLECTION_MANAGE: tuple[tuple[str, str], ...] = (
     ("PATCH", "/collections/{c}"),
+    ("PUT", "/collections/{c}/index"),
+    ("DELETE", "/collections/{c}/index/[^/]+"),
     ("DELETE", "/collections/{c}"),
     ("POST", "/collections/{c}/(shards/[^/]+/)?snapshots/upload"),
     ("PUT", "/collections/{c}/(shards/[^/]+/)?snapshots/recover"),
@@ -422,4 +425,6 @@ class ApiKeyAuth:
         elif need is Need.LIST and access.mode is None:
             await _filtered_list(self.app, scope, receive, send, access.collections)
         else:
+            # the routes check collections named in a body (lookup_from, with_lookup) too
+            scope.setdefault("state", {})["access"] = access
             await self.app(scope, receive, send)

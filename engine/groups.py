@@ -28,6 +28,7 @@ from engine.retrieve import retrieve
 from engine.view import Readable
 
 GROWTH = 4  # each round asks for this many times more candidates than the last
+MAX_ROUNDS = 5  # as Qdrant's MAX_GET_GROUPS_REQUESTS: then the groups are returned partial
 
 
 @dataclass
@@ -166,7 +167,7 @@ def query_groups(coll: Readable, req: GroupsRequest) -> list[dict[str, Any]]:
     """The groups of a grouped search, best first: [{"id", "hits", "lookup"?}]."""
     _scale_prefetch(req.plan.prefetch, req.group_size)
     want = req.limit * req.group_size
-    while True:
+    for _ in range(MAX_ROUNDS):
         _set_limit(req.plan, want)
         hits = query_plan.execute(coll, [req.plan])[0]
         grouping = _group(hits, req.group_by, req.group_size, req.limit)

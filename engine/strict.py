@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadRequest
+from engine.filters import FILTER_KEYS
 
 # engine.collection imports this module: a collection is typed structurally here (no cycle)
 Collection = Any
@@ -132,12 +133,18 @@ def _conditions(flt: Any) -> Iterator[Any]:
         yield from ms["conditions"]
 
 
+def _is_filter(c: Any) -> bool:
+    """A condition that is itself a filter ({"must"|"should"|...: [...]}), as the parser
+    takes a nested clause (engine/filters.py)."""
+    return isinstance(c, dict) and "key" not in c and bool(set(c) & FILTER_KEYS)
+
+
 def _count(flt: Any) -> int:
     """Qdrant's total_conditions_count: leaves, nested filters counted through."""
     total = 0
     for c in _conditions(flt):
-        if isinstance(c, dict) and "filter" in c and "key" not in c:
-            total += _count(c["filter"])
+        if _is_filter(c):
+            total += _count(c)
         elif isinstance(c, dict) and isinstance(c.get("nested"), dict):
             total += _count(c["nested"].get("filter"))
         else:
@@ -150,8 +157,8 @@ def _sizes(flt: Any) -> Iterator[int]:
     for c in _conditions(flt):
         if not isinstance(c, dict):
             continue
-        if "filter" in c and "key" not in c:
-            yield from _sizes(c["filter"])
+        if _is_filter(c):
+            yield from _sizes(c)
         elif isinstance(c.get("nested"), dict):
             yield from _sizes(c["nested"].get("filter"))
         elif isinstance(c.get("has_id"), list):
@@ -190,8 +197,8 @@ def _unindexed(flt: Any, indexed: set[str], prefix: str = "") -> tuple[str, list
     for c in _conditions(flt):
         if not isinstance(c, dict):
             continue
-        if "filter" in c and "key" not in c:
-            found = _unindexed(c["filter"], indexed, prefix)
+        if _is_filter(c):
+            found = _unindexed(c, indexed, prefix)
         elif isinstance(c.get("nested"), dict):
             found = _unindexed(c["nested"].get("filter"), indexed,
                                f"{prefix}{c['nested'].get('key')}[].")

@@ -5,11 +5,13 @@ Imports nothing from api.http, so the HTTP plumbing may use these helpers too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from engine.errors import BadRequest
+from api.auth import Need
+from engine.errors import BadRequest, Forbidden
 
 if TYPE_CHECKING:
     from engine.collection import Collection
@@ -18,6 +20,23 @@ if TYPE_CHECKING:
 def collection(request: Request) -> Collection:
     """The collection named in the path (an alias resolves; a missing one is a 404)."""
     return request.app.state.catalog.get(request.path_params["collection_name"])
+
+
+def lookup(request: Request) -> Callable[[str], Collection]:
+    """Collections a body names besides the path's (`lookup_from`, `with_lookup`), by name:
+    under JWT RBAC each needs read access too, as in Qdrant (the middleware only saw the
+    path's collection)."""
+    catalog = request.app.state.catalog
+    access = getattr(request.state, "access", None)
+    if access is None:
+        return catalog.get
+
+    def checked(name: str) -> Collection:
+        message = access.refusal(Need.COLL_READ, name)
+        if message is not None:
+            raise Forbidden(message)
+        return catalog.get(name)
+    return checked
 
 
 def path_point_id(raw: str) -> int | str:

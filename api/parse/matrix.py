@@ -12,7 +12,9 @@ from engine.matrix import DEFAULT_LIMIT, DEFAULT_SAMPLE, MatrixRequest
 def _count(v: Any, name: str, default: int, minimum: int) -> int:
     if v is None:
         return default
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadRequest(f"`{name}` must be an integer, got {v!r}")
+    if v < minimum:
         raise BadRequest(f"{name} value {v} is invalid. Must be {minimum} or larger.")
     return v
 

@@ -14,13 +14,13 @@ from starlette.routing import Route
 from api.http import body_dict, endpoint
 from api.parse import groups as parse_groups
 from api.parse import legacy, strict
-from api.parse.common import collection
+from api.parse.common import collection, lookup
 from engine import groups as engine_groups
 
 
 def _run(request: Request, body: dict[str, Any], legacy: bool) -> dict[str, Any]:
     coll = collection(request)
-    req = parse_groups.groups_request(coll, body, request.app.state.catalog.get, legacy)
+    req = parse_groups.groups_request(coll, body, lookup(request), legacy)
     strict.check(request, coll, body, 10)
     return {"groups": engine_groups.query_groups(coll, req)}
 

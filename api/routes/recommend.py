@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from api.http import body_dict, endpoint
 from api.parse import legacy, reads, strict
-from api.parse.common import collection
+from api.parse.common import collection, lookup
 from engine import query
 from engine.errors import BadRequest
 
@@ -23,13 +23,13 @@ Convert = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _run(request: Request, bodies: list[Any], convert: Convert) -> list[list[dict[str, Any]]]:
     coll = collection(request)
-    lookup = request.app.state.catalog.get
+    by_name = lookup(request)
     reqs = []
     for raw in bodies:
         b = body_dict(raw)
         if b.get("limit") is None:  # required in Qdrant's legacy bodies
             raise BadRequest("Json deserialize error: missing field `limit`")
-        reqs.append(reads.query_request(coll, convert(b), lookup))
+        reqs.append(reads.query_request(coll, convert(b), by_name))
         strict.check(request, coll, b, None, batch=len(bodies) if len(bodies) > 1 else None)
     return query.query_points(coll, reqs)
 

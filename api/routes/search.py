@@ -9,14 +9,14 @@ from starlette.routing import Route
 
 from api.http import body_dict, endpoint
 from api.parse import reads, strict
-from api.parse.common import collection
+from api.parse.common import collection, lookup
 from engine import query
 
 
 def query_points(request: Request, body: Any) -> dict[str, Any]:
     coll = collection(request)
     b = body_dict(body)
-    req = reads.query_request(coll, b, request.app.state.catalog.get)
+    req = reads.query_request(coll, b, lookup(request))
     strict.check(request, coll, b, 10)
     return {"points": query.query_points(coll, [req])[0]}
 
@@ -24,8 +24,8 @@ def query_points(request: Request, body: Any) -> dict[str, Any]:
 def query_batch(request: Request, body: Any) -> list[dict[str, Any]]:
     items = reads.searches(body_dict(body))
     coll = collection(request)
-    lookup = request.app.state.catalog.get
-    reqs = [reads.query_request(coll, body_dict(b), lookup) for b in items]
+    by_name = lookup(request)
+    reqs = [reads.query_request(coll, body_dict(b), by_name) for b in items]
     for b in items:
         strict.check(request, coll, b, 10, batch=len(items))
     return [{"points": r} for r in query.query_points(coll, reqs)]

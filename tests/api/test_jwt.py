@@ -149,8 +149,8 @@ def test_a_one_byte_key_signs_tokens() -> None:
     ("POST", "/collections/c/points/payload", Need.COLL_WRITE, "c"),
     ("PUT", "/collections/c/points/vectors", Need.COLL_WRITE, "c"),
     ("POST", "/collections/c/points/batch", Need.COLL_WRITE, "c"),
-    ("PUT", "/collections/c/index", Need.COLL_WRITE, "c"),
-    ("DELETE", "/collections/c/index/f", Need.COLL_WRITE, "c"),
+    ("PUT", "/collections/c/index", Need.COLL_MANAGE, "c"),
+    ("DELETE", "/collections/c/index/f", Need.COLL_MANAGE, "c"),
     ("POST", "/collections/c/snapshots", Need.COLL_WRITE, "c"),
     ("DELETE", "/collections/c/snapshots/s.snapshot", Need.COLL_WRITE, "c"),
     ("PATCH", "/collections/c", Need.COLL_MANAGE, "c"),
@@ -336,7 +336,42 @@ def test_read_write_one_collection(rbac: QuiverServer) -> None:
                    "/collections/{collection_name}/points/delete")
         r = c.post("/collections/aliases", json={"actions": []})
         _forbidden(r, "Global access is required", "POST", "/collections/aliases")
+        r = c.put(f"/collections/{DOCS}/index", json={"field_name": "n", "field_schema": "integer"})
+        _forbidden(r, "Manage access for this operation is required", "PUT",
+                   "/collections/{collection_name}/index")
     assert _count(rbac, DOCS) == 10 and _count(rbac, OTHER) == 10
+
+
+def test_bodies_cannot_reach_other_collections(rbac: QuiverServer) -> None:
+    """`lookup_from` and `with_lookup` name a collection in the body: reading it needs access
+    too (Qdrant's check_lookup_from / check_with_lookup), at any depth, on every endpoint."""
+    tok = rights([{"collection": DOCS, "access": "r"}])
+    bodies = [
+        ("points/query", {"query": 3, "lookup_from": {"collection": OTHER}}),
+        ("points/query", {"prefetch": {"query": 3, "lookup_from": {"collection": OTHER}},
+                          "query": {"fusion": "rrf"}}),
+        ("points/query", {"query": {"recommend": {"positive": [3]}},
+                          "lookup_from": {"collection": OTHER}}),
+        ("points/query/batch", {"searches": [{"query": 3, "lookup_from": {
+            "collection": OTHER}}]}),
+        ("points/query/groups", {"query": [1, 1, 0, 0], "group_by": "tenant",
+                                 "with_lookup": {"collection": OTHER}}),
+        ("points/query/groups", {"query": [1, 1, 0, 0], "group_by": "tenant",
+                                 "with_lookup": "other_alias"}),
+        ("points/recommend", {"positive": [3], "limit": 3, "lookup_from": {
+            "collection": OTHER}}),
+        ("points/recommend/groups", {"positive": [3], "limit": 3, "group_by": "tenant",
+                                     "group_size": 2, "with_lookup": OTHER}),
+        ("points/discover", {"target": 3, "context": [{"positive": 1, "negative": 2}],
+                             "limit": 3, "lookup_from": {"collection": OTHER}}),
+    ]
+    with _http(rbac, tok) as c:
+        for path, body in bodies:
+            r = c.post(f"/collections/{DOCS}/{path}", json=body)
+            assert r.status_code == 403, (path, body, r.text)
+            assert "is required" in r.json()["status"]["error"], r.text
+        own = {"query": 3, "lookup_from": {"collection": DOCS}}  # its own collection: fine
+        assert c.post(f"/collections/{DOCS}/points/query", json=own).status_code == 200
 
 
 # --------------------------------------------------------------------------- value_exists

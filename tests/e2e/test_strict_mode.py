@@ -205,6 +205,10 @@ def test_read_routes_enforce(http, collection_name: str) -> None:
         assert r.status_code == 200, (path, r.text)
         for extra in bad:
             _refused(http.post(f"{c}/{path}", json={**ok, **extra}))
+    # a filter nested as a condition counts through: its keys need an index too
+    nested = {"filter": {"must": [{"should": [{"key": "k", "match": {"value": "a"}},
+                                              {"key": "n", "match": {"value": 1}}]}]}}
+    _refused(http.post(f"{c}/points/scroll", json=nested), 'Index required but not found for "n"')
     r = http.post(f"{c}/points/query/batch", json={"searches": [q, q, q]})
     _refused(r, '"search batch size"')
     assert http.post(f"{c}/points/query/batch", json={"searches": [q, q]}).status_code == 200
