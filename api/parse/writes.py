@@ -111,7 +111,9 @@ def upsert_op(cfg: CollectionConfig, body: Any) -> Upsert:
             raise BadRequest("`batch` must be an object")
         ids = parse_ids(batch.get("ids"))
         vecs = batch.get("vectors")
-        if isinstance(vecs, np.ndarray):
+        if isinstance(vecs, np.ndarray):  # in-process bulk loads (bench, tools), never HTTP
+            if body.get("update_mode") is not None or body.get("update_filter") is not None:
+                raise BadRequest("update_mode / update_filter need the JSON point forms")
             return _numpy_batch(cfg, ids, batch)
         if isinstance(vecs, list):
             vectors_raw = vecs
