@@ -9,6 +9,7 @@ a run of tied scores inside the window must hold the same ids in any order; the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,3 +38,12 @@ def assert_same_ranking(got: list[Any], want: list[Any], *, offset: int = 0, rel
         g, w = [got[i].id for i in run], [want[i].id for i in run]
         assert sorted(map(str, g)) == sorted(map(str, w)), (run, [p.id for p in got],
                                                             [p.id for p in want])
+
+
+def paired(got: list[Any], want: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """(hit, the oracle's hit with the same id), for the ids both returned: a point tied with
+    one the oracle's limit cut has no partner (its score is checked by assert_same_ranking)."""
+    oracle = {w.id: w for w in want}
+    for g in got:
+        if (w := oracle.get(g.id)) is not None:
+            yield g, w
