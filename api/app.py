@@ -23,6 +23,7 @@ from api.qdrant_paths import not_served, qdrant_operation
 from api.routes import (
     cluster,
     collections,
+    dashboard,
     facet,
     groups,
     matrix,
@@ -31,6 +32,7 @@ from api.routes import (
     search,
     service,
     snapshots,
+    tasks,
 )
 from api.settings import Settings, as_dict, max_snapshot_upload_bytes
 from engine.catalog import Catalog
@@ -39,6 +41,7 @@ from gpu.config import GpuConfig
 from gpu.device import default_device
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
+from snapshots.schedule import Scheduler
 from snapshots.storage import make_storage
 
 log = logging.getLogger("quiver")
@@ -56,8 +59,9 @@ def build_catalog(settings: Settings) -> Catalog:
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None,
-               owns_catalog: bool | None = None) -> FastAPI:
-    """`owns_catalog`: start its flusher and close it with the app (default: when created here)."""
+               owns_catalog: bool | None = None, serve_grpc: bool = False) -> FastAPI:
+    """`owns_catalog`: start its flusher and close it with the app (default: when created here).
+    `serve_grpc`: also serve gRPC on `service.grpc_port` while the app runs (`quiver serve`)."""
     if owns_catalog is None:
         owns_catalog = catalog is None
     if catalog is None:
@@ -68,9 +72,17 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_catalog:
             catalog.start_flusher()
+        grpc_server = None
         try:
+            if serve_grpc and settings.service.grpc_port:
+                from api.rpc import server as rpc  # noqa: PLC0415 - grpc only when served
+                grpc_server = await rpc.start(app, all_routes(), settings)
+            app.state.scheduler.start()
             yield
         finally:
+            app.state.scheduler.stop()
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             if owns_catalog:
                 catalog.close()
 
@@ -87,6 +99,10 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
     app.state.max_snapshot_upload = max_snapshot_upload_bytes(settings)
     app.state.metrics = Metrics()
     instrument_snapshots(app.state.snapshots, app.state.metrics)
+    app.state.metrics.add_source(tasks.render_metrics)
+    app.state.scheduler = Scheduler(app.state.snapshots, catalog,
+                                    as_dict(settings).get("snapshots") or {})
+    app.state.metrics.add_source(app.state.scheduler.render_metrics)
     app.state.recovery = Recovery(
         catalog, st.snapshots_path, st.enable_snapshot_url_recovery,
         float(st.snapshot_url_idle_timeout_s), st.snapshot_url_allowed_hosts,
@@ -122,7 +138,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
 
 def all_routes() -> list[Route]:
     """Every route, in matching order: `GET /points/{id}` after the fixed sub-paths."""
-    return (service.routes + observability.routes + cluster.routes + collections.routes
+    return (service.routes + observability.routes + tasks.routes + dashboard.routes
+            + cluster.routes + collections.routes
             + snapshots.routes + search.routes + recommend.routes + groups.routes
             + matrix.routes + facet.routes + points.routes + points.tail_routes)
 

@@ -362,6 +362,33 @@ async def _filtered_list(app: ASGIApp, scope: Scope, receive: Receive, send: Sen
     await app(scope, receive, capture)
 
 
+class Authenticator:
+    """A presented key or token → its Access, whatever the transport (REST headers, gRPC
+    metadata). Refusals raise TokenRefused with Qdrant's status (401/403) and message."""
+
+    def __init__(self, api_key: bytes | None, read_only_api_key: bytes | None,
+                 jwt_rbac: bool) -> None:
+        self.api_key = api_key
+        self.read_only_api_key = read_only_api_key
+        self.verifier = JwtVerifier(api_key) if jwt_rbac and api_key is not None else None
+
+    def access(self, given: bytes | None) -> tuple[Access, ValueExists | None]:
+        """The caller's Access and the stateful check its token asks for (run it with
+        value_exists before answering)."""
+        if given is None:
+            raise TokenRefused(401, NO_KEY)
+        manage = _matches(given, self.api_key)
+        read = _matches(given, self.read_only_api_key)
+        if manage:
+            return FULL, None
+        if read:
+            return READ_ONLY_ACCESS, None
+        claims = self.verifier.decode(given) if self.verifier is not None else None
+        if claims is None:
+            raise TokenRefused(401, BAD_KEY)
+        return claims.access, claims.value_exists
+
+
 class ApiKeyAuth:
     """401 without a valid key or token; 403 when its access does not cover the route.
 
@@ -374,36 +401,28 @@ class ApiKeyAuth:
         self.api_key = api_key
         self.read_only_api_key = read_only_api_key
         self.jwt_rbac = jwt_rbac
-        self.verifier: JwtVerifier | None = None
+        self.auth: Authenticator | None = None
 
-    def _verifier(self, scope: Scope) -> JwtVerifier | None:
-        if self.jwt_rbac is None:
-            settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-            self.jwt_rbac = bool(settings is not None and settings.service.jwt_rbac)
-        if self.jwt_rbac and self.api_key is not None and self.verifier is None:
-            self.verifier = JwtVerifier(self.api_key)
-        return self.verifier
+    def _authenticator(self, scope: Scope) -> Authenticator:
+        if self.auth is None:
+            jwt_rbac = self.jwt_rbac
+            if jwt_rbac is None:
+                settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+                jwt_rbac = bool(settings is not None and settings.service.jwt_rbac)
+            self.auth = Authenticator(self.api_key, self.read_only_api_key, jwt_rbac)
+        return self.auth
 
     async def _access(self, scope: Scope, given: bytes) -> Access | Any:
         """The caller's Access, or the response that refuses it."""
-        manage = _matches(given, self.api_key)
-        read = _matches(given, self.read_only_api_key)
-        if manage:
-            return FULL
-        if read:
-            return READ_ONLY_ACCESS
-        verifier = self._verifier(scope)
         try:
-            claims = verifier.decode(given) if verifier is not None else None
-            if claims is None:
-                return plain_text(Unauthorized(BAD_KEY))
-            if claims.value_exists is not None:
+            access, check = self._authenticator(scope).access(given)
+            if check is not None:
                 catalog = scope["app"].state.catalog
-                await run_in_threadpool(value_exists, catalog, claims.value_exists)
+                await run_in_threadpool(value_exists, catalog, check)
         except TokenRefused as exc:
             # Qdrant's AuthError: the bare message as text, 401 or 403
             return PlainTextResponse(exc.message, exc.status)
-        return claims.access
+        return access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):

@@ -1,4 +1,5 @@
-"""`quiver serve`: start the REST server."""
+"""`quiver serve`: start the REST (and gRPC) server; `quiver snapshot ...`: snapshot work
+against a running server (api/snapshot_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import ssl
 import sys
 from typing import Any
 
+from api import snapshot_cli
 from api.settings import Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quiver", description="Quiver vector search engine")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the Qdrant-compatible REST server")
+    s = sub.add_parser("serve", help="run the Qdrant-compatible REST and gRPC server")
     s.add_argument("--config-path", help="YAML config file (default: embedded defaults)")
     s.add_argument("--host", help="listen address (service.host)")
     s.add_argument("--port", type=int, help="listen port (service.http_port)")
+    s.add_argument("--grpc-port", type=int,
+                   help="gRPC listen port (service.grpc_port; 0 disables gRPC)")
     s.add_argument("--storage-path", help="storage directory (storage.storage_path)")
     s.add_argument("--snapshot", "--collection-snapshot", action="append", default=[],
                    metavar="PATH:NAME", help="recover collection NAME from a snapshot file at "
@@ -27,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="restore every collection and alias of a full-storage snapshot")
     s.add_argument("--force-snapshot", "--force_snapshot", "-f", action="store_true",
                    help="let start-up snapshots overwrite existing collections")
+    snapshot_cli.add_parser(sub)
     return p
 
 
@@ -50,11 +55,15 @@ def tls_options(settings: Settings) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "snapshot":
+        return snapshot_cli.main(args)
     overrides: dict[str, dict[str, Any]] = {"service": {}, "storage": {}}
     if args.host:
         overrides["service"]["host"] = args.host
     if args.port:
         overrides["service"]["http_port"] = args.port
+    if args.grpc_port is not None:
+        overrides["service"]["grpc_port"] = args.grpc_port
     if args.storage_path:
         overrides["storage"]["storage_path"] = args.storage_path
     # configured before loading, so the warning about unknown keys is formatted too
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quiver: snapshot recovery failed: {exc}", file=sys.stderr)
             return 1
         logging.getLogger("quiver").info("restored from snapshots: %s", ", ".join(restored))
-    app = create_app(settings, catalog=catalog, owns_catalog=True)
+    app = create_app(settings, catalog=catalog, owns_catalog=True, serve_grpc=True)
     uvicorn.run(app, host=settings.service.host, port=settings.service.http_port,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=30, **tls)
     return 0

@@ -51,6 +51,9 @@ def endpoint(fn: Handler, read_body: bool = True) -> Callable[[Request], Awaitab
             return result
         return ok(result, started)
 
+    # the gRPC transport calls the same handler (api/rpc/dispatch.py)
+    run.handler = fn  # type: ignore[attr-defined]
+    run.read_body = read_body  # type: ignore[attr-defined]
     return run
 
 

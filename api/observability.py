@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -185,12 +185,29 @@ class Metrics:
                                   "Bytes of snapshot archives created", ("kind",))
         self.snap_count = Counter("quiver_snapshot_creations_total",
                                   "Snapshot creations by kind and outcome", ("kind", "outcome"))
+        self.rpcs = Counter("quiver_grpc_requests_total", "gRPC calls by method and status code",
+                            ("method", "code"))
+        self.rpc_latency = Histogram("quiver_grpc_request_duration_seconds",
+                                     "gRPC call latency by method and status code",
+                                     ("method", "code"), LATENCY_BUCKETS)
+        # more gauges, rendered on every scrape: fn(out) appends exposition lines (tasks,
+        # snapshot schedules register theirs in api/app.py)
+        self.sources: list[Callable[[list[str]], None]] = []
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, str(status))
         with self.lock:
             self.requests.inc(key)
             self.latency.observe(key, seconds)
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        with self.lock:
+            self.rpcs.inc(key)
+            self.rpc_latency.observe(key, seconds)
+
+    def add_source(self, source: Callable[[list[str]], None]) -> None:
+        self.sources.append(source)
 
     def observe_snapshot(self, kind: str, outcome: str, seconds: float, size: int) -> None:
         """A snapshots.manager.SnapshotListener: one creation ended."""
@@ -208,7 +225,11 @@ class Metrics:
             self.snap_duration.render(out)
             self.snap_count.render(out)
             self.snap_bytes.render(out)
+            self.rpcs.render(out)
+            self.rpc_latency.render(out)
         _collection_metrics(out, catalog, snapshots, anonymize)
+        for source in self.sources:
+            source(out)
         _device_metrics(out)
         _process_metrics(out, self.started)
         return "\n".join(out) + "\n"

@@ -79,6 +79,8 @@ def _memory_limit(value: Any, key: str) -> float | None:
 class ServiceSettings:
     host: str = "0.0.0.0"
     http_port: int = field(default=6333, metadata=_check(minimum=0, maximum=65535))
+    # Qdrant's gRPC port; null or 0 disables the gRPC server
+    grpc_port: int | None = field(default=6334, metadata=_check(minimum=0, maximum=65535))
     max_request_size_mb: float = field(default=32, metadata=_check(above=0))
     max_snapshot_upload_mb: float | None = field(default=0, metadata=_check(minimum=0))
     api_key: str | None = None

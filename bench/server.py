@@ -54,6 +54,7 @@ class Server:
             else storage.parent
         self.storage = storage if storage is not None else self.tmp / "storage"
         self.port = port or free_port()
+        self.grpc_port = free_port()  # never Qdrant's 6334: servers run side by side
         self.env = env or {}
         self.config_path = config_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -64,12 +65,17 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> Server:
         cmd = quiver_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
+                                  "--grpc-port", str(self.grpc_port),
                                   "--storage-path", str(self.storage)]
         if self.config_path:
             cmd += ["--config-path", self.config_path]

@@ -1,0 +1,14 @@
+"""Service `qdrant.Points`: each RPC translated into the REST call it stands for and run
+through api.rpc.dispatch.Bridge (the REST route's own handler); results converted back to
+Qdrant's messages."""
+
+from __future__ import annotations
+
+from qdrant_client.grpc import points_service_pb2_grpc
+
+from api.rpc.dispatch import Bridge
+
+
+class PointsService(points_service_pb2_grpc.PointsServicer):
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge

@@ -1,0 +1,78 @@
+"""The gRPC server on `service.grpc_port`: Qdrant's four services over one Bridge, started and
+stopped with the app (same event loop, catalog, API keys and TLS as REST)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from qdrant_client.grpc import (
+    collections_service_pb2_grpc,
+    points_service_pb2_grpc,
+    qdrant_pb2_grpc,
+    snapshots_service_pb2_grpc,
+)
+
+from api.rpc.collections_service import CollectionsService
+from api.rpc.dispatch import Bridge
+from api.rpc.points_service import PointsService
+from api.rpc.qdrant_service import QdrantService
+from api.rpc.snapshots_service import SnapshotsService
+from api.settings import Settings
+
+log = logging.getLogger("quiver.grpc")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Qdrant's `service.enable_tls` and `tls:` section, as for REST (files checked at
+    start-up by api.cli.tls_options)."""
+    svc, tls = settings.service, settings.tls
+    if not svc.enable_tls:
+        return None
+    with open(tls.key, "rb") as f:
+        key = f.read()
+    with open(tls.cert, "rb") as f:
+        cert = f.read()
+    ca = None
+    if svc.verify_https_client_certificate:
+        with open(tls.ca_cert, "rb") as f:
+            ca = f.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
+def build_server(app: Any, routes: list[Any], settings: Settings) -> tuple[grpc.aio.Server, int]:
+    """The server with every service registered and its port bound (not yet started);
+    returns the bound port (port 0 picks a free one, for tests)."""
+    limit = int(settings.service.max_request_size_mb * (1 << 20))
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ])
+    bridge = Bridge(app, routes)
+    qdrant_pb2_grpc.add_QdrantServicer_to_server(QdrantService(bridge), server)
+    collections_service_pb2_grpc.add_CollectionsServicer_to_server(
+        CollectionsService(bridge), server)
+    points_service_pb2_grpc.add_PointsServicer_to_server(PointsService(bridge), server)
+    snapshots_service_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(bridge), server)
+    port = settings.service.grpc_port or 0
+    address = _address(settings.service.host, port)
+    creds = _credentials(settings)
+    bound = server.add_secure_port(address, creds) if creds is not None \
+        else server.add_insecure_port(address)
+    return server, bound
+
+
+async def start(app: Any, routes: list[Any], settings: Settings) -> grpc.aio.Server:
+    server, port = build_server(app, routes, settings)
+    await server.start()
+    app.state.grpc_port = port
+    log.info("gRPC listening on %s (%s)", _address(settings.service.host, port),
+             "TLS" if settings.service.enable_tls else "plaintext")
+    return server
