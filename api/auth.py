@@ -29,8 +29,9 @@ from engine.filters import parse_filter
 from engine.plan import CountRequest
 
 # Qdrant's whitelist (src/actix/auth.rs): probes and the version banner need no key.
-OPEN_EXACT = frozenset({"/", "/healthz"})
-OPEN_PREFIXES = ("/readyz", "/livez")
+# The dashboard's static files carry no data (the calls the page makes need a key).
+OPEN_EXACT = frozenset({"/", "/healthz", "/dashboard"})
+OPEN_PREFIXES = ("/readyz", "/livez", "/dashboard/")
 
 # What a read-only key may call; anything not listed needs the full key. `{c}` is one path
 # segment. Every GET/HEAD reads (lists, info, snapshot downloads, as in Qdrant's RBAC matrix).

@@ -190,9 +190,10 @@ class Metrics:
         self.rpc_latency = Histogram("quiver_grpc_request_duration_seconds",
                                      "gRPC call latency by method and status code",
                                      ("method", "code"), LATENCY_BUCKETS)
-        # more gauges, rendered on every scrape: fn(out) appends exposition lines (tasks,
-        # snapshot schedules register theirs in api/app.py)
-        self.sources: list[Callable[[list[str]], None]] = []
+        # more gauges, rendered on every scrape: fn(out, label) appends exposition lines,
+        # passing collection names through label() (anonymized on request); tasks and
+        # snapshot schedules register theirs in api/app.py
+        self.sources: list[Callable[[list[str], Callable[[str], str]], None]] = []
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, str(status))
@@ -206,7 +207,7 @@ class Metrics:
             self.rpcs.inc(key)
             self.rpc_latency.observe(key, seconds)
 
-    def add_source(self, source: Callable[[list[str]], None]) -> None:
+    def add_source(self, source: Callable[[list[str], Callable[[str], str]], None]) -> None:
         self.sources.append(source)
 
     def observe_snapshot(self, kind: str, outcome: str, seconds: float, size: int) -> None:
@@ -228,8 +229,9 @@ class Metrics:
             self.rpcs.render(out)
             self.rpc_latency.render(out)
         _collection_metrics(out, catalog, snapshots, anonymize)
+        label = _anon if anonymize else str
         for source in self.sources:
-            source(out)
+            source(out, label)
         _device_metrics(out)
         _process_metrics(out, self.started)
         return "\n".join(out) + "\n"

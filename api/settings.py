@@ -22,6 +22,10 @@ from typing import Any, Literal
 
 import yaml
 
+from engine.catalog import validate_name
+from engine.errors import BadRequest
+from snapshots.schedule import ALL, check_cron, check_schedule_name, parse_duration
+
 log = logging.getLogger("quiver.settings")
 
 ENV_PREFIX = "QUIVER__"
@@ -147,6 +151,97 @@ class GpuSettings:
     memory_limit: float | None = field(default=None, metadata=_check(parse=_memory_limit))
 
 
+def _duration(value: Any, key: str) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as exc:
+        raise SettingsError(f"{key}: {exc}") from None
+
+
+def _cron(value: Any, key: str) -> str | None:
+    try:
+        return None if value is None else check_cron(value)
+    except ValueError as exc:
+        raise SettingsError(f"{key}: {exc}") from None
+
+
+def _schedule_name(value: Any, key: str) -> str:
+    try:
+        return check_schedule_name(value)
+    except ValueError as exc:
+        raise SettingsError(f"{key}: {exc}") from None
+
+
+def _schedule_collections(value: Any, key: str) -> list[str] | None:
+    """A list of collection names, or "*" (every collection when the schedule runs)."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SettingsError(f"{key}: expected a list of collection names or \"*\", got "
+                            f"{_show(value)}")
+    for n in names:
+        if n != ALL:
+            try:
+                validate_name(n)
+            except BadRequest as exc:
+                raise SettingsError(f"{key}: {exc}") from None
+    return list(names)
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """One `snapshots.schedule` entry (semantics: snapshots/schedule.py)."""
+
+    name: str = field(default="default", metadata=_check(parse=_schedule_name))
+    collections: list[str] | None = field(default=None,
+                                          metadata=_check(parse=_schedule_collections))
+    full: bool = False  # a full-storage snapshot instead of collections
+    interval: float | None = field(default=None, metadata=_check(parse=_duration))  # seconds
+    cron: str | None = field(default=None, metadata=_check(parse=_cron))  # UTC
+    keep_last: int | None = field(default=None, metadata=_check(minimum=1))
+    keep_daily: int | None = field(default=None, metadata=_check(minimum=1))
+    keep_weekly: int | None = field(default=None, metadata=_check(minimum=1))
+    retry_after: float | None = field(default=None, metadata=_check(parse=_duration))
+    target: str | None = field(default=None, metadata=_check(choices=("local", "s3")))
+
+
+def _schedules(value: Any, key: str) -> list[ScheduleSettings]:
+    """Every entry validated like a section, but an unknown key is refused, not warned about:
+    a mistyped keep_* would silently keep every snapshot."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SettingsError(f"{key}: expected a list of schedules, got {_show(value)}")
+    out: list[ScheduleSettings] = []
+    for i, raw in enumerate(value):
+        where = f"{key}[{i}]"
+        unknown: list[str] = []
+        entry = typing.cast(ScheduleSettings, _section(ScheduleSettings, raw, where, unknown))
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(ScheduleSettings))
+            raise SettingsError(f"{unknown[0]}: unknown schedule key (known: {known})")
+        if (entry.interval is None) == (entry.cron is None):
+            raise SettingsError(f"{where}: give exactly one of interval, cron")
+        if entry.full and entry.collections:
+            raise SettingsError(f"{where}.collections: not with full: true (a full snapshot "
+                                "holds every collection)")
+        if not entry.full and not entry.collections:
+            raise SettingsError(f"{where}.collections: required (a list of names, or \"*\"), "
+                                "unless full: true")
+        if any(e.name == entry.name for e in out):
+            raise SettingsError(f"{where}.name: duplicate schedule name {entry.name!r} (each "
+                                "schedule needs a name of its own)")
+        out.append(entry)
+    return out
+
+
+@dataclass(frozen=True)
+class SnapshotsSettings:
+    schedule: list[ScheduleSettings] = field(default_factory=list,
+                                             metadata=_check(parse=_schedules))
+
+
 @dataclass(frozen=True)
 class Settings:
     log_level: str = "INFO"
@@ -154,6 +249,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     gpu: GpuSettings = field(default_factory=GpuSettings)
+    snapshots: SnapshotsSettings = field(default_factory=SnapshotsSettings)
 
 
 def as_dict(settings: Any) -> dict[str, Any]:
@@ -260,6 +356,14 @@ def _check_consistent(settings: Settings) -> None:
     if svc.jwt_rbac and (svc.api_key is None or svc.api_key == ""):
         raise SettingsError("service.jwt_rbac: requires service.api_key (the key that signs "
                             "the tokens)")
+    # one snapshot storage per server: a schedule asking for another is refused, not failed
+    storage = settings.storage.snapshots_config.snapshots_storage
+    for i, entry in enumerate(settings.snapshots.schedule):
+        if entry.target is not None and entry.target != storage:
+            raise SettingsError(
+                f"snapshots.schedule[{i}].target: {entry.target} cannot be honoured, this "
+                f"server keeps snapshots in {storage} (storage.snapshots_config."
+                "snapshots_storage)")
 
 
 # --------------------------------------------------------------------------- loading

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ FAISS_METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2", "l1": "METRIC_
 # walks the whole graph and drops excluded nodes, so tiny fractions would starve the beam.
 MIN_FILTERED_FRACTION = 0.05
 MAX_EF = 4096
+ADD_BATCH = 1 << 16  # rows per faiss add() when a build reports progress (a task's rows)
 _CORES = os.cpu_count() or 1
 _build_count = 0
 _count_lock = threading.Lock()
@@ -59,9 +61,11 @@ class HnswIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, metric: str, m: int, ef_construct: int,
-              base: HnswIndex | None = None) -> HnswIndex:
+              base: HnswIndex | None = None,
+              progress: Callable[[int], None] | None = None) -> HnswIndex:
         """Index `vectors` (host float32, all rows to cover). With `base`, extend a copy of
-        it by the rows it lacks instead of starting over."""
+        it by the rows it lacks instead of starting over. `progress(rows)` hears of every
+        ADD_BATCH rows added (the rows go in batches then; without it, in one call)."""
         global _build_count
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if base is not None and base.m == m and base.metric == metric and base.rows <= len(x):
@@ -72,8 +76,13 @@ class HnswIndex:
             index.hnsw.efConstruction = ef_construct
             start = 0
         faiss.omp_set_num_threads(_CORES)
-        if start < len(x):
-            index.add(x[start:])
+        if progress is None:
+            if start < len(x):
+                index.add(x[start:])
+        else:
+            for a in range(start, len(x), ADD_BATCH):
+                index.add(x[a : a + ADD_BATCH])
+                progress(min(ADD_BATCH, len(x) - a))
         with _count_lock:
             _build_count += 1
         return cls(index, len(x), metric, m, ef_construct)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine import flush as flushing
-from engine import indexing, jsonio, strict
+from engine import indexing, jsonio, strict, tasks
 from engine import payload as payload_ops
 from engine.coalesce import Coalescer
 from engine.config import CollectionConfig, apply_update, from_state, parse_create
@@ -100,8 +100,18 @@ class Collection(CollectionState):
         coll.flushed_seq = state["flushed_seq"]
         coll.next_segment_id = state["next_segment_id"]
         coll.gen = state.get("gen", 0)
-        for meta in state["segments"]:
-            coll._load_segment(meta)
+        task = coll._rehydration(sum(int(m.get("n") or 0) for m in state["segments"]))
+        try:
+            for meta in state["segments"]:
+                coll._load_segment(meta)
+                if task is not None:
+                    task.advance(int(meta.get("n") or 0))
+        except BaseException as exc:
+            if task is not None:
+                tasks.registry.finish(task, exc)
+            raise
+        if task is not None:
+            tasks.registry.finish(task)
         if not coll.segments or coll.segments[-1].sealed:
             coll._new_appendable()
         replayed = 0
@@ -145,11 +155,15 @@ class Collection(CollectionState):
         live collection (Catalog.install moves it)."""
         os.makedirs(os.path.join(path, "segments"), exist_ok=True)
         coll = cls(name, path, from_state(config_state), dict(payload_schema), wal_fsync)
+        task = None
         try:
             flushing.write_config(coll)
+            task = coll._rehydration(sum(len(data["id_recs"]) for data, _ in segments))
             for data, sealed in segments:
                 seg = Segment.from_arrays(coll.next_segment_id, coll.config.vectors, coll.device,
                                           data, sealed)
+                if task is not None:
+                    task.advance(seg.n)
                 if seg.blob is not None:  # it stays in the archive until it changes
                     seg.flushed_n = seg.n
                     seg.dirty = seg.payloads_dirty = False
@@ -164,10 +178,22 @@ class Collection(CollectionState):
             coll.wal.open_for_append()
             coll.flush()
             indexing.persist_graphs(coll)  # the archive's indexes: persisted, never rebuilt
-        except BaseException:
+        except BaseException as exc:
             coll.close(flush=False)  # release the WAL file (e.g. disk full midway)
+            if task is not None:
+                tasks.registry.finish(task, exc)
             raise
+        if task is not None:
+            tasks.registry.finish(task)
         return coll
+
+    def _rehydration(self, rows: int) -> tasks.Task | None:
+        """A task (engine.tasks, device_rehydrate) counting the rows copied onto the device
+        while segments load; none when they stay on the host."""
+        if not rows or not self.device.available:
+            return None
+        return tasks.registry.start("device_rehydrate", self.name, total=rows, unit="rows",
+                                    parent=tasks.current())
 
     def relocate(self, path: str) -> None:
         """The collection's directory was renamed (open files stay valid)."""

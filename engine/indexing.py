@@ -1,6 +1,7 @@
 """Background work on sealed rows: HNSW index building and snapshot digests.
 
 The catalog's indexer thread calls `build_pending_index` and `digest_sealed` per collection.
+Index builds are tasks (engine.tasks, kind index_build, counted in rows; not cancellable).
 Both read rows that never change (rows below a segment's count are immutable), work outside
 every lock, and swap their result in with one assignment, so writes and reads never wait.
 """
@@ -12,7 +13,7 @@ import os
 
 import numpy as np
 
-from engine import ann
+from engine import ann, tasks
 from engine.npy import npy_sha256
 from engine.segment import Segment
 from engine.segment_store import ids_fingerprint, read_graph, write_graph
@@ -90,9 +91,14 @@ def build_pending_index(coll: CollectionState) -> bool:
         return False
     seg, name, n = task
     spec = coll.config.vectors[name]
-    vectors = seg.host_rows(name, n).astype(np.float32, copy=False)
-    index = ann.HnswIndex.build(vectors, spec.distance.metric, *hnsw_params(coll),
-                                base=seg.ann.get(name))
+    base = seg.ann.get(name)
+    # a task (engine.tasks): rows added so far out of the rows this build adds
+    with tasks.registry.run("index_build", coll.name, total=n - (base.rows if base else 0),
+                            unit="rows") as progress:
+        progress.set_phase(f"segment {seg.seg_id}, vector {name!r}")
+        vectors = seg.host_rows(name, n).astype(np.float32, copy=False)
+        index = ann.HnswIndex.build(vectors, spec.distance.metric, *hnsw_params(coll),
+                                    base=base, progress=progress.advance)
     with coll.write_lock:
         if coll.seg_by_id.get(seg.seg_id) is not seg or coll.closed:
             return True  # vacuumed or dropped meanwhile: the new segment gets its own

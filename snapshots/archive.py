@@ -42,6 +42,7 @@ import re
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -161,12 +162,15 @@ class BackgroundHash:
 
 
 class HashingWriter(io.RawIOBase):
-    """Counts and hashes everything written through it (the archive's sha256, while writing)."""
+    """Counts and hashes everything written through it (the archive's sha256, while writing).
+    `progress(n)` hears of every write once it is done (a task's progress; it may raise to
+    stop the writing: a cancelled task)."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
         self.f = f
         self.size = 0
         self._hash = BackgroundHash()
+        self._progress = progress
 
     def writable(self) -> bool:
         return True
@@ -179,6 +183,8 @@ class HashingWriter(io.RawIOBase):
         self._hash.update(data)
         n = self.f.write(data)
         self.size += len(data)
+        if self._progress is not None:
+            self._progress(len(data))
         return n if n is not None else len(data)
 
     def hexdigest(self) -> str:
@@ -210,18 +216,32 @@ def prepare_archive(header: dict[str, Any], members: list[Member]) -> PreparedAr
                              for m, d in zip(members, digests, strict=True)])
     now = int(time.time())
     entries = []
-    size = 0
     for m in [Member(MANIFEST, [jsonio.dumps(manifest, indent=True)])] + members:
         info = tarfile.TarInfo(m.name)
         info.size, info.mode, info.mtime = m.size, 0o644, now
         entries.append((info, m.parts))
-        # what tarfile writes: header blocks, data padded to 512; then two zero blocks and
-        # padding to a whole record (tarfile.TarFile.close)
+    return PreparedArchive(entries, tar_size([info for info, _ in entries]))
+
+
+def tar_size(infos: list[tarfile.TarInfo]) -> int:
+    """The exact size of the GNU tar tarfile writes for these members: header blocks, data
+    padded to 512; then two zero blocks and padding to a whole record (TarFile.close)."""
+    size = 0
+    for info in infos:
         size += len(info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape"))
-        size += -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        size += -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     size += 2 * tarfile.BLOCKSIZE
-    size = -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
-    return PreparedArchive(entries, size)
+    return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def bundle_size(first: tuple[str, bytes], archives: dict[str, PreparedArchive]) -> int:
+    """The exact size of what `write_bundle` writes (a full snapshot's progress total)."""
+    infos = []
+    for name, size in [(first[0], len(first[1]))] + [(m, p.size) for m, p in archives.items()]:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        infos.append(info)
+    return tar_size(infos)
 
 
 def write_prepared(out: BinaryIO | io.RawIOBase, prepared: PreparedArchive) -> None:

@@ -9,6 +9,13 @@ record row counts and copy small masks), then writes the archive outside the loc
 temp dir on the same filesystem, fsyncs, and renames it into place: a listed snapshot is
 always complete.
 
+Every creation is a task (engine.tasks: kind snapshot_create or snapshot_create_full):
+phase preparing (freeze, hash members), writing (bytes_done counts archive bytes written,
+bytes_total the archive's exact size, known once prepared), publishing. Cancelling it
+(DELETE /tasks/{id}) stops the writing at its next chunk and removes the partial archive:
+nothing is left in the temp dir or the snapshots dir. Local publishing (a rename) is the
+point of no return.
+
 Listeners (`add_listener`) hear of every creation as it ends: (kind: collection | full,
 outcome: ok | error, seconds, archive bytes (0 on error)); api.observability records them.
 """
@@ -24,13 +31,14 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from engine import jsonio
+from engine import jsonio, tasks
 from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
 from snapshots.archive import (
     HashingWriter,
     PreparedArchive,
+    bundle_size,
     prepare_archive,
     segment_members,
     write_bundle,
@@ -128,9 +136,11 @@ class SnapshotManager:
     def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
         """Freeze one collection and write its archive to `dest` (fsynced).
         Returns (collection name, sha256, size)."""
+        tasks.set_phase("preparing")
         real, prepared = self._prepare_collection(collection)
+        tasks.begin("writing", prepared.size)
         with open(dest, "wb") as f:
-            hw = HashingWriter(f)
+            hw = HashingWriter(f, tasks.advance)
             try:
                 write_prepared(hw, prepared)
             finally:
@@ -143,17 +153,28 @@ class SnapshotManager:
         return self._observed("collection", lambda: self._create(collection))
 
     def _create(self, collection: str) -> SnapshotInfo:
-        real = self.catalog.get(collection).name
-        validate_name(real)
-        name = self._reserve_name(f"{real}-{self.node_id}", real)
-        tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
-        try:
-            _, checksum, _ = self.write_collection_archive(real, tmp)
-            return self.store.publish(tmp, real, name, checksum)
-        except OSError as exc:
-            raise io_error(exc, "creating snapshot") from exc
-        finally:
-            self._release(name, tmp)
+        with tasks.registry.run("snapshot_create", collection, cancellable=True) as task:
+            real = self.catalog.get(collection).name
+            task.collection = real
+            validate_name(real)
+            name = self._reserve_name(f"{real}-{self.node_id}", real)
+            tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.part")
+            try:
+                _, checksum, _ = self.write_collection_archive(real, tmp)
+                self._publishing(task)
+                return self.store.publish(tmp, real, name, checksum)
+            except OSError as exc:
+                raise io_error(exc, "creating snapshot") from exc
+            finally:
+                self._release(name, tmp)
+
+    def _publishing(self, task: tasks.Task) -> None:
+        """A local publish is a rename: past it the snapshot exists, so cancelling ends
+        here. An upload to object storage stays cancellable (its multipart is aborted)."""
+        if isinstance(self.store, LocalStorage):
+            task.irreversible("publishing")
+        else:
+            task.set_phase("uploading")
 
     def _release(self, name: str, tmp: str) -> None:
         with self._names_lock:
@@ -169,31 +190,38 @@ class SnapshotManager:
         return self._observed("full", self._create_full)
 
     def _create_full(self) -> SnapshotInfo:
-        name = self._reserve_name("full-snapshot", "")
-        tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
-        try:
-            # every collection frozen first (one moment for all of them), then streamed
-            prepared = {coll: self._prepare_collection(coll)[1]
-                        for coll in sorted(self.catalog.names())}
-            mapping = {coll: f"{coll}.snapshot" for coll in prepared}
-            aliases = {a["alias_name"]: a["collection_name"] for a in self.catalog.list_aliases()
-                       if a["collection_name"] in mapping}
-            config = jsonio.dumps({"collections_mapping": mapping,
-                                   "collections_aliases": aliases}, indent=True)
-            with open(tmp, "wb") as f:
-                hw = HashingWriter(f)
-                try:
-                    write_bundle(hw, (FULL_CONFIG, config),
-                                 {member: prepared[coll] for coll, member in mapping.items()})
-                finally:
-                    digest = hw.hexdigest()
-                f.flush()
-                os.fsync(f.fileno())
-            return self.store.publish(tmp, "", name, digest)
-        except OSError as exc:
-            raise io_error(exc, "creating full snapshot") from exc
-        finally:
-            self._release(name, tmp)
+        with tasks.registry.run("snapshot_create_full", cancellable=True) as task:
+            name = self._reserve_name("full-snapshot", "")
+            tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
+            try:
+                # every collection frozen first (one moment for all of them), then streamed
+                task.set_phase("preparing")
+                prepared = {}
+                for coll in sorted(self.catalog.names()):
+                    prepared[coll] = self._prepare_collection(coll)[1]
+                    task.checkpoint()
+                mapping = {coll: f"{coll}.snapshot" for coll in prepared}
+                aliases = {a["alias_name"]: a["collection_name"]
+                           for a in self.catalog.list_aliases()
+                           if a["collection_name"] in mapping}
+                config = jsonio.dumps({"collections_mapping": mapping,
+                                       "collections_aliases": aliases}, indent=True)
+                archives = {member: prepared[coll] for coll, member in mapping.items()}
+                tasks.begin("writing", bundle_size((FULL_CONFIG, config), archives))
+                with open(tmp, "wb") as f:
+                    hw = HashingWriter(f, task.advance)
+                    try:
+                        write_bundle(hw, (FULL_CONFIG, config), archives)
+                    finally:
+                        digest = hw.hexdigest()
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._publishing(task)
+                return self.store.publish(tmp, "", name, digest)
+            except OSError as exc:
+                raise io_error(exc, "creating full snapshot") from exc
+            finally:
+                self._release(name, tmp)
 
     def list_full(self) -> list[SnapshotInfo]:
         return self.store.list("")

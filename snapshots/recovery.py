@@ -8,6 +8,13 @@ straight from it: recovering a file writes only masks, payloads and metadata, an
 second copy of the data on disk. The staged collection is swapped in under the catalog lock
 (Catalog.install); on any failure the old collection keeps serving and the staging directory
 is removed (or, after a crash, wiped at start-up).
+
+Every recovery is a task (engine.tasks, kind snapshot_recover, `source` file, url, upload or
+startup): phase staging, verifying (bytes_done counts archive bytes hashed, bytes_total the
+archive's size), installing. A URL's download is a child task (url_download). Cancelling
+(DELETE /tasks/{id}) stops it at its next chunk, anywhere before the swap: the staging
+directory goes and the existing collection, if any, was never touched. The swap is the point
+of no return: from `installing` on, cancellation is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ import shutil
 import tarfile
 import traceback
 import uuid
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
 import numpy as np
 
-from engine import ann, jsonio
+from engine import ann, jsonio, tasks
 from engine.catalog import Catalog, validate_name
 from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
@@ -126,12 +134,15 @@ class Recovery:
                         if declared > limit:
                             raise self._too_big(location, limit)
                         got = 0
-                        with open(dest, "wb") as f:
+                        with tasks.registry.run("url_download", tasks_collection(),
+                                                total=declared or None, cancellable=True
+                                                ) as task, open(dest, "wb") as f:
                             for chunk in r.iter_bytes(CHUNK):
                                 got += len(chunk)
                                 if got > limit:
                                     raise self._too_big(location, limit)
                                 f.write(chunk)
+                                task.advance(len(chunk))
                         return
                 raise BadInput(f"Failed to download tar from {location}: more than "
                                f"{MAX_REDIRECTS} redirects")
@@ -167,21 +178,29 @@ class Recovery:
         if scheme == "file":
             return self.recover_file(collection, self.local_path(location), checksum)
         if scheme in ("http", "https"):
-            staging = self.catalog.staging_dir()
-            try:
-                path = os.path.join(staging, "download.snapshot")
-                self.download(location, path, body.get("api_key"))
-                return self.recover_file(collection, path, checksum)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            with _recovery_task(collection, "url") as task:
+                task.set_phase("downloading")
+                staging = self.catalog.staging_dir()
+                try:
+                    path = os.path.join(staging, "download.snapshot")
+                    self.download(location, path, body.get("api_key"))
+                    return self.recover_file(collection, path, checksum)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
         if not scheme:
             raise BadRequest("Format error in JSON body: relative URL without a base")
         raise BadRequest(f"URL {location} with scheme {scheme} is not supported")
 
     def recover_file(self, collection: str, path: str, checksum: str | None, base: int = 0,
-                     length: int | None = None) -> bool:
+                     length: int | None = None, source: str = "file") -> bool:
         """Recover from the archive at `path` (or nested in it at `base`, `length` bytes)."""
         validate_name(collection)
+        with _recovery_task(collection, source) as task:
+            return self._recover_file(task, collection, path, checksum, base, length)
+
+    def _recover_file(self, task: tasks.Task, collection: str, path: str,
+                      checksum: str | None, base: int, length: int | None) -> bool:
+        task.set_phase("staging")
         staging = self.catalog.staging_dir()
         scanned = segments = built = None
         try:
@@ -191,10 +210,13 @@ class Recovery:
             os.makedirs(os.path.dirname(blob))
             # first: what is validated is what the collection keeps
             base = adopt_archive(path, blob, base, length)
+            size = length if length is not None else os.path.getsize(blob) - base
+            task.set_total(size)
+            task.set_phase("verifying")
             try:
                 # the collection is built in staging while the archive is hashed; it is
                 # installed only once every hash matched
-                with Verifier(blob, checksum, base, length) as verifier:
+                with Verifier(blob, checksum, base, length, progress=task.advance) as verifier:
                     scanned = read_headers(blob, base, length)
                     verifier.check_members(scanned)
                     manifest = scanned.manifest
@@ -205,12 +227,17 @@ class Recovery:
                                                   f"{seq!r}")
                     config_state, schema = self._target_config(collection, manifest)
                     segments = self._segments(scanned, config_state, blob_name)
+                    task.checkpoint()
                     built = Collection.build(collection, built_path, config_state, schema,
                                              segments, seq, self.catalog.wal_fsync)
+                    task.checkpoint()
                     _check_unique_ids(built)
                     verifier.wait()
                     _check_finite(scanned, segments)
                 segments = None
+                # the point of no return: a cancellation asked for until here wins (and
+                # nothing was touched); from here on it is refused
+                task.irreversible("installing")
                 self.catalog.install(collection, built_path, replace=True, built=built)
             except BaseException:
                 if built is not None:
@@ -261,6 +288,7 @@ class Recovery:
         if indexes != list(range(len(segs))):
             raise SnapshotFormatError("Invalid snapshot: segments must be numbered 0..n-1")
         for seg in segs:
+            tasks.checkpoint()
             if not isinstance(seg.get("n"), int) or not 0 <= seg["n"] < (1 << 32):
                 raise SnapshotFormatError("Invalid snapshot: bad segment entry")
             n, base = seg["n"], f"segments/{seg['index']}/"
@@ -350,6 +378,22 @@ class Recovery:
                 raise SnapshotFormatError(f"Invalid snapshot: HNSW graph for {name!r}: {exc}"
                                           ) from None
         return out
+
+
+def tasks_collection() -> str | None:
+    """The collection of the task this thread works for (a child task's label)."""
+    task = tasks.current()
+    return task.collection if task is not None else None
+
+
+def _recovery_task(collection: str, source: str) -> Any:
+    """The recovery's task: the thread's own when a recovery already runs it (a URL's,
+    downloaded first, then recovered from the file), else a new one."""
+    task = tasks.current()
+    if task is not None and task.kind == "snapshot_recover" and task.claimed \
+            and task.outcome == tasks.RUNNING:
+        return nullcontext(task)
+    return tasks.registry.run("snapshot_recover", collection, cancellable=True, source=source)
 
 
 def adopt_archive(src: str, dest: str, base: int = 0, length: int | None = None) -> int:
@@ -538,7 +582,7 @@ def restore_full(recovery: Recovery, path: str, force: bool) -> list[str]:
                             "to overwrite it.")
     for coll, member in sorted(mapping.items()):
         offset, length = nested[member]
-        recovery.recover_file(coll, path, None, offset, length)
+        recovery.recover_file(coll, path, None, offset, length, source="startup")
     actions = [{"create_alias": {"collection_name": c, "alias_name": a}}
                for a, c in config["collections_aliases"].items() if c in catalog.collections]
     if actions:
@@ -573,5 +617,5 @@ def restore_collection_at_startup(recovery: Recovery, spec: str, force: bool) ->
     if name in recovery.catalog.collections and not force:
         raise AlreadyExists(f"Collection {name} already exists. Use --force-snapshot to "
                             "overwrite it.")
-    recovery.recover_file(name, path, None)
+    recovery.recover_file(name, path, None, source="startup")
     return name

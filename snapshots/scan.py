@@ -22,7 +22,7 @@ import mmap
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 
 from engine import jsonio
 from engine.errors import BadInput
+from engine.tasks import Cancelled
 from snapshots.archive import (
     FORMAT,
     FORMAT_VERSION,
@@ -42,6 +43,8 @@ from snapshots.archive import (
 )
 
 HASH_THREADS = max(2, min(4, os.cpu_count() or 2))
+PIECE = 64 << 20  # bytes hashed between two progress reports
+Progress = Callable[[int], None]
 _VECTORS = re.compile(r"^segments/\d+/vectors-[0-9a-f]*\.npy$")
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
                 (2, 0): np.lib.format.read_array_header_2_0}
@@ -126,11 +129,14 @@ class Verifier:
     """Hashes an archive on a few threads while the caller already uses it (recovery builds
     the new collection in staging meanwhile; nothing is installed before `wait`). A format
     error raised inside the `with` block is replaced by the corruption that explains it (a
-    `checksum` mismatch first, then a member's sha256), which is the more useful answer."""
+    `checksum` mismatch first, then a member's sha256), which is the more useful answer.
+    `progress(n)` hears of every piece hashed (from the hashing threads; it may raise
+    Cancelled, which `wait` then raises)."""
 
     def __init__(self, path: str, checksum: str | None = None, base: int = 0,
-                 length: int | None = None) -> None:
+                 length: int | None = None, progress: Progress | None = None) -> None:
         self.checksum = checksum
+        self._progress = progress
         fd = os.open(path, os.O_RDONLY)
         try:
             if length is None:
@@ -142,8 +148,8 @@ class Verifier:
         finally:
             os.close(fd)
         self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="quiver-scan")
-        self._whole = (self._pool.submit(_read_range, self._mm, base, length) if checksum
-                       else None)
+        self._whole = (self._pool.submit(_read_range, self._mm, base, length, True, False,
+                                         progress) if checksum else None)
         self._jobs: dict[str, Any] = {}
         self._scanned: Scanned | None = None
 
@@ -155,8 +161,10 @@ class Verifier:
         for name, ext in sorted(scanned.members.items(), key=lambda m: -m[1].size):
             vectors = bool(_VECTORS.match(name))
             if self.checksum is None or vectors:
-                self._jobs[name] = self._pool.submit(_read_range, self._mm, ext.offset,
-                                                     ext.size, self.checksum is None, vectors)
+                # progress: the bytes hashed (the whole file's, else each member's)
+                self._jobs[name] = self._pool.submit(
+                    _read_range, self._mm, ext.offset, ext.size, self.checksum is None,
+                    vectors, self._progress if self.checksum is None else None)
 
     def wait(self) -> None:
         """Raise if the archive or any member is corrupt; record the vectors' finiteness."""
@@ -180,7 +188,8 @@ class Verifier:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
-            if isinstance(exc, Exception) and not isinstance(exc, ChecksumMismatch) \
+            if isinstance(exc, Exception) \
+                    and not isinstance(exc, ChecksumMismatch | Cancelled) \
                     and (self.checksum is not None or isinstance(exc, SnapshotFormatError)):
                 self.wait()  # raises the corruption behind `exc`, if there is one
         finally:
@@ -327,7 +336,8 @@ def _check_manifest(raw: bytes) -> dict[str, Any]:
 
 
 def _read_range(mm: mmap.mmap | None, offset: int, size: int, hash_: bool = True,
-                vectors: bool = False) -> tuple[str | None, bool | None]:
+                vectors: bool = False, progress: Progress | None = None
+                ) -> tuple[str | None, bool | None]:
     """sha256 of `size` bytes at `offset` of the mapped archive, if `hash_`. For a vectors
     member, also whether its floats are all finite (None when its header cannot be read
     here; the array check then reports it). Each is one call over the whole range, straight
@@ -338,13 +348,25 @@ def _read_range(mm: mmap.mmap | None, offset: int, size: int, hash_: bool = True
         if offset + size > len(whole):
             raise SnapshotFormatError("Invalid snapshot: truncated archive")
         with whole[offset : offset + size] as view:
-            digest = hashlib.sha256(view).hexdigest() if hash_ else None
+            digest = _sha256(view, progress) if hash_ else None
             if not vectors:
                 return digest, None
             dtype, start = _float_layout(bytes(view[: 64 << 10]))
             if dtype is None or start > size or (size - start) % dtype.itemsize:
                 return digest, None
             return digest, all_finite(np.frombuffer(view[start:], dtype))
+
+
+def _sha256(view: memoryview, progress: Progress | None) -> str:
+    """One call over the whole range, or (reporting progress) one per PIECE."""
+    if progress is None:
+        return hashlib.sha256(view).hexdigest()
+    h = hashlib.sha256()
+    for start in range(0, len(view), PIECE):
+        with view[start : start + PIECE] as piece:
+            h.update(piece)
+        progress(min(PIECE, len(view) - start))
+    return h.hexdigest()
 
 
 def all_finite(x: np.ndarray) -> bool:

@@ -4,16 +4,23 @@ Archives are always written to a local temp file first (hashing as they go); `pu
 renames it into place (local) or uploads it with a multipart upload of bounded memory (S3).
 Keys are `<folder>/<name>`, the folder being the collection name, or empty for full-storage
 snapshots.
+
+Downloads are resumable on both backends: a local file is served by Starlette's FileResponse
+(Range, 206, 416, If-Range); an object is read with a ranged GetObject (`Download.read`), the
+single range picked by `requested_range` with the same rules.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, Protocol
 
+from engine import tasks
 from engine.durable import atomic_writer, fsync_dir
 from engine.errors import BadRequest, NotFound
 
@@ -50,12 +57,78 @@ def check_snapshot_name(name: str) -> str:
 
 @dataclass
 class Download:
-    """Either a local file to send, or a stream of chunks with a known size."""
+    """Either a local file to send, or a reader of byte ranges `[start, end)` of an object of
+    known size, with the validators a client resumes with (If-Range)."""
 
     path: str | None = None
-    chunks: Iterator[bytes] | None = None
     size: int = 0
     name: str = ""
+    read: Callable[[int, int], Iterator[bytes]] | None = None
+    etag: str | None = None
+    last_modified: str | None = None  # an HTTP-date
+
+    @property
+    def chunks(self) -> Iterator[bytes] | None:
+        """The whole object."""
+        return None if self.read is None else self.read(0, self.size)
+
+    def headers(self, span: tuple[int, int] | None) -> dict[str, str]:
+        """Response headers for the whole object (span None) or the range `[start, end)`."""
+        start, end = span or (0, self.size)
+        out = {"content-length": str(end - start), "accept-ranges": "bytes",
+               "content-disposition": f'attachment; filename="{self.name}"'}
+        if span is not None:
+            out["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
+        if self.etag:
+            out["etag"] = self.etag
+        if self.last_modified:
+            out["last-modified"] = self.last_modified
+        return out
+
+
+class RangeNotSatisfiable(Exception):
+    """416: the range starts at or past the end (the answer carries `bytes */size`)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable (size {size})")
+        self.size = size
+
+
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range `[start, end)` of a `Range: bytes=a-b | a- | -n` header (RFC 9110
+    14.1.2), clamped to the object. None: send it whole — no header, or one a server may
+    ignore (malformed, another unit, several ranges, last < first)."""
+    if not header:
+        return None
+    m = _RANGE.fullmatch(header)
+    if m is None or not (m[1] or m[2]):
+        return None
+    if m[1]:
+        start = int(m[1])
+        if m[2] and int(m[2]) < start:
+            return None
+        end = min(int(m[2]) + 1, size) if m[2] else size
+    else:  # a suffix: the last n bytes
+        if int(m[2]) == 0:
+            raise RangeNotSatisfiable(size)
+        start, end = max(size - int(m[2]), 0), size
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, end
+
+
+def requested_range(dl: Download, header: str | None,
+                    if_range: str | None) -> tuple[int, int] | None:
+    """The range to send: the header's, unless an If-Range names another version of the
+    object (a weak or different ETag, another Last-Modified), in which case the whole."""
+    if if_range is not None:
+        v = if_range.strip()
+        if v.startswith("W/") or v not in (dl.etag, dl.last_modified):
+            return None
+    return parse_range(header, dl.size)
 
 
 class SnapshotStorage(Protocol):
@@ -205,9 +278,13 @@ class S3Storage:
                             (head.get("Metadata") or {}).get("sha256"))
 
     def publish(self, tmp: str, folder: str, name: str, checksum: str) -> SnapshotInfo:
-        self.client.upload_file(tmp, self.bucket, self._key(folder, name),
-                                ExtraArgs={"Metadata": {"sha256": checksum}},
-                                Config=self.transfer)
+        # a task (engine.tasks): boto3 reports each part sent; a cancelled task's next
+        # report raises, and the multipart upload is aborted
+        with tasks.registry.run("s3_upload", folder or None, total=os.path.getsize(tmp),
+                                cancellable=True) as task:
+            self.client.upload_file(tmp, self.bucket, self._key(folder, name),
+                                    ExtraArgs={"Metadata": {"sha256": checksum}},
+                                    Config=self.transfer, Callback=task.advance)
         os.unlink(tmp)
         head = self._head(folder, name)
         assert head is not None
@@ -227,19 +304,44 @@ class S3Storage:
         return sorted(out, key=lambda s: s.name)
 
     def download(self, folder: str, name: str) -> Download:
+        """The object's size and validators now; its bytes through `read(start, end)`, a
+        ranged GetObject pinned to this version (IfMatch on the ETag)."""
         check_snapshot_name(name)
-        if self._head(folder, name) is None:
+        head = self._head(folder, name)
+        if head is None:
             raise snapshot_not_found(name)
-        obj = self.client.get_object(Bucket=self.bucket, Key=self._key(folder, name))
-        return Download(chunks=obj["Body"].iter_chunks(CHUNK), size=int(obj["ContentLength"]),
-                        name=name)
+        key, etag = self._key(folder, name), head.get("ETag")
+        modified = head.get("LastModified")
+
+        def read(start: int, end: int) -> Iterator[bytes]:
+            if end <= start:
+                return iter(())
+            from botocore.exceptions import ClientError  # noqa: PLC0415
+            extra = {"IfMatch": etag} if etag else {}
+            try:
+                obj = self.client.get_object(Bucket=self.bucket, Key=key,
+                                             Range=f"bytes={start}-{end - 1}", **extra)
+            except ClientError as exc:  # deleted or replaced since the HEAD
+                if exc.response.get("Error", {}).get("Code") in (
+                        "404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
+                    raise snapshot_not_found(name) from exc
+                raise
+            return _body_chunks(obj["Body"])
+
+        return Download(size=int(head.get("ContentLength", 0)), name=name, read=read, etag=etag,
+                        last_modified=formatdate(modified.timestamp(), usegmt=True)
+                        if modified else None)
 
     def fetch(self, folder: str, name: str, dest: str) -> str:
         check_snapshot_name(name)
-        if self._head(folder, name) is None:
+        head = self._head(folder, name)
+        if head is None:
             raise snapshot_not_found(name)
-        self.client.download_file(self.bucket, self._key(folder, name), dest,
-                                  Config=self.transfer)
+        with tasks.registry.run("s3_download", folder or None,
+                                total=int(head.get("ContentLength", 0)) or None,
+                                cancellable=True) as task:
+            self.client.download_file(self.bucket, self._key(folder, name), dest,
+                                      Config=self.transfer, Callback=task.advance)
         return dest
 
     def delete(self, folder: str, name: str) -> bool:
@@ -248,6 +350,15 @@ class S3Storage:
             raise snapshot_not_found(name)
         self.client.delete_object(Bucket=self.bucket, Key=self._key(folder, name))
         return True
+
+
+def _body_chunks(body: Any) -> Iterator[bytes]:
+    """An S3 body's chunks; the connection goes back to the pool even when the client of the
+    download hangs up half-way (the generator is closed)."""
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
 
 
 def make_storage(root: str, snapshots_config: dict[str, Any] | None) -> SnapshotStorage:

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from api.errors import JSONResponse
 from api.http import QDRANT_API_VERSION, QUIVER_VERSION, endpoint
+from api.routes.tasks import telemetry_tasks
 from engine import ann
 from gpu.device import default_device
 
@@ -67,7 +68,8 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         "quiver": {"qdrant_api_version": QDRANT_API_VERSION, "commit": commit_hash(),
                    "uptime_s": time.time() - started, "device": default_device().name,
                    "index_builds": ann.builds(),
-                   "collections": collections},
+                   "collections": collections,
+                   "tasks": telemetry_tasks()},
     }
 
 

@@ -1,4 +1,10 @@
-"""Collection snapshots: create, list, download, delete, recover (location or upload)."""
+"""Collection snapshots: create, list, download, delete, recover (location or upload).
+
+Creation and recovery run as tasks (engine.tasks): the answer names the task in two headers,
+`Location: /tasks/{id}` and `X-Quiver-Task: {id}` (wait=false's 202 body stays Qdrant's
+`{"status": "accepted", "time": ...}`), so a client can follow its progress and cancel it
+(GET / DELETE /tasks/{id}, Quiver's own endpoints).
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,13 @@ from api.errors import JSONResponse, PayloadTooLarge, from_exception, ok, status
 from api.http import body_dict, endpoint, log
 from api.multipart import receive_file, upload_too_large
 from api.parse.common import query_flag
+from engine import tasks
 from engine.catalog import validate_name
 from engine.errors import BadRequest, EngineError, StorageFull
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery, check_checksum, check_priority
 from snapshots.scan import ChecksumMismatch
-from snapshots.storage import check_snapshot_name
+from snapshots.storage import RangeNotSatisfiable, check_snapshot_name, requested_range
 
 
 def _mgr(request: Request) -> SnapshotManager:
@@ -42,15 +49,41 @@ def _wait(request: Request) -> bool:
     return query_flag(request, "wait", True, strict=True)
 
 
-def _accepted(started: float) -> JSONResponse:
+def _task_headers(task: tasks.Task | None) -> dict[str, str]:
+    return {} if task is None else {"location": f"/tasks/{task.id}", "x-quiver-task": task.id}
+
+
+def _accepted(started: float, task: tasks.Task | None = None) -> JSONResponse:
     return JSONResponse({"status": "accepted", "time": time.perf_counter() - started},
-                        status_code=202)
+                        status_code=202, headers=_task_headers(task))
 
 
-def _background(fn: Any, *args: Any) -> None:
+def _answer(request: Any, result: Any, started: float, task: tasks.Task) -> Any:
+    """wait=true's answer with the task headers over HTTP; the bare result for the gRPC
+    bridge (which runs this handler and wraps the result itself)."""
+    if not isinstance(request, Request):
+        return result
+    resp = ok(result, started)
+    resp.headers.update(_task_headers(task))
+    return resp
+
+
+def _start_task(kind: str, request: Request, source: str | None = None) -> tasks.Task:
+    """Register the task before the work starts, so the answer can name it."""
+    collection = request.path_params.get("collection_name")
+    return tasks.registry.start(kind, collection, cancellable=True, source=source)
+
+
+def _background(fn: Any, *args: Any, task: tasks.Task | None = None) -> None:
     def run() -> None:
         try:
-            fn(*args)
+            if task is None:
+                fn(*args)
+            else:
+                with tasks.registry.bind(task):
+                    fn(*args)
+        except tasks.Cancelled:
+            log.info("background snapshot task cancelled")
         except EngineError as exc:  # wait=false: Qdrant logs and drops the error
             if status_of(exc) >= 500:
                 log.error("background snapshot task failed", exc_info=True)
@@ -61,14 +94,21 @@ def _background(fn: Any, *args: Any) -> None:
     threading.Thread(target=run, name="quiver-snapshot-task", daemon=True).start()
 
 
-def _maybe_async(fn: Any):
-    """wait=true runs the work and answers with its result; wait=false answers 202 at once."""
+def _maybe_async(fn: Any, kind: str | None = None, source: str | None = None):
+    """wait=true runs the work and answers with its result; wait=false answers 202 at once.
+    With a task `kind`, the work runs as that task and the answer names it."""
     def handler(request: Request, body: Any) -> Any:
+        started = time.perf_counter()
         if not _wait(request):
-            started = time.perf_counter()
-            _background(fn, request, body)
-            return _accepted(started)
-        return fn(request, body)
+            task = _start_task(kind, request, source) if kind else None
+            _background(fn, request, body, task=task)
+            return _accepted(started, task)
+        if kind is None:
+            return fn(request, body)
+        task = _start_task(kind, request, source)
+        with tasks.registry.bind(task):
+            result = fn(request, body)
+        return _answer(request, result, started, task)
     return handler
 
 
@@ -89,22 +129,25 @@ def recover(request: Request, body: Any) -> bool:
 
 
 def _download(locate: Any):
-    """Send an archive: a local file (FileResponse: Content-Length, ranges) or a stream from
-    object storage with its Content-Length."""
+    """Send an archive, resumably: a local file (FileResponse: Range, 206, 416, If-Range) or
+    a ranged read from object storage with the same rules (snapshots.storage)."""
     async def run(request: Request) -> Response:
         started = time.perf_counter()
         try:
             dl = await run_in_threadpool(locate, request)
+            if dl.path is not None:
+                return FileResponse(dl.path, media_type="application/octet-stream",
+                                    filename=os.path.basename(dl.path))
+            span = requested_range(dl, request.headers.get("range"),
+                                   request.headers.get("if-range"))
+            start, end = span or (0, dl.size)
+            chunks = await run_in_threadpool(dl.read, start, end)
+        except RangeNotSatisfiable as exc:
+            return Response(status_code=416, headers={"content-range": f"bytes */{exc.size}"})
         except EngineError as exc:
             return from_exception(exc, started)
-        if dl.path is not None:
-            return FileResponse(dl.path, media_type="application/octet-stream",
-                                filename=os.path.basename(dl.path))
-        return StreamingResponse(iterate_in_threadpool(dl.chunks),
-                                 media_type="application/octet-stream",
-                                 headers={"content-length": str(dl.size),
-                                          "content-disposition":
-                                          f'attachment; filename="{dl.name}"'})
+        return StreamingResponse(iterate_in_threadpool(chunks), status_code=206 if span else 200,
+                                 media_type="application/octet-stream", headers=dl.headers(span))
     return run
 
 
@@ -190,19 +233,31 @@ async def upload(request: Request) -> Response:
         if checksum is not None and got.sha256 != checksum:
             raise ChecksumMismatch(f"Checksum mismatch: expected {checksum}, actual {got.sha256}")
         staged = tmp
+        task = _start_task("snapshot_recover", request, "upload")
 
         def recover_and_store() -> bool:
+            keep = True
             try:
-                return _rec(request).recover_file(collection, staged, None)
+                with tasks.registry.bind(task):
+                    return _rec(request).recover_file(collection, staged, None,
+                                                      source="upload")
+            except tasks.Cancelled:
+                keep = False  # cancelled: as if it never came, nothing is left behind
+                raise
             finally:  # the upload is kept in the collection's snapshots, as Qdrant does
-                mgr.store.publish(staged, collection, fname, got.sha256)
+                if keep:
+                    mgr.store.publish(staged, collection, fname, got.sha256)
+                elif os.path.exists(staged):
+                    os.unlink(staged)
 
         tmp = None  # from here on the file belongs to recover_and_store
         if not wait:
             _background(recover_and_store)
-            return _accepted(started)
+            return _accepted(started, task)
         result = await run_in_threadpool(recover_and_store)
-        return ok(result, started)
+        resp = ok(result, started)
+        resp.headers.update(_task_headers(task))
+        return resp
     except EngineError as exc:
         return from_exception(exc, started)
     except Exception:  # noqa: BLE001
@@ -215,15 +270,17 @@ async def upload(request: Request) -> Response:
 
 S = "/collections/{collection_name}/snapshots"
 routes = [
-    Route(S, endpoint(_maybe_async(create), read_body=False), methods=["POST"]),
+    Route(S, endpoint(_maybe_async(create, "snapshot_create"), read_body=False),
+          methods=["POST"]),
     Route(S, endpoint(list_snapshots, read_body=False), methods=["GET"]),
-    Route(S + "/recover", endpoint(_maybe_async(recover)), methods=["PUT"]),
+    Route(S + "/recover", endpoint(_maybe_async(recover, "snapshot_recover")),
+          methods=["PUT"]),
     Route(S + "/upload", upload, methods=["POST"]),
     Route(S + "/{snapshot_name}", download, methods=["GET"]),
     Route(S + "/{snapshot_name}", endpoint(_maybe_async(delete), read_body=False),
           methods=["DELETE"]),
-    Route("/snapshots", endpoint(_maybe_async(create_full), read_body=False),
-          methods=["POST"]),
+    Route("/snapshots", endpoint(_maybe_async(create_full, "snapshot_create_full"),
+                                 read_body=False), methods=["POST"]),
     Route("/snapshots", endpoint(list_full, read_body=False), methods=["GET"]),
     Route("/snapshots/{snapshot_name}", download_full, methods=["GET"]),
     Route("/snapshots/{snapshot_name}",

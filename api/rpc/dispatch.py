@@ -11,6 +11,7 @@ No query, write or snapshot logic lives in api/rpc.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -118,7 +119,7 @@ class Bridge:
         code = grpc.StatusCode.OK
         try:
             params = path_params or {}
-            path = template.format(**params)
+            path = _CONVERTER.sub("}", template).format(**params)
             try:
                 access, check = self.authorize(context.invocation_metadata(), method, path)
             except TokenRefused as exc:
@@ -154,6 +155,10 @@ class Bridge:
     async def abort(self, context: grpc.aio.ServicerContext, exc: EngineError) -> None:
         """Abort with an error found before the handler ran (a malformed message)."""
         await context.abort(code_of(exc), exc.message)
+
+
+# Starlette's `{name:path}` converters: the concrete path is formatted without them
+_CONVERTER = re.compile(r":[a-z]+}")
 
 
 def _lists(method: str, path: str) -> bool:

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from qdrant_client.grpc import (
     collections_service_pb2_grpc,
     points_service_pb2_grpc,
@@ -46,6 +47,65 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
                                        require_client_auth=ca is not None)
 
 
+class _Undecodable:
+    """A request whose bytes are not the RPC's message."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Any) -> Any:
+    def run(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+    return run
+
+
+def _guarded(behavior: Any) -> Any:
+    async def run(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            # tonic's answer (Qdrant): INTERNAL "failed to decode Protobuf message: ..."
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"failed to decode Protobuf message: {request.error}")
+        return await behavior(request, context)
+    return run
+
+
+class _DecodeErrors(grpc.GenericRpcHandler):
+    """Answers a message that does not decode with Qdrant's status and text instead of
+    grpcio's bare UNKNOWN; every other call goes to the generated handlers unchanged."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self.inner = inner
+        self.cache: dict[str, Any] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        handler = self.cache.get(method)
+        if handler is None:
+            found = self.inner.service(details)
+            if found is None or found.unary_unary is None:
+                return found
+            handler = found._replace(
+                request_deserializer=_lenient(found.request_deserializer),
+                unary_unary=_guarded(found.unary_unary))
+            self.cache[method] = handler
+        return handler
+
+
+class _Registry:
+    """What the generated add_*Servicer_to_server functions see as the server: their handlers
+    are wrapped in _DecodeErrors on the way in."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.server.add_generic_rpc_handlers(tuple(_DecodeErrors(h) for h in handlers))
+
+
 def build_server(app: Any, routes: list[Any], settings: Settings) -> tuple[grpc.aio.Server, int]:
     """The server with every service registered and its port bound (not yet started);
     returns the bound port (port 0 picks a free one, for tests)."""
@@ -56,11 +116,13 @@ def build_server(app: Any, routes: list[Any], settings: Settings) -> tuple[grpc.
         ("grpc.so_reuseport", 0),
     ])
     bridge = Bridge(app, routes)
-    qdrant_pb2_grpc.add_QdrantServicer_to_server(QdrantService(bridge), server)
+    registry = _Registry(server)
+    qdrant_pb2_grpc.add_QdrantServicer_to_server(QdrantService(bridge), registry)
     collections_service_pb2_grpc.add_CollectionsServicer_to_server(
-        CollectionsService(bridge), server)
-    points_service_pb2_grpc.add_PointsServicer_to_server(PointsService(bridge), server)
-    snapshots_service_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(bridge), server)
+        CollectionsService(bridge), registry)
+    points_service_pb2_grpc.add_PointsServicer_to_server(PointsService(bridge), registry)
+    snapshots_service_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(bridge),
+                                                               registry)
     port = settings.service.grpc_port or 0
     address = _address(settings.service.host, port)
     creds = _credentials(settings)

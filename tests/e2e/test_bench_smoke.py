@@ -72,3 +72,21 @@ def test_quick_suite_writes_every_section(tmp_path: Path) -> None:
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png.name})" in text or png.name.startswith("smoke-suite-ann-"), png.name
+
+
+@pytest.mark.timeout(180)
+def test_grpc_bench_quick_reports_both_transports(tmp_path: Path) -> None:
+    out = tmp_path / "grpc.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.grpc", "--quick", "--n", "3000", "--queries", "30",
+         "--warmup", "5", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    res = json.loads(out.read_text())
+    assert set(res["latency"]) == {"qdrant-client gRPC", "qdrant-client REST", "raw gRPC stub",
+                                   "raw REST http.client"}
+    assert all(s["count"] == 30 and s["p50_ms"] > 0 for s in res["latency"].values())
+    assert res["top_mismatches"] == 0  # one handler behind both transports
+    assert {f"{m}/{t}" for m in ("upload_collection", "upload_points")
+            for t in ("grpc", "rest")} == set(res["bulk"])
+    assert res["load_s"] > 0 and "REST / gRPC" in proc.stdout

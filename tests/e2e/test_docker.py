@@ -269,8 +269,10 @@ def test_volumes_hold_storage_and_snapshots(image: Dockerfile) -> None:
 
 
 def test_exposes_the_qdrant_port(image: Dockerfile) -> None:
-    assert "6333" in image.last("EXPOSE").args.split()
+    assert {"6333", "6334"} <= set(image.last("EXPOSE").args.split())  # REST, gRPC
     assert Settings().service.http_port == 6333
+    assert Settings().service.grpc_port == 6334
+    assert "QUIVER__SERVICE__GRPC_PORT" not in image.quiver_env
     assert "QUIVER__SERVICE__HTTP_PORT" not in image.quiver_env
 
 
@@ -455,6 +457,7 @@ def test_compose_gpu_service(compose: dict[str, Any]) -> None:
     devices = svc["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert any(p.endswith(":6333") for p in svc["ports"])
+    assert any(p.endswith(":6334") for p in svc["ports"])  # gRPC
     image = Dockerfile.parse(DOCKERFILES["gpu"])
     volumes = _volumes(svc)
     assert sorted(volumes) == sorted(_argv(image.last("VOLUME").args))
@@ -471,6 +474,9 @@ def test_compose_cpu_profile(compose: dict[str, Any]) -> None:
     host_port = {s: svc["ports"][0].rsplit(":", 1)[0] for s, svc in
                  (("cpu", cpu), ("gpu", gpu))}
     assert host_port["cpu"] != host_port["gpu"]  # both can run side by side
+    grpc_host = {s: [p.rsplit(":", 1)[0] for p in svc["ports"] if p.endswith(":6334")]
+                 for s, svc in (("cpu", cpu), ("gpu", gpu))}
+    assert len(grpc_host["cpu"]) == 1 and grpc_host["cpu"] != grpc_host["gpu"]
     assert not set(_volumes(cpu).values()) & set(_volumes(gpu).values())  # never share storage
 
 

@@ -1,0 +1,152 @@
+"""GET /tasks, GET /tasks/{id}, DELETE /tasks/{id} (Quiver's own endpoints), the task headers
+of snapshot answers, the tasks in /telemetry and /metrics, and who may see and cancel them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from server import QuiverServer
+
+from api.auth import Access, Need, need_of
+
+
+@pytest.fixture
+def client(server: QuiverServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def make_collection(client: httpx.Client, name: str) -> None:
+    client.delete(f"/collections/{name}")
+    r = client.put(f"/collections/{name}", json={"vectors": {"size": 4, "distance": "Dot"}})
+    assert r.status_code == 200, r.text
+    r = client.put(f"/collections/{name}/points?wait=true", json={"points": [
+        {"id": i, "vector": [float(i), 1.0, 0.0, 2.0]} for i in range(50)]})
+    assert r.status_code == 200, r.text
+
+
+def wait_over(client: httpx.Client, task_id: str) -> dict[str, Any]:
+    for _ in range(1000):
+        doc = client.get(f"/tasks/{task_id}").json()["result"]
+        if doc["outcome"] != "running":
+            return doc
+        time.sleep(0.01)
+    pytest.fail("task did not end")
+
+
+def test_snapshot_answers_name_their_task(client: httpx.Client, collection_name: str) -> None:
+    make_collection(client, collection_name)
+    r = client.post(f"/collections/{collection_name}/snapshots?wait=false")
+    assert r.status_code == 202
+    body = r.json()
+    assert set(body) == {"status", "time"} and body["status"] == "accepted"  # Qdrant's answer
+    task_id = r.headers["x-quiver-task"]
+    assert r.headers["location"] == f"/tasks/{task_id}"
+    doc = wait_over(client, task_id)
+    assert (doc["kind"], doc["collection"], doc["outcome"], doc["unit"]) == \
+        ("snapshot_create", collection_name, "ok", "bytes")
+    assert doc["bytes_done"] == doc["bytes_total"] > 0 and doc["progress"] == 1.0
+    size = client.get(f"/collections/{collection_name}/snapshots").json()["result"][0]["size"]
+    assert doc["bytes_total"] == size
+
+    r = client.post("/snapshots")  # wait=true: the result, and the task in the headers
+    assert r.status_code == 200 and r.json()["result"]["name"]
+    full = client.get(r.headers["location"]).json()["result"]
+    assert (full["kind"], full["outcome"], full["collection"]) == \
+        ("snapshot_create_full", "ok", None)
+    assert full["bytes_done"] == full["bytes_total"] == r.json()["result"]["size"]
+
+    listed = client.get("/tasks").json()["result"]
+    ids = [t["id"] for t in listed]
+    assert task_id in ids and full["id"] in ids
+    only = client.get("/tasks", params={"kind": "snapshot_create",
+                                        "collection": collection_name}).json()["result"]
+    assert [t["id"] for t in only] == [task_id]
+    assert client.get("/tasks", params={"running": "true"}).status_code == 200
+    assert client.get("/tasks", params={"running": "maybe"}).status_code == 400
+
+
+def test_failed_task_says_why(client: httpx.Client, collection_name: str,
+                              server: QuiverServer) -> None:
+    make_collection(client, collection_name)
+    location = f"file://{server.tmp / 'snaps' / 'missing.snapshot'}"
+    r = client.put(f"/collections/{collection_name}/snapshots/recover?wait=false",
+                   json={"location": location})
+    assert r.status_code == 202
+    doc = wait_over(client, r.headers["x-quiver-task"])
+    assert doc["kind"] == "snapshot_recover" and doc["outcome"] == "failed"
+    assert "does not exist" in doc["error"]
+    r = client.put(f"/collections/{collection_name}/snapshots/recover",
+                   json={"location": location})  # wait=true answers the error itself
+    assert r.status_code == 400 and "does not exist" in r.json()["status"]["error"]
+
+
+def test_unknown_and_finished_tasks(client: httpx.Client, collection_name: str) -> None:
+    for method in ("GET", "DELETE"):
+        r = client.request(method, "/tasks/no-such-task")
+        assert r.status_code == 404 and "not found" in r.json()["status"]["error"]
+    make_collection(client, collection_name)
+    r = client.post(f"/collections/{collection_name}/snapshots")
+    task_id = r.headers["x-quiver-task"]
+    r = client.delete(f"/tasks/{task_id}")
+    assert r.status_code == 409 and "already over" in r.json()["status"]["error"]
+    r = client.delete(f"/tasks/{task_id}?timeout=nope")
+    assert r.status_code == 400
+
+
+def test_telemetry_and_metrics(client: httpx.Client, collection_name: str) -> None:
+    make_collection(client, collection_name)
+    task_id = client.post(f"/collections/{collection_name}/snapshots").headers["x-quiver-task"]
+    tele = client.get("/telemetry").json()["result"]["quiver"]["tasks"]
+    assert task_id in [t["id"] for t in tele]
+    metrics = client.get("/metrics").text
+    assert "# TYPE quiver_tasks_running gauge" in metrics
+    assert 'quiver_tasks_running{kind="snapshot_recover"} 0' in metrics
+    line = [ln for ln in metrics.splitlines()
+            if ln.startswith('quiver_tasks_finished_total{kind="snapshot_create",outcome="ok"}')]
+    assert line and int(line[0].split()[-1]) >= 1
+
+
+def test_access_classes() -> None:
+    """GET /tasks is a global read, DELETE /tasks/{id} needs manage: a read-only key may
+    look, not cancel; a JWT scoped to collections sees no tasks (not even its own)."""
+    assert need_of("GET", "/tasks") == (Need.GLOBAL_READ, None)
+    assert need_of("GET", "/tasks/abc") == (Need.GLOBAL_READ, None)
+    assert need_of("DELETE", "/tasks/abc") == (Need.MANAGE, None)
+    read_only, scoped = Access("r"), Access(None, {"c": "rw"})
+    assert read_only.refusal(Need.GLOBAL_READ, None) is None
+    assert read_only.refusal(Need.MANAGE, None) is not None
+    assert scoped.refusal(Need.GLOBAL_READ, None) is not None
+    assert scoped.refusal(Need.MANAGE, None) is not None
+
+
+def test_upload_and_url_recoveries_are_tasks(client: httpx.Client, collection_name: str,
+                                             server: QuiverServer) -> None:
+    make_collection(client, collection_name)
+    name = client.post(f"/collections/{collection_name}/snapshots").json()["result"]["name"]
+    data = client.get(f"/collections/{collection_name}/snapshots/{name}").content
+    r = client.post(f"/collections/{collection_name}_up/snapshots/upload?wait=false",
+                    files={"snapshot": (name, data)})
+    assert r.status_code == 202 and set(r.json()) == {"status", "time"}
+    doc = wait_over(client, r.headers["x-quiver-task"])
+    assert (doc["kind"], doc["source"], doc["outcome"], doc["collection"]) == \
+        ("snapshot_recover", "upload", "ok", f"{collection_name}_up")
+    assert doc["bytes_done"] == doc["bytes_total"] == len(data)
+
+    url = f"{server.url}/collections/{collection_name}/snapshots/{name}"
+    r = client.put(f"/collections/{collection_name}_url/snapshots/recover",
+                   json={"location": url})
+    assert r.status_code == 200, r.text
+    parent = client.get(r.headers["location"]).json()["result"]
+    assert (parent["source"], parent["outcome"]) == ("url", "ok")
+    children = [t for t in client.get("/tasks", params={"kind": "url_download"}).json()["result"]
+                if t["parent"] == parent["id"]]
+    assert len(children) == 1
+    assert children[0]["outcome"] == "ok" and children[0]["bytes_done"] == len(data)
+    for suffix in ("_up", "_url"):
+        count = client.post(f"/collections/{collection_name}{suffix}/points/count", json={})
+        assert count.json()["result"]["count"] == 50
