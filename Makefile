@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench bench-quick bench-foundation clean
+.PHONY: serve test lint bench bench-quick bench-foundation clean browser
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,7 +33,14 @@ lint: $(VENV)/.dev
 	$(BIN)/lint-imports
 	$(BIN)/mypy engine gpu snapshots api
 
-test: lint tests/js/node_modules/.installed  ## run the whole test suite
+# The dashboard's browser tests drive Debian's chromium (never a downloaded browser); where it
+# cannot be installed (no apt-get, not root, no network) they are skipped, and say so.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null 2>&1; } || echo "chromium not installed: the dashboard's browser tests will be skipped"
+
+test: lint tests/js/node_modules/.installed browser  ## run the whole test suite
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # The benchmark suite (bench/suite.py): every section and peer in one run, JSON + Markdown

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import pytest
 import yaml
 from diskfull import fill, tmpfs
-from server import QuiverServer, free_port
+from moto_s3 import MotoS3, moto_s3, s3_settings
+from server import QuiverServer
 
 BUCKET = "quiver-scheduled"
 
@@ -173,34 +171,18 @@ def test_full_disk_is_reported_and_keeps_the_last_good(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def moto(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
-    yield url, proc
-    proc.terminate()
-    proc.wait(10)
+def moto(tmp_path: Path) -> Iterator[MotoS3]:
+    with moto_s3(tmp_path, BUCKET) as s3:
+        yield s3
 
 
 def _s3_storage(url: str) -> dict[str, Any]:
-    return {"snapshots_config": {"snapshots_storage": "s3", "s3_config": {
-        "bucket": BUCKET, "region": "us-east-1", "access_key": "test", "secret_key": "test",
-        "endpoint_url": url}}}
+    return {"snapshots_config": s3_settings(url, BUCKET)}
 
 
 def test_s3_down_is_reported_and_keeps_the_last_good(
-        tmp_path: Path, moto: tuple[str, subprocess.Popen[bytes]]) -> None:
-    url, proc = moto
+        tmp_path: Path, moto: MotoS3) -> None:
+    url = moto.url
     snaps = tmp_path / "snaps"
     cfg = _config(tmp_path, snaps, {"name": "s3", "collections": ["docs"], "interval": "1s",
                                     "keep_last": 1, "target": "s3"}, _s3_storage(url))
@@ -215,8 +197,7 @@ def test_s3_down_is_reported_and_keeps_the_last_good(
                 seen.update(listed)
                 return len(seen) >= 3
             _wait(three_runs, what="scheduled snapshots in S3")
-            proc.terminate()  # S3 goes away
-            proc.wait(10)
+            moto.stop()  # S3 goes away
             m = _wait(lambda: _metrics(http, "s3", "docs")["failures_total"] >= 2
                       and _metrics(http, "s3", "docs"), what="failures reported")
             assert m["last_failure_timestamp_seconds"] > m["last_success_timestamp_seconds"]

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import pytest
-from server import QuiverServer, free_port
+from moto_s3 import moto_s3, s3_env
+from server import QuiverServer
 from starlette.responses import FileResponse
 from starlette.responses import RangeNotSatisfiable as StarletteUnsatisfiable
 
@@ -30,29 +27,11 @@ BUCKET = "quiver-range"
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
     base = tmp_path_factory.mktemp("range_s3")
-    port = free_port()
-    log = open(base / "moto.log", "wb")  # noqa: SIM115
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
-    prefix = "QUIVER__STORAGE__SNAPSHOTS_CONFIG__"
-    env = {"QUIVER__STORAGE__SNAPSHOTS_PATH": str(base / "snaps"),
-           prefix + "SNAPSHOTS_STORAGE": "s3", prefix + "S3_CONFIG__BUCKET": BUCKET,
-           prefix + "S3_CONFIG__REGION": "us-east-1", prefix + "S3_CONFIG__ACCESS_KEY": "test",
-           prefix + "S3_CONFIG__SECRET_KEY": "test", prefix + "S3_CONFIG__ENDPOINT_URL": url}
-    srv = QuiverServer(base / "storage", env=env).start()
-    yield srv
-    srv.stop()
-    moto.terminate()
-    moto.wait(10)
+    with moto_s3(base, BUCKET) as s3:
+        env = {"QUIVER__STORAGE__SNAPSHOTS_PATH": str(base / "snaps"), **s3_env(s3.url, BUCKET)}
+        srv = QuiverServer(base / "storage", env=env).start()
+        yield srv
+        srv.stop()
 
 
 @pytest.fixture(params=["local", "s3"])

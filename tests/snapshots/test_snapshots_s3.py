@@ -3,54 +3,33 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
 import httpx
 import numpy as np
 import pytest
+from moto_s3 import MotoS3, moto_s3, s3_env
 from qdrant_client import QdrantClient, models
-from server import QuiverServer, free_port
+from server import QuiverServer
 
 BUCKET = "quiver-snapshots"
 
 
 @pytest.fixture(scope="module")
 def s3_url(tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with moto_s3(tmp_path_factory.mktemp("moto")) as s3:
+        yield s3.url
 
 
 def _s3(url: str):
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")
+    return MotoS3(url, None).client()  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def srv(tmp_path: Path, s3_url: str):
     _s3(s3_url).create_bucket(Bucket=BUCKET)
-    env = {"QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps"),
-           "QUIVER__STORAGE__SNAPSHOTS_CONFIG__SNAPSHOTS_STORAGE": "s3",
-           "QUIVER__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__BUCKET": BUCKET,
-           "QUIVER__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__REGION": "us-east-1",
-           "QUIVER__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__ACCESS_KEY": "test",
-           "QUIVER__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__SECRET_KEY": "test",
-           "QUIVER__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__ENDPOINT_URL": s3_url}
+    env = {"QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps"), **s3_env(s3_url, BUCKET)}
     s = QuiverServer(tmp_path / "storage", env=env).start()
     yield s
     s.stop()
