@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from api.routes import (
     snapshots,
     tasks,
 )
+from api.rpc import server as rpc
 from api.settings import Settings, as_dict, max_snapshot_upload_bytes
 from engine.catalog import Catalog
 from engine.errors import BadRequest, NotFound
@@ -75,14 +77,14 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
         grpc_server = None
         try:
             if serve_grpc and settings.service.grpc_port:
-                from api.rpc import server as rpc  # noqa: PLC0415 - grpc only when served
                 grpc_server = await rpc.start(app, all_routes(), settings)
             app.state.scheduler.start()
             yield
         finally:
-            app.state.scheduler.stop()
+            # off the event loop: a scheduled snapshot in progress is cancelled and joined
+            await asyncio.to_thread(app.state.scheduler.stop)
             if grpc_server is not None:
-                await grpc_server.stop(grace=5)
+                await rpc.stop(app, grpc_server)
             if owns_catalog:
                 catalog.close()
 

@@ -126,7 +126,7 @@ COLLECTION_PATH = re.compile(r"/collections/(?P<c>[^/]+)(?P<rest>/.*)?")
 COLLECTION_MANAGE: tuple[tuple[str, str], ...] = (
     ("PATCH", "/collections/{c}"),
     ("PUT", "/collections/{c}/index"),
-    ("DELETE", "/collections/{c}/index/[^/]+"),
+    ("DELETE", "/collections/{c}/index/.+"),  # {field_name:path}: a field may hold '/'
     ("DELETE", "/collections/{c}"),
     ("POST", "/collections/{c}/(shards/[^/]+/)?snapshots/upload"),
     ("PUT", "/collections/{c}/(shards/[^/]+/)?snapshots/recover"),

@@ -2,9 +2,11 @@
 running server over REST.
 
 Results go to stdout (`--json` for scripts), progress bars and messages to stderr. Downloads
-land in `<out>.part`, resume from its size with `Range: bytes=N-` (If-Range on the ETag seen,
-so a replaced archive is fetched afresh), are checked against the snapshot's SHA-256 and only
-then renamed to `<out>`.
+land in `<out>.part`, beside `<out>.part.meta`: which snapshot those bytes are of (collection or
+full, name, ETag or Last-Modified, size, SHA-256). A later run, or the next try after a cut,
+resumes from the part's size with `Range: bytes=N-` and `If-Range: <validator>`, so a replaced
+archive is fetched afresh; a part without a matching meta is discarded. The download is checked
+against the snapshot's SHA-256 and only then renamed to `<out>`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -29,7 +32,7 @@ PRIORITIES = ("replica", "snapshot", "no_sync")
 
 EXIT_CODES = """exit codes:
   0  done
-  1  the server answered with an error (its message is printed)
+  1  the server answered with an error (its message is printed), or not as Qdrant does
   2  usage or configuration error, or a local file that cannot be read or written
   3  cannot connect to the server, or it timed out
   4  checksum mismatch (the download is removed, never renamed into place)
@@ -163,6 +166,12 @@ class Api:
             return CliError(UNREACHABLE, f"timed out talking to {self.url}")
         return CliError(UNREACHABLE, f"cannot connect to {self.url}: {exc}")
 
+    def bad_answer(self, exc: httpx.HTTPError) -> CliError:
+        """An answer httpx could not read (say a body that does not decode): the server's
+        side, like an error status."""
+        return CliError(SERVER_ERROR, f"bad answer from {self.url}: "
+                        f"{str(exc) or type(exc).__name__}")
+
     @staticmethod
     def check(r: httpx.Response) -> None:
         if r.status_code >= 400:
@@ -174,8 +183,21 @@ class Api:
             r = self.http.request(method, path, **kw)
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from exc
+        except httpx.HTTPError as exc:
+            raise self.bad_answer(exc) from exc
         self.check(r)
         return r
+
+
+def _result(r: httpx.Response) -> Any:
+    """The `result` of Qdrant's JSON envelope; anything else (an HTML page from a proxy, a
+    truncated body) is the server's error, never a traceback."""
+    try:
+        return r.json()["result"]
+    except (ValueError, KeyError, TypeError):
+        _fail(SERVER_ERROR, f"unexpected answer from {r.request.url}: {r.status_code} "
+              f"{r.headers.get('content-type') or 'without a content type'}, not Qdrant's "
+              "JSON")
 
 
 def _base(args: argparse.Namespace) -> str:
@@ -216,12 +238,19 @@ def _accepted(args: argparse.Namespace, r: httpx.Response, what: str) -> bool:
 def _create(api: Api, args: argparse.Namespace) -> None:
     r = api.request("POST", _base(args), params=_wait_param(args))
     if not _accepted(args, r, "snapshot creation"):
-        snap = r.json()["result"]
+        snap = _result(r)
+        if not isinstance(snap, dict) or "name" not in snap:
+            _fail(SERVER_ERROR, f"unexpected answer from {r.request.url}: no snapshot in it")
         _out(args, snap, snap["name"])
 
 
 def _snapshots(api: Api, args: argparse.Namespace) -> list[dict[str, Any]]:
-    return api.request("GET", _base(args)).json()["result"]
+    r = api.request("GET", _base(args))
+    snaps = _result(r)
+    if not isinstance(snaps, list) or not all(isinstance(s, dict) and "name" in s
+                                              for s in snaps):
+        _fail(SERVER_ERROR, f"unexpected answer from {r.request.url}: not a snapshot list")
+    return snaps
 
 
 def _list(api: Api, args: argparse.Namespace) -> None:
@@ -247,7 +276,7 @@ def _recover(api: Api, args: argparse.Namespace) -> None:
         if not os.path.isabs(location):
             _fail(USAGE, "recover takes a URL, a file:// URI or an absolute path on the "
                   f"server's machine, got {location!r} (to send a local file: upload)")
-        location = "file://" + location
+        location = Path(location).as_uri()  # percent-encoded: '#', '?', '%' stay in the path
     body: dict[str, Any] = {"location": location}
     for key in ("priority", "checksum"):
         if getattr(args, key):
@@ -320,7 +349,7 @@ def _expected_checksum(api: Api, args: argparse.Namespace, base: str) -> tuple[s
             r = api.http.get(f"{base}/{quote(args.name + '.checksum', safe='')}")
             if r.status_code == 200 and re.fullmatch(r"[0-9a-fA-F]{64}", r.text.strip()):
                 checksum = r.text.strip()
-        except httpx.TransportError:
+        except httpx.HTTPError:  # the sidecar is a best effort
             pass
     return (checksum.lower() if checksum else None), int(s.get("size") or 0)
 
@@ -330,50 +359,129 @@ def _content_range_total(value: str | None) -> int | None:
     return int(m[3]) if m else None
 
 
+def _validator(r: httpx.Response) -> str | None:
+    """The archive's version as If-Range takes it: a strong ETag, else Last-Modified."""
+    etag = r.headers.get("etag")
+    return etag if etag and not etag.startswith("W/") else r.headers.get("last-modified")
+
+
 class _Incomplete(Exception):
     pass
 
 
-def _fetch(api: Api, args: argparse.Namespace, url: str, part: str) -> int:
-    """Fill `part` with the whole archive, resuming after cut connections. Returns the
-    number of resumed (ranged) requests that were answered."""
-    validator: str | None = None  # the ETag (or Last-Modified) this run saw: If-Range
+class _Part:
+    """`<out>.part` and `<out>.part.meta`, the identity of the snapshot its bytes are of.
+
+    The meta is written (atomically) before the first byte of an archive, so a part always
+    has one; a part without a meta that names this snapshot — another snapshot's, a replaced
+    one's (other SHA-256 or size), an older CLI's — is discarded, never resumed."""
+
+    def __init__(self, out: str, identity: dict[str, Any], expected: str | None) -> None:
+        self.path, self.meta = out + ".part", out + ".part.meta"
+        self.identity, self.expected = identity, expected
+        self.validator: str | None = None  # the ETag or Last-Modified the bytes came with
+
+    def size(self) -> int:
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def discard(self) -> None:
+        for path in (self.path, self.meta):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def adopt(self, listed_size: int) -> bool:
+        """Whether an earlier run's part is of this very snapshot (else it is removed)."""
+        try:
+            with open(self.meta, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict):
+            meta = {}
+        size, validator = meta.get("size"), meta.get("validator")
+        ok = (bool(meta) and os.path.exists(self.path)
+              and all(meta.get(k) == v for k, v in self.identity.items())
+              and isinstance(size, int) and self.size() <= size
+              and (not listed_size or size == listed_size)
+              and (self.expected is None or meta.get("sha256") in (None, self.expected))
+              and (validator is None or isinstance(validator, str))
+              and self.resumable(validator))
+        if not ok:
+            self.discard()
+            return False
+        self.validator = validator
+        return True
+
+    def resumable(self, validator: str | None) -> bool:
+        """Without a validator, If-Range cannot tell a replaced archive: resume only when a
+        checksum will catch spliced bytes."""
+        return validator is not None or self.expected is not None
+
+    def start(self, validator: str | None, total: int) -> None:
+        """A whole archive begins: empty the part first (never old bytes under a new meta,
+        whenever this is interrupted), then record what the archive is."""
+        self.validator = validator
+        open(self.path, "wb").close()
+        meta = {**self.identity, "validator": validator, "size": total, "sha256": self.expected}
+        tmp = f"{self.meta}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(meta, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.meta)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _fetch(api: Api, args: argparse.Namespace, url: str, part: _Part) -> int:
+    """Fill the part with the whole archive, resuming after cut connections (If-Range on the
+    part's validator from the very first request). Returns the number of resumed (ranged)
+    requests that were answered."""
     attempt = resumed = 0
     while True:
-        have = os.path.getsize(part) if os.path.exists(part) else 0
+        have = part.size()
+        if have and not part.resumable(part.validator):
+            part.discard()
+            have = 0
         headers = {}
         if have:
             headers["Range"] = f"bytes={have}-"
-            if validator:
-                headers["If-Range"] = validator
+            if part.validator:
+                headers["If-Range"] = part.validator
         try:
             with api.http.stream("GET", url, headers=headers) as r:
                 if r.status_code == 416 and have:
                     total = _content_range_total(r.headers.get("content-range"))
                     if total == have:  # a previous run got every byte: verify it
                         return resumed
-                    os.unlink(part)  # longer than the archive: not this one, start over
+                    part.discard()  # longer than the archive: not this one, start over
                     continue
                 api.check(r)
-                etag = r.headers.get("etag")
-                validator = (etag if etag and not etag.startswith("W/")
-                             else r.headers.get("last-modified"))
                 if r.status_code == 206:
                     m = re.fullmatch(r"bytes (\d+)-\d+/(\d+)",
                                      r.headers.get("content-range", "").strip())
                     if m is None or int(m[1]) != have:
                         _fail(SERVER_ERROR, "the server answered another range than asked: "
                               f"{r.headers.get('content-range')!r}")
-                    total, mode = int(m[2]), "ab"
+                    seen = _validator(r)
+                    if part.validator and seen and seen != part.validator:
+                        part.discard()  # If-Range ignored: another archive's bytes
+                        continue
+                    total = int(m[2])
                     resumed += 1
                 else:  # 200: the whole archive (no range asked, or the archive changed)
-                    total, have, mode = int(r.headers.get("content-length") or 0), 0, "wb"
-                with open(part, mode) as f, _bar(args, total, args.name, have) as bar:
+                    total, have = int(r.headers.get("content-length") or 0), 0
+                    part.start(_validator(r), total)
+                with open(part.path, "ab") as f, _bar(args, total, args.name, have) as bar:
                     for chunk in r.iter_bytes():  # as they arrive: a cut keeps them
                         f.write(chunk)
                         bar.update(len(chunk))
-                if os.path.getsize(part) != total:
-                    raise _Incomplete(f"got {os.path.getsize(part)} of {total} bytes")
+                if part.size() != total:
+                    raise _Incomplete(f"got {part.size()} of {total} bytes")
                 return resumed
         except (httpx.TransportError, _Incomplete) as exc:
             if attempt >= args.retries:
@@ -381,9 +489,9 @@ def _fetch(api: Api, args: argparse.Namespace, url: str, part: str) -> int:
                     raise api.unreachable(exc) from exc
                 _fail(UNREACHABLE, f"download incomplete: {exc}")
             attempt += 1
-            got = os.path.getsize(part) if os.path.exists(part) else 0
-            print(f"quiver snapshot: connection lost at {got} bytes ({str(exc) or type(exc).__name__}); "
-                  f"resuming, attempt {attempt} of {args.retries}", file=sys.stderr)
+            print(f"quiver snapshot: connection lost at {part.size()} bytes "
+                  f"({str(exc) or type(exc).__name__}); resuming, attempt {attempt} of "
+                  f"{args.retries}", file=sys.stderr)
             time.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
 
 
@@ -396,18 +504,24 @@ def _download(api: Api, args: argparse.Namespace) -> None:
     if os.path.exists(out) and not args.force:
         _fail(USAGE, f"{out} exists (--force overwrites it)")
     base = _base(args)
-    expected, _ = _expected_checksum(api, args, base)
-    part = out + ".part"
+    expected, listed_size = _expected_checksum(api, args, base)
+    identity = {"snapshot": "full" if getattr(args, "full", False)
+                else f"collection/{args.collection}", "name": args.name}
+    part = _Part(out, identity, expected)
+    if os.path.exists(part.path) and not part.adopt(listed_size):
+        print(f"quiver snapshot: {part.path} is not of this snapshot (or cannot be "
+              "confirmed to be): starting over", file=sys.stderr)
     resumed = _fetch(api, args, f"{base}/{quote(args.name, safe='')}", part)
-    actual = _sha256(part, args, "verifying")
+    actual = _sha256(part.path, args, "verifying")
     if expected is not None and actual != expected:
-        os.unlink(part)  # a rerun starts afresh rather than resuming bad bytes
+        part.discard()  # a rerun starts afresh rather than resuming bad bytes
         _fail(CHECKSUM_MISMATCH, f"checksum mismatch for {args.name}: expected {expected}, "
               f"got {actual}; the download was removed")
     if expected is None:
         print(f"quiver snapshot: the server publishes no checksum for {args.name}: not "
               "verified", file=sys.stderr)
-    os.replace(part, out)
+    os.replace(part.path, out)
+    part.discard()  # the meta
     size = os.path.getsize(out)
     _out(args, {"name": args.name, "path": out, "size": size, "sha256": actual,
                 "verified": expected is not None, "resumed": resumed},
@@ -428,6 +542,15 @@ def main(args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"quiver snapshot: {exc.message}", file=sys.stderr)
         return exc.code
+    except httpx.TransportError as exc:  # one no action turned into a CliError
+        what = ("timed out talking to" if isinstance(exc, httpx.TimeoutException)
+                else "cannot connect to")
+        print(f"quiver snapshot: {what} {args.url}: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    except httpx.HTTPError as exc:  # an answer httpx could not read: the server's side
+        print(f"quiver snapshot: bad answer from {args.url}: {str(exc) or type(exc).__name__}",
+              file=sys.stderr)
+        return SERVER_ERROR
     except KeyboardInterrupt:
         print("quiver snapshot: interrupted (a download resumes from its .part file)",
               file=sys.stderr)

@@ -18,7 +18,13 @@ its id can go into the answer, and runs the work under `bind(task)`: the first `
 same kind inside claims that task instead of starting a child.
 
 Work that passes a point of no return (recovery swapping the new collection in) calls
-`irreversible()`: from then on the task refuses cancellation (`cancel()` answers False).
+`irreversible()`: from then on `checkpoint()` never raises for it, and cancelling it, a task
+it started, or any task above it is refused (`cancel()` answers False) until it ends. All
+of cancel, irreversible and finish take one lock (`_control`), so none slips in between.
+
+Finished tasks stay listed for a while (per kind, so a flood of index builds never pushes a
+snapshot's outcome out before its client polled it): the newest KEEP_FINISHED_PER_KIND of
+each kind, and every one younger than KEEP_FINISHED_YOUNG_S, up to MAX_FINISHED in all.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +42,12 @@ from typing import Any
 from engine.errors import UserError
 
 RUNNING, OK, FAILED, CANCELLED = "running", "ok", "failed", "cancelled"
-KEEP_FINISHED = 200  # finished tasks kept for GET /tasks (the newest)
+# Finished tasks kept for GET /tasks: the newest KEEP_FINISHED_PER_KIND of each kind, and
+# any younger than KEEP_FINISHED_YOUNG_S (so a wait=false client sees its outcome), unless
+# more than MAX_FINISHED are kept in all (then the oldest go first, whatever their kind).
+KEEP_FINISHED_PER_KIND = 100
+KEEP_FINISHED_YOUNG_S = 600.0
+MAX_FINISHED = 5000
 # Every kind of long operation (fixed, so per-kind metrics have bounded cardinality)
 KINDS = ("snapshot_create", "snapshot_create_full", "snapshot_recover", "s3_upload",
          "s3_download", "url_download", "index_build", "device_rehydrate")
@@ -49,7 +60,13 @@ class Cancelled(UserError):
     prefix = "Cancelled: "
 
 
-@dataclass
+# Cancel, irreversible and finish decide together across a family of tasks (a parent's
+# cancel against a child's point of no return): one lock for all, taken only at those rare
+# transitions (progress counting takes the task's own lock).
+_control = threading.Lock()
+
+
+@dataclass(eq=False)  # identity: a task equals only itself (and hashes cheaply)
 class Task:
     id: str
     kind: str
@@ -68,7 +85,10 @@ class Task:
     parent: Task | None = field(default=None, repr=False)
     claimed: bool = False  # a `run` adopted this (pre-registered) task
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _no_return: bool = field(default=False, repr=False)  # past its point of no return
+    _holds: int = field(default=0, repr=False)  # running descendants past theirs
 
     # ---- reporting (from the worker thread) -------------------------------------------
 
@@ -92,27 +112,71 @@ class Task:
         self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Raise Cancelled if cancellation was asked for (of this task or its parent)."""
+        """Raise Cancelled if cancellation was asked for (of this task or its parent);
+        never past the point of no return."""
+        if self._no_return:
+            return
         if self.cancel_requested:
             raise Cancelled(f"task {self.id} ({self.kind}) was cancelled")
 
     def irreversible(self, phase: str) -> None:
-        """The point of no return: raise Cancelled if cancellation was asked for, else refuse
-        it from now on (atomically with `cancel`, so no request slips in between)."""
-        with self._lock:
-            self.checkpoint()
+        """The point of no return: raise Cancelled if cancellation was asked for (of this
+        task or one above it), else refuse it from now on, for this task and every task
+        above it until this one ends (atomically with `cancel`: no request slips in)."""
+        with _control:
+            if not self._no_return:
+                self.checkpoint()
+                self._no_return = True
+                for above in self._ancestors():
+                    above._holds += 1  # noqa: SLF001
             self.cancellable = False
             self.phase = phase
 
     # ---- control ----------------------------------------------------------------------
 
+    def try_cancel(self) -> str | None:
+        """Ask the work to stop: None when asked, else why it is refused. Accepted means
+        asked, not done: the work stops at its next progress report, and one that has none
+        left ends with its own outcome ("ok"); the outcome is what counts."""
+        with _control:
+            reason = self._refusal()
+            if reason is None:
+                self._cancel.set()
+            return reason
+
     def cancel(self) -> bool:
-        """Ask the work to stop; False when it is not cancellable or already over."""
-        with self._lock:
-            if not self.cancellable or self.outcome != RUNNING:
-                return False
-            self._cancel.set()
-            return True
+        """Ask the work to stop; False when refused (see `try_cancel`)."""
+        return self.try_cancel() is None
+
+    def _refusal(self) -> str | None:
+        if self.outcome != RUNNING:
+            return f"it is already over (outcome: {self.outcome})"
+        if self._no_return:
+            return (f"it is past its point of no return (phase: {self.phase}) and will "
+                    f"finish")
+        if self._holds:
+            return ("a task it started is past its point of no return; it can be "
+                    "cancelled once that one ends")
+        if any(above._no_return for above in self._ancestors()):  # noqa: SLF001
+            return "the task that started it is past its point of no return"
+        if not self.cancellable:
+            return f"{self.kind} has no cancellation point"
+        return None
+
+    def _ancestors(self) -> Iterator[Task]:
+        above = self.parent
+        while above is not None:
+            yield above
+            above = above.parent
+
+    @property
+    def over(self) -> bool:
+        """It has its outcome."""
+        return self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the task is over (at most `timeout` seconds); True if it is."""
+        return self._ended.wait(timeout)
 
     @property
     def cancel_requested(self) -> bool:
@@ -177,10 +241,16 @@ def checkpoint() -> None:
 
 
 class TaskRegistry:
-    def __init__(self) -> None:
+    def __init__(self, keep_per_kind: int = KEEP_FINISHED_PER_KIND,
+                 keep_young_s: float = KEEP_FINISHED_YOUNG_S, max_finished: int = MAX_FINISHED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._tasks: dict[str, Task] = {}
-        self._finished: collections.deque[str] = collections.deque()
+        # finished tasks per kind, oldest first: (when it finished on `clock`, id)
+        self._finished: dict[str, collections.deque[tuple[float, str]]] = {}
+        self._n_finished = 0
+        self.keep_per_kind, self.keep_young_s = keep_per_kind, keep_young_s
+        self.max_finished, self._clock = max_finished, clock
         self._seq = itertools.count(1)
         self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
 
@@ -195,7 +265,7 @@ class TaskRegistry:
         return task
 
     def finish(self, task: Task, error: BaseException | None = None) -> None:
-        with task._lock:  # noqa: SLF001 - atomic with cancel(): no request after the outcome
+        with _control:  # atomic with cancel(): no request after the outcome
             if task.outcome != RUNNING:
                 return
             task.finished_at = time.time()
@@ -209,11 +279,29 @@ class TaskRegistry:
                 task.outcome, task.phase = FAILED, "failed"
                 task.error = (getattr(error, "message", None) or str(error)
                               or type(error).__name__)
+            if task._no_return:  # noqa: SLF001 - over: the tasks above it may be cancelled
+                for above in task._ancestors():  # noqa: SLF001
+                    above._holds -= 1  # noqa: SLF001
+            task._ended.set()  # noqa: SLF001
         with self._lock:
             self.outcomes[(task.kind, task.outcome)] += 1
-            self._finished.append(task.id)
-            while len(self._finished) > KEEP_FINISHED:
-                self._tasks.pop(self._finished.popleft(), None)
+            self._finished.setdefault(task.kind, collections.deque()).append(
+                (self._clock(), task.id))
+            self._n_finished += 1
+            self._prune()
+
+    def _prune(self) -> None:
+        """Drop finished tasks past retention (see the module's docstring); under _lock."""
+        now = self._clock()
+        for queue in self._finished.values():
+            while len(queue) > self.keep_per_kind and now - queue[0][0] >= self.keep_young_s:
+                self._drop(queue)
+        while self._n_finished > self.max_finished:
+            self._drop(min((q for q in self._finished.values() if q), key=lambda q: q[0][0]))
+
+    def _drop(self, queue: collections.deque[tuple[float, str]]) -> None:
+        self._tasks.pop(queue.popleft()[1], None)
+        self._n_finished -= 1
 
     @contextmanager
     def run(self, kind: str, collection: str | None = None, total: int | None = None,
@@ -232,8 +320,9 @@ class TaskRegistry:
             task.collection = collection or task.collection
             task.total = total if total is not None else task.total
             task.unit, task.source = unit, source or task.source
-            with task._lock:  # noqa: SLF001
-                task.cancellable = cancellable and task.outcome == RUNNING
+            with _control:
+                task.cancellable = (cancellable and task.outcome == RUNNING
+                                    and not task._no_return)  # noqa: SLF001
         task.claimed = True
         _current.task = task
         try:
@@ -269,6 +358,7 @@ class TaskRegistry:
 
     def list(self, running_only: bool = False) -> list[Task]:
         with self._lock:
+            self._prune()  # young tasks past the per-kind count age out without a finish
             tasks = sorted(self._tasks.values(), key=lambda t: t.seq)
         return [t for t in tasks if t.outcome == RUNNING] if running_only else tasks
 

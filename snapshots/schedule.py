@@ -10,17 +10,32 @@ the whole-file sha256 plus the archive's structure, see snapshots.scan; object s
 the uploaded object read back and hashed), record it in the schedule's ledger, then prune.
 A snapshot that fails verification is deleted (it is no backup) and the run counts as failed.
 
+A collection named through an alias is snapshotted, recorded and reported (metrics) under the
+collection the alias points to at each run (a collection that does not exist: under the name
+as configured, and the run fails).
+
 The ledger, <snapshots_path>/.schedules/<schedule>.json, lists the verified snapshots the
-schedule made ({folder: {snapshot name: time taken}}, folder "" for full snapshots). It is
-what makes schedules survive restarts and what keeps user-made snapshots safe:
+schedule made ({folder: {snapshot name: time taken}}, folder "" for full snapshots) and their
+sha256 ("checksums", same shape). It is what makes schedules survive restarts and what keeps
+user-made snapshots safe:
 - the next run is the last ledger snapshot still listed by the storage + `interval`, or the
   next cron time after it; runs missed while the server was down run once, not once per slot;
   with no snapshot yet, an interval schedule runs at once, a cron schedule at its next slot;
 - pruning only ever deletes snapshots in the ledger (never one a user made), only after a new
-  snapshot was verified, and always keeps that newest good one. Kept: the `keep_last` newest,
+  snapshot was verified, and always keeps that newest good one. A listed snapshot whose sha256
+  is not the one recorded (a user uploaded another under the same name) is no longer the
+  schedule's: dropped from the ledger, never deleted. So is one the ledger has no sha256 for
+  (written before checksums were recorded) once the policy would prune it: it cannot be told
+  from an upload, so it is left for the operator (logged). Kept: the `keep_last` newest,
   the newest of each of the `keep_daily` most recent UTC days that have one, the newest of each
   of the `keep_weekly` most recent ISO weeks; with no keep_* key nothing is pruned.
-- a failed run is retried after `retry_after` (default 10m; at most the interval).
+- a failed run is retried after `retry_after` (default 10m; at most the interval). A new
+  snapshot the ledger cannot be saved for is deleted (nobody would ever prune it) and the run
+  counts as failed. Interrupted ledger writes (`.tmp-*`) are removed at start-up.
+
+Each run is a task (engine.tasks: snapshot_create / snapshot_create_full, cancellable);
+`stop()` cancels the one in progress (a cancelled creation leaves nothing behind) and waits
+for the thread a bounded time.
 
 Metrics (api /metrics; label collection="*full*" for full snapshots, a name no collection can
 have): last success / failure timestamps, the age of the last good snapshot (since the
@@ -44,8 +59,8 @@ from typing import Any
 
 from croniter import croniter
 
-from engine import jsonio
-from engine.durable import write_atomic
+from engine import jsonio, tasks
+from engine.durable import fsync_dir, write_atomic
 from snapshots.scan import Verifier, read_headers, scan
 from snapshots.storage import SnapshotInfo
 
@@ -60,6 +75,7 @@ MAX_WAIT = 1.0  # the thread looks at the clock at least this often
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LEDGER_TMP = re.compile(r"\.tmp-[0-9a-f]{32}-.*\.json")  # engine.durable's temp files
 
 
 class VerificationFailed(Exception):
@@ -193,13 +209,15 @@ def to_keep(taken: dict[str, float], schedule: Schedule) -> set[str]:
 
 
 class Ledger:
-    """The verified snapshots one schedule made: {folder: {name: time taken}}, on local disk
-    next to the snapshots (written atomically). Lost or unreadable, the schedule starts over
-    and the snapshots it made before are treated as a user's: never pruned."""
+    """The verified snapshots one schedule made: {folder: {name: time taken}} plus each one's
+    sha256, on local disk next to the snapshots (written atomically). Lost or unreadable, the
+    schedule starts over and the snapshots it made before are treated as a user's: never
+    pruned. A ledger without "checksums" (older) still loads: its sha256s are unknown."""
 
     def __init__(self, root: str, schedule: str) -> None:
         self.path = os.path.join(root, LEDGER_DIR, f"{schedule}.json")
         self.folders: dict[str, dict[str, float]] = {}
+        self.checksums: dict[str, dict[str, str]] = {}
 
     def load(self) -> None:
         try:
@@ -207,21 +225,56 @@ class Ledger:
                 data = jsonio.loads(f.read())
             self.folders = {str(folder): {str(n): float(t) for n, t in names.items()}
                             for folder, names in data["folders"].items()}
+            self.checksums = {str(folder): {str(n): str(c) for n, c in names.items()
+                                            if str(n) in self.folders.get(str(folder), {})}
+                              for folder, names in (data.get("checksums") or {}).items()}
         except FileNotFoundError:
-            self.folders = {}
+            self.folders, self.checksums = {}, {}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("snapshot schedule ledger %s is unreadable (%s): starting over; the "
                         "snapshots it listed are kept, never pruned", self.path, exc)
-            self.folders = {}
+            self.folders, self.checksums = {}, {}
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            fsync_dir(os.path.dirname(directory))  # the new directory's entry, durably
         folders = {k: v for k, v in self.folders.items() if v}
-        write_atomic(self.path, jsonio.dumps({"folders": folders}, indent=True))
+        checksums = {k: {n: c for n, c in self.checksums.get(k, {}).items() if n in v}
+                     for k, v in folders.items()}
+        write_atomic(self.path, jsonio.dumps({"folders": folders, "checksums": checksums},
+                                             indent=True))
+
+    def add(self, folder: str, name: str, taken: float, checksum: str) -> None:
+        self.folders.setdefault(folder, {})[name] = taken
+        self.checksums.setdefault(folder, {})[name] = checksum
+
+    def forget(self, folder: str, name: str) -> None:
+        self.folders.get(folder, {}).pop(name, None)
+        self.checksums.get(folder, {}).pop(name, None)
+
+    def checksum(self, folder: str, name: str) -> str | None:
+        return self.checksums.get(folder, {}).get(name)
 
     def latest(self, folder: str) -> float | None:
         times = self.folders.get(folder)
         return max(times.values()) if times else None
+
+
+def clean_temp_files(directory: str) -> None:
+    """Remove ledger writes a crash interrupted (engine.durable's `.tmp-<hex>-<name>.json`):
+    called before this process writes any ledger, so none of them is in progress."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for e in entries:
+        if _LEDGER_TMP.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(e.path)
+            except OSError as exc:
+                log.warning("cannot remove interrupted ledger write %s: %s", e.path, exc)
 
 
 # --------------------------------------------------------------------------- the scheduler
@@ -251,13 +304,15 @@ class Scheduler:
         self.config = config
         self.clock = clock
         self.schedules = [Schedule.from_config(s) for s in (config.get("schedule") or [])]
-        root = getattr(manager, "root", "")
-        self.ledgers = {s.name: Ledger(root, s.name) for s in self.schedules}
+        self.root = getattr(manager, "root", "")
+        self.ledgers = {s.name: Ledger(self.root, s.name) for s in self.schedules}
+        # keyed by (schedule, collection): the real collection, aliases resolved
         self._states: dict[tuple[str, str], _State] = {}
-        self._lock = threading.Lock()  # guards _states (metrics read them from another thread)
+        self._lock = threading.Lock()  # guards _states and _task (read from other threads)
         self._run_lock = threading.Lock()  # one tick at a time: runs never overlap
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._task: tasks.Task | None = None  # the snapshot creation in progress
         self._loaded = False
         now = clock()
         for s in self.schedules:
@@ -277,11 +332,23 @@ class Scheduler:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop it, waiting for a snapshot in progress to end."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop it: no new run starts, the snapshot creation in progress is cancelled (it
+        leaves nothing behind), and the thread is waited for at most `timeout` seconds (a
+        publish past its point of no return, or its verification, may still be finishing)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        with self._lock:
+            task = self._task
+        if task is not None:
+            task.cancel()  # False past the point of no return: that run just finishes
+        thread = self._thread
+        if thread is None:
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("the snapshot schedule thread did not stop within %gs; not waiting "
+                        "for it any longer", timeout)
+        else:
             self._thread = None
 
     def _loop(self) -> None:
@@ -323,31 +390,36 @@ class Scheduler:
                         ran += 1
         return ran
 
+    def _resolve(self, name: str) -> str:
+        """The collection `name` (maybe an alias) is now; itself when there is none."""
+        try:
+            return str(self.catalog.get(name).name)
+        except Exception:  # missing or broken: the run will fail and say why
+            return name
+
     def _configured_labels(self, s: Schedule) -> list[str]:
         if s.full:
             return [FULL]
-        return [c for c in s.collections if c != ALL]
+        return sorted({self._resolve(c) for c in s.collections if c != ALL})
 
     def _labels(self, s: Schedule) -> list[str]:
-        """The collections a schedule covers now ("*": those that exist; the states of
-        collections gone since are dropped)."""
-        if ALL not in s.collections:
-            return self._configured_labels(s)
-        names = sorted(self.catalog.names())
-        explicit = set(self._configured_labels(s))
+        """The collections a schedule covers now, aliases resolved ("*": those that exist);
+        the states of collections no longer covered (deleted, an alias re-pointed) are
+        dropped."""
+        labels = set(self._configured_labels(s))
+        if ALL in s.collections:
+            labels.update(self.catalog.names())
         with self._lock:
-            for key in [k for k in self._states if k[0] == s.name]:
-                if key[1] not in names and key[1] not in explicit:
-                    del self._states[key]
-        return sorted(set(names) | explicit)
+            for key in [k for k in self._states if k[0] == s.name and k[1] not in labels]:
+                del self._states[key]
+        return sorted(labels)
 
     def _state(self, s: Schedule, label: str) -> _State:
         with self._lock:
             st = self._states.get((s.name, label))
             if st is None:
                 st = self._states[(s.name, label)] = _State(since=self.clock())
-                folder = "" if label == FULL else label
-                st.last_success = self.ledgers[s.name].latest(folder)
+                st.last_success = self.ledgers[s.name].latest(_folder(label))
             return st
 
     def _due(self, s: Schedule, st: _State) -> float:
@@ -361,22 +433,22 @@ class Scheduler:
         return due
 
     def _load(self) -> None:
-        """Read the ledgers, forgetting snapshots no longer listed (deleted by hand); the
-        storage unreachable, the ledger is believed as it is."""
+        """Read the ledgers, forgetting snapshots no longer listed (deleted by hand) or listed
+        with another sha256 (replaced by an upload); the storage unreachable, the ledger is
+        believed as it is."""
+        clean_temp_files(os.path.join(self.root, LEDGER_DIR))
         for s in self.schedules:
             ledger = self.ledgers[s.name]
             ledger.load()
             changed = False
-            for folder, names in ledger.folders.items():
+            for folder in list(ledger.folders):
                 try:
-                    listed = {i.name for i in self._list(folder)}
+                    listed = {i.name: i.checksum for i in self._list(folder)}
                 except Exception as exc:
                     log.warning("snapshot schedule %s: cannot list %s (%s); using its ledger",
                                 s.name, folder or "full snapshots", exc)
                     continue
-                for name in [n for n in names if n not in listed]:
-                    del names[name]
-                    changed = True
+                changed |= self._reconcile(s, folder, listed, spare="")
             if changed:
                 try:
                     ledger.save()
@@ -386,34 +458,64 @@ class Scheduler:
             with self._lock:
                 for (name, label), st in self._states.items():
                     if name == s.name:
-                        st.last_success = ledger.latest("" if label == FULL else label)
+                        st.last_success = ledger.latest(_folder(label))
+
+    def _reconcile(self, s: Schedule, folder: str, listed: dict[str, str | None],
+                   spare: str) -> bool:
+        """Forget the ledger's snapshots of `folder` that are gone from the listing or listed
+        with another sha256 than recorded (no longer the schedule's); True if any was."""
+        ledger = self.ledgers[s.name]
+        changed = False
+        for name in list(ledger.folders.get(folder, {})):
+            if name == spare:  # just published: maybe not listed yet (object storage)
+                continue
+            recorded = ledger.checksum(folder, name)
+            if name not in listed:
+                ledger.forget(folder, name)  # deleted by hand: forget it
+                changed = True
+            elif recorded and listed[name] and listed[name] != recorded:
+                log.warning("snapshot schedule %s: %s was replaced by another snapshot of the "
+                            "same name; it is no longer the schedule's and is never pruned",
+                            s.name, name)
+                ledger.forget(folder, name)
+                changed = True
+        return changed
 
     # ---- a run ---------------------------------------------------------------------------------
 
     def _run(self, s: Schedule, label: str, st: _State) -> None:
         taken = self.clock()
+        what = "full storage" if label == FULL else label
+        ledger = self.ledgers[s.name]
         try:
             folder, info = self._create(label)
             try:
                 self._verify(folder, info)
             except Exception:
-                self._discard(folder, info.name)
+                self._discard(folder, info.name, "unverified")
                 raise
-            ledger = self.ledgers[s.name]
-            ledger.folders.setdefault(folder, {})[info.name] = taken
-            ledger.save()
+            assert info.checksum  # _verify refuses a snapshot without one
+            ledger.add(folder, info.name, taken, info.checksum)
+            try:
+                ledger.save()
+            except Exception:  # unrecorded, it would never be pruned: no half-done run
+                ledger.forget(folder, info.name)
+                self._discard(folder, info.name, "unrecorded")
+                raise
         except Exception as exc:
+            if isinstance(exc, tasks.Cancelled) and self._stop.is_set():
+                log.info("scheduled snapshot %s of %s cancelled: stopping", s.name, what)
+                return
             with self._lock:
                 st.last_failure = self.clock()
                 st.failures += 1
                 st.last_error = str(exc) or type(exc).__name__
-            log.error("scheduled snapshot %s of %s failed: %s", s.name,
-                      "full storage" if label == FULL else label, st.last_error)
+            log.error("scheduled snapshot %s of %s failed: %s", s.name, what, st.last_error)
             return
         with self._lock:
             st.last_success = taken
-        log.info("scheduled snapshot %s of %s: %s (%d bytes, verified)", s.name,
-                 "full storage" if label == FULL else label, info.name, info.size)
+        log.info("scheduled snapshot %s of %s: %s (%d bytes, verified)", s.name, what,
+                 info.name, info.size)
         try:
             self._prune(s, folder, info.name)
         except Exception as exc:
@@ -423,10 +525,24 @@ class Scheduler:
                       folder or "full snapshots", exc)
 
     def _create(self, label: str) -> tuple[str, SnapshotInfo]:
-        if label == FULL:
-            return "", self.manager.create_full()
-        folder = self.catalog.get(label).name  # NotFound: a failure like any other
-        return folder, self.manager.create(folder)
+        """Create the snapshot as a registered, cancellable task (the manager's creation
+        claims it), so that `stop()` can cancel it."""
+        kind = "snapshot_create_full" if label == FULL else "snapshot_create"
+        with self._lock:  # atomic with stop(): it either sees this task or we see its flag
+            task = tasks.registry.start(kind, None if label == FULL else label,
+                                        cancellable=True)
+            self._task = task
+            if self._stop.is_set():
+                task.cancel()
+        try:
+            with tasks.registry.bind(task):
+                if label == FULL:
+                    return "", self.manager.create_full()
+                folder = self.catalog.get(label).name  # NotFound: a failure like any other
+                return folder, self.manager.create(folder)
+        finally:
+            with self._lock:
+                self._task = None
 
     def _list(self, folder: str) -> list[SnapshotInfo]:
         return list(self.manager.list(folder) if folder else self.manager.list_full())
@@ -453,33 +569,41 @@ class Scheduler:
                                      f"sha256 {h.hexdigest()}, expected {info.size} bytes "
                                      f"with {info.checksum}")
 
-    def _discard(self, folder: str, name: str) -> None:
+    def _delete(self, folder: str, name: str) -> None:
+        if folder:
+            self.manager.delete(folder, name)
+        else:
+            self.manager.delete_full(name)
+
+    def _discard(self, folder: str, name: str, why: str) -> None:
         try:
-            if folder:
-                self.manager.delete(folder, name)
-            else:
-                self.manager.delete_full(name)
+            self._delete(folder, name)
         except Exception as exc:
-            log.error("could not delete unverified snapshot %s: %s", name, exc)
+            log.error("could not delete %s snapshot %s: %s", why, name, exc)
 
     def _prune(self, s: Schedule, folder: str, newest: str) -> None:
-        """Delete this schedule's snapshots the policy no longer keeps (never the newest)."""
+        """Delete this schedule's snapshots the policy no longer keeps (never the newest), each
+        only if it is still the one the schedule made (same sha256)."""
         ledger = self.ledgers[s.name]
-        entries = ledger.folders.setdefault(folder, {})
-        listed = {i.name for i in self._list(folder)} | {newest}
-        gone = [n for n in entries if n not in listed]
-        for name in gone:  # deleted by hand: forget them
-            del entries[name]
+        listed = {i.name: i.checksum for i in self._list(folder)}
+        changed = self._reconcile(s, folder, listed, spare=newest)
+        entries = ledger.folders.get(folder, {})
         doomed = sorted(set(entries) - to_keep(entries, s) - {newest})
-        for name in doomed:
-            if folder:
-                self.manager.delete(folder, name)
-            else:
-                self.manager.delete_full(name)
-            del entries[name]
-            log.info("snapshot schedule %s pruned %s", s.name, name)
-        if gone or doomed:
-            ledger.save()
+        try:
+            for name in doomed:
+                recorded = ledger.checksum(folder, name)
+                if recorded is None or listed.get(name) != recorded:
+                    log.warning("snapshot schedule %s: not pruning %s, its sha256 cannot be "
+                                "confirmed as the one the schedule made (recorded: %s); it "
+                                "is no longer the schedule's", s.name, name, recorded or "none")
+                else:
+                    self._delete(folder, name)
+                    log.info("snapshot schedule %s pruned %s", s.name, name)
+                ledger.forget(folder, name)
+                changed = True
+        finally:  # what was pruned before a failure is recorded too
+            if changed:
+                ledger.save()
 
     # ---- metrics -------------------------------------------------------------------------------
 
@@ -521,6 +645,11 @@ class Scheduler:
                 labels = f'schedule="{_escape(schedule)}",collection="{_escape(shown_name)}"'
                 shown = str(v) if isinstance(v, int) else repr(float(v))
                 out.append(f"{p}{suffix}{{{labels}}} {shown}")
+
+
+def _folder(label: str) -> str:
+    """The ledger folder of a metrics label: "" for full snapshots."""
+    return "" if label == FULL else label
 
 
 def _escape(value: str) -> str:

@@ -63,12 +63,12 @@ class Download:
     path: str | None = None
     size: int = 0
     name: str = ""
-    read: Callable[[int, int], Iterator[bytes]] | None = None
+    read: Callable[[int, int], BodyChunks] | None = None
     etag: str | None = None
     last_modified: str | None = None  # an HTTP-date
 
     @property
-    def chunks(self) -> Iterator[bytes] | None:
+    def chunks(self) -> BodyChunks | None:
         """The whole object."""
         return None if self.read is None else self.read(0, self.size)
 
@@ -313,9 +313,9 @@ class S3Storage:
         key, etag = self._key(folder, name), head.get("ETag")
         modified = head.get("LastModified")
 
-        def read(start: int, end: int) -> Iterator[bytes]:
+        def read(start: int, end: int) -> BodyChunks:
             if end <= start:
-                return iter(())
+                return BodyChunks(None)
             from botocore.exceptions import ClientError  # noqa: PLC0415
             extra = {"IfMatch": etag} if etag else {}
             try:
@@ -326,7 +326,7 @@ class S3Storage:
                         "404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
                     raise snapshot_not_found(name) from exc
                 raise
-            return _body_chunks(obj["Body"])
+            return BodyChunks(obj["Body"])
 
         return Download(size=int(head.get("ContentLength", 0)), name=name, read=read, etag=etag,
                         last_modified=formatdate(modified.timestamp(), usegmt=True)
@@ -352,13 +352,37 @@ class S3Storage:
         return True
 
 
-def _body_chunks(body: Any) -> Iterator[bytes]:
-    """An S3 body's chunks; the connection goes back to the pool even when the client of the
-    download hangs up half-way (the generator is closed)."""
-    try:
-        yield from body.iter_chunks(CHUNK)
-    finally:
-        body.close()
+class BodyChunks:
+    """An S3 body's chunks, as an iterator whose `close()` always closes the body: called
+    before the first chunk (a client that hung up at once), half-way or twice, it hands the
+    connection back at once rather than at garbage collection (a generator's close() skips
+    its `finally` when it never started). Reading to the end or failing closes it too; the
+    download route closes it on every path (api.routes.snapshots)."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._chunks: Iterator[bytes] | None = None if body is None else body.iter_chunks(CHUNK)
+
+    def __iter__(self) -> BodyChunks:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._chunks is None:
+            raise StopIteration
+        try:
+            return next(self._chunks)
+        except BaseException:  # the end, or a failed read: nothing more will be read
+            self.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._body is None
+
+    def close(self) -> None:
+        body, self._body, self._chunks = self._body, None, None
+        if body is not None:
+            body.close()
 
 
 def make_storage(root: str, snapshots_config: dict[str, Any] | None) -> SnapshotStorage:

@@ -30,7 +30,7 @@ from engine.errors import BadRequest, EngineError, StorageFull
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery, check_checksum, check_priority
 from snapshots.scan import ChecksumMismatch
-from snapshots.storage import RangeNotSatisfiable, check_snapshot_name, requested_range
+from snapshots.storage import BodyChunks, RangeNotSatisfiable, check_snapshot_name, requested_range
 
 
 def _mgr(request: Request) -> SnapshotManager:
@@ -128,6 +128,22 @@ def recover(request: Request, body: Any) -> bool:
     return _rec(request).recover_location(_name(request), body_dict(body))
 
 
+class _ClosingStream(StreamingResponse):
+    """Streams an object's chunks and closes them on every path (the end, a failed read, a
+    client that hung up): Starlette abandons its iterator unclosed on a disconnect, which
+    would hold the S3 connection until garbage collection."""
+
+    def __init__(self, chunks: BodyChunks, **kw: Any) -> None:
+        super().__init__(iterate_in_threadpool(chunks), **kw)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.chunks.close()  # no thread reads it now: run_sync waits out a cancelled read
+
+
 def _download(locate: Any):
     """Send an archive, resumably: a local file (FileResponse: Range, 206, 416, If-Range) or
     a ranged read from object storage with the same rules (snapshots.storage)."""
@@ -146,8 +162,8 @@ def _download(locate: Any):
             return Response(status_code=416, headers={"content-range": f"bytes */{exc.size}"})
         except EngineError as exc:
             return from_exception(exc, started)
-        return StreamingResponse(iterate_in_threadpool(chunks), status_code=206 if span else 200,
-                                 media_type="application/octet-stream", headers=dl.headers(span))
+        return _ClosingStream(chunks, status_code=206 if span else 200,
+                              media_type="application/octet-stream", headers=dl.headers(span))
     return run
 
 

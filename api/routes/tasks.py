@@ -3,24 +3,34 @@ DELETE /tasks/{id} (cancel), and the tasks' Prometheus gauges.
 
 A task is one long operation (engine.tasks): snapshot creation and recovery, transfers to and
 from S3 or URLs, HNSW builds, device rehydration. Answers use Qdrant's envelope. Access: GET
-is a global read and DELETE needs manage access (api.auth.need_of classifies them so); a JWT
-scoped to some collections never gets here, and would see only its collections' tasks if it
-did.
+is a global read and DELETE needs manage access (api.auth.need_of classifies them so, and
+Access.refusal refuses both to a JWT scoped to collections: such a token never gets here).
+
+Cancelled work ends with outcome "cancelled". A request that was waiting for it (a snapshot
+create or recover with wait=true) answers 400 "Cancelled: task ... was cancelled" over REST
+(engine.tasks.Cancelled is a UserError: the client asked for the stop) and CANCELLED over
+gRPC (api/rpc/status.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
+from api.errors import from_exception, ok
 from api.http import endpoint
 from api.parse.common import query_flag
 from engine import tasks
-from engine.errors import BadRequest, Conflict, NotFound
+from engine.errors import BadRequest, Conflict, EngineError, NotFound, ServiceError
+
+log = logging.getLogger(__name__)
 
 
 def _esc(value: str) -> str:
@@ -30,20 +40,16 @@ def _esc(value: str) -> str:
 
 TELEMETRY_FINISHED = 20  # finished tasks /telemetry lists besides the running ones
 MAX_WAIT_S = 300.0
-
-
-def _visible(request: Request, task: tasks.Task) -> bool:
-    """A per-collection token (JWT) sees only its collections' tasks."""
-    access = getattr(request.state, "access", None)
-    if access is None or getattr(access, "mode", "m") is not None:
-        return True
-    return task.collection is not None and task.collection in access.collections
+# DELETE ?wait=true polls the task on the event loop, backing off from the first to the
+# last interval: a waiter holds no worker thread, and costs at most 1/POLL_MAX_S wakeups a
+# second once backed off.
+POLL_FIRST_S, POLL_MAX_S = 0.01, 0.2
 
 
 def _task(request: Request) -> tasks.Task:
     task_id = request.path_params["task_id"]
     task = tasks.registry.get(task_id)
-    if task is None or not _visible(request, task):
+    if task is None:
         raise NotFound(f"Task {task_id} not found")
     return task
 
@@ -59,8 +65,7 @@ def list_tasks(request: Request, body: Any) -> list[dict[str, Any]]:
             continue
         if q.get("collection") not in (None, task.collection):
             continue
-        if _visible(request, task):
-            out.append(task.to_json())
+        out.append(task.to_json())
     return out
 
 
@@ -81,32 +86,65 @@ def _wait_s(request: Request) -> float:
     return value
 
 
-def cancel_task(request: Request, body: Any) -> dict[str, Any]:
-    """Ask a running task to stop. Its work stops at its next progress report and cleans up
-    (a snapshot being created leaves no file; a recovery leaves the collection as it was).
-    `wait=true` waits (at most `timeout` seconds, default 30) for the task to end and answers
-    with its final state. 409 when it is over, or cannot be cancelled (an index build; a
-    recovery past its point of no return, the swap)."""
+def _cancel(request: Request) -> tuple[tasks.Task, float | None]:
+    """Ask for the cancellation (409 when refused); the task and how long to wait for it."""
     task = _task(request)
     wait = query_flag(request, "wait", False, strict=True)
-    deadline = time.monotonic() + _wait_s(request)
-    if not task.cancel():
-        if task.outcome != tasks.RUNNING:
-            raise Conflict(f"task {task.id} is already over (outcome: {task.outcome})")
-        if task.kind in ("snapshot_recover", "snapshot_create", "snapshot_create_full"):
-            raise Conflict(f"task {task.id} can no longer be cancelled: it is past its point "
-                           f"of no return (phase: {task.phase}) and will finish")
-        raise Conflict(f"task {task.id} ({task.kind}) cannot be cancelled")
-    while wait and task.outcome == tasks.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return task.to_json()
+    timeout = _wait_s(request)
+    refusal = task.try_cancel()
+    if refusal is not None:
+        raise Conflict(f"task {task.id} ({task.kind}) cannot be cancelled: {refusal}")
+    return task, (timeout if wait else None)
+
+
+def _answer(task: tasks.Task) -> dict[str, Any]:
+    """The task's state, and `cancel`: what became of the request. "requested": still
+    running (it stops at its next progress report); "done": it ended cancelled; "too_late":
+    it ended with another outcome (it had no progress report left, or failed first)."""
+    doc = task.to_json()
+    outcome = doc["outcome"]
+    doc["cancel"] = ("requested" if outcome == tasks.RUNNING
+                     else "done" if outcome == tasks.CANCELLED else "too_late")
+    return doc
+
+
+async def cancel_task(request: Request) -> Response:
+    """DELETE /tasks/{id}: ask a running task to stop. Its work stops at its next progress
+    report and cleans up (a snapshot being created leaves no file; a recovery leaves the
+    collection as it was). 200 means the stop was asked for, not that it happened: the
+    task's `outcome` is what counts, and the answer's `cancel` field says it plainly
+    ("requested", "done", or "too_late" when the work ended "ok"/"failed" anyway).
+    `wait=true` waits (at most `timeout` seconds, default 30) for the task to end and answers
+    with its final state. 409 when it is over, or refuses (an index build; a recovery past
+    its point of no return, the swap; a task whose child, or parent, is past its own).
+
+    Async, unlike the other routes: the wait is an asyncio sleep loop on the event loop, so
+    any number of waiters hold no thread of the shared worker pool (a thread per waiter, for
+    up to MAX_WAIT_S, would starve every other route). Polling the task's `over` flag keeps
+    the engine free of asyncio: no callback from a worker thread into a loop that may be
+    gone by then. The rest (a dict lookup, a flag under a brief lock) does not block."""
+    started = time.perf_counter()
+    try:
+        task, timeout = _cancel(request)
+        if timeout is not None:
+            deadline, pause = time.monotonic() + timeout, POLL_FIRST_S
+            while not task.over and (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 1.5, POLL_MAX_S)
+        return ok(_answer(task), started)
+    except EngineError as exc:
+        return from_exception(exc, started)
+    except Exception:  # noqa: BLE001 - the envelope, as endpoint() answers
+        log.exception("unhandled error in DELETE %s", request.url.path)
+        return from_exception(ServiceError("unexpected server error"), started)
 
 
 def telemetry_tasks() -> list[dict[str, Any]]:
     """/telemetry's `quiver.tasks`: the running tasks and the newest finished ones."""
     all_tasks = tasks.registry.list()
-    finished = [t for t in all_tasks if t.outcome != tasks.RUNNING][-TELEMETRY_FINISHED:]
-    return [t.to_json() for t in all_tasks if t.outcome == tasks.RUNNING or t in finished]
+    finished = [t.id for t in all_tasks if t.outcome != tasks.RUNNING]
+    older = set(finished[:-TELEMETRY_FINISHED])  # by id: Task == is identity, a set is O(1)
+    return [t.to_json() for t in all_tasks if t.id not in older]
 
 
 def _gauge(out: list[str], name: str, help_text: str, kind: str = "gauge") -> None:
@@ -167,5 +205,5 @@ def render_metrics(out: list[str], label: Callable[[str], str] = str) -> None:
 routes: list[Route] = [
     Route("/tasks", endpoint(list_tasks, read_body=False), methods=["GET"]),
     Route("/tasks/{task_id}", endpoint(get_task, read_body=False), methods=["GET"]),
-    Route("/tasks/{task_id}", endpoint(cancel_task, read_body=False), methods=["DELETE"]),
+    Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
 ]

@@ -10,8 +10,10 @@ No query, write or snapshot logic lives in api/rpc.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -27,10 +29,11 @@ from api.auth import (
     TokenRefused,
     keys_from_settings,
     need_of,
+    presented_key,
     value_exists,
 )
 from api.rpc.status import code_of, code_of_http
-from engine.errors import EngineError
+from engine.errors import BadRequest, EngineError
 
 log = logging.getLogger("quiver.grpc")
 
@@ -66,17 +69,11 @@ def _handlers(routes: list[Any]) -> dict[tuple[str, str], Handler]:
     return out
 
 
-def presented_key(metadata: Any) -> bytes | None:
-    """`api-key` wins over `authorization: Bearer`, as over REST."""
-    bearer = None
-    for key, value in metadata or ():
-        if key == "api-key":
-            return value.encode() if isinstance(value, str) else value
-        if key == "authorization" and bearer is None:
-            raw = value.encode() if isinstance(value, str) else value
-            if raw.startswith(b"Bearer "):
-                bearer = raw[len(b"Bearer "):]
-    return bearer
+def metadata_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
+    """gRPC metadata as the (name, value) byte pairs api.auth reads from HTTP headers
+    (names are lowercase in both)."""
+    return [(k.encode(), v if isinstance(v, bytes) else v.encode())
+            for k, v in metadata or ()]
 
 
 class Bridge:
@@ -90,6 +87,8 @@ class Bridge:
         self.auth = Authenticator(api_key, read_only, bool(settings.service.jwt_rbac)) \
             if (api_key or read_only) else None
         self.metrics = getattr(app.state, "metrics", None)
+        self._lock = threading.Lock()
+        self.running = 0  # handlers in worker threads now
 
     def handler(self, method: str, template: str) -> Handler:
         try:
@@ -97,31 +96,54 @@ class Bridge:
         except KeyError:
             raise LookupError(f"no REST route {method} {template}") from None
 
-    def authorize(self, metadata: Any, method: str, path: str) -> tuple[Access | None, Any]:
-        """The caller's Access for this call (None: no keys configured), and the
-        value_exists check its token asks for; raises TokenRefused."""
+    def authorize(self, metadata: Any, method: str,
+                  path: str) -> tuple[Access | None, Any, str | None]:
+        """The caller's Access for this call (None: no keys configured), the value_exists
+        check its token asks for, and the refusal of this route (None: allowed); raises
+        TokenRefused for a missing or unusable key. REST's order: the stateful check runs
+        before the route's refusal (Bridge.call does both in the worker thread)."""
         if self.auth is None:
-            return None, None
-        access, check = self.auth.access(presented_key(metadata))
+            return None, None, None
+        access, check = self.auth.access(presented_key(metadata_headers(metadata)))
         need, name = need_of(method, path)
         message = access.refusal(need, name)
-        if message is not None:
-            raise TokenRefused(403, f"Forbidden: {message}")
-        return access, check
+        return access, check, (f"Forbidden: {message}" if message is not None else None)
+
+    def observe(self, rpc: str, code: grpc.StatusCode, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_rpc(rpc, code.name, time.perf_counter() - started)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no handler runs in a worker thread any more (after the server stopped
+        taking calls, before the catalog closes); False if some still ran at the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.running:
+            if time.monotonic() >= deadline:
+                log.warning("%d gRPC handler(s) still running at shutdown", self.running)
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def call(self, context: grpc.aio.ServicerContext, rpc: str, method: str,
                    template: str, path_params: dict[str, str] | None = None,
-                   query: dict[str, str] | None = None, body: Any = None) -> Any:
+                   query: dict[str, str] | None = None, body: Any = None,
+                   observe: bool = True) -> Any:
         """Run the REST route `method template` for an RPC and return its handler's result
         (the JSON-shaped value REST would put under "result"). Refusals and engine errors
-        abort the RPC with Qdrant's status code and message."""
+        abort the RPC with Qdrant's status code and message. `observe`: count the call in
+        the metrics (False for a first try that the caller may repeat)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             params = path_params or {}
-            path = _CONVERTER.sub("}", template).format(**params)
             try:
-                access, check = self.authorize(context.invocation_metadata(), method, path)
+                path = _path(template, params)
+            except BadRequest as exc:
+                code = code_of(exc)
+                await context.abort(code, exc.message)
+            try:
+                access, check, refusal = self.authorize(context.invocation_metadata(), method,
+                                                        path)
             except TokenRefused as exc:
                 code = code_of_http(exc.status)
                 await context.abort(code, exc.message)
@@ -129,12 +151,23 @@ class Bridge:
             req = RpcRequest(self.app, method, path, params, query or {}, access)
 
             def run() -> Any:
-                if check is not None:
-                    value_exists(self.app.state.catalog, check)
-                return handler(req, body)
+                with self._lock:
+                    self.running += 1
+                try:
+                    if check is not None:
+                        value_exists(self.app.state.catalog, check)
+                    if refusal is not None:
+                        raise TokenRefused(403, refusal)
+                    return handler(req, body)
+                finally:
+                    with self._lock:
+                        self.running -= 1
 
             try:
                 result = await run_in_threadpool(run)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away (or shutdown)
+                raise
             except TokenRefused as exc:
                 code = code_of_http(exc.status)
                 await context.abort(code, exc.message)
@@ -149,8 +182,8 @@ class Bridge:
                 result = _only_allowed(result, access.collections)
             return result
         finally:
-            if self.metrics is not None:
-                self.metrics.observe_rpc(rpc, code.name, time.perf_counter() - started)
+            if observe:
+                self.observe(rpc, code, started)
 
     async def abort(self, context: grpc.aio.ServicerContext, exc: EngineError) -> None:
         """Abort with an error found before the handler ran (a malformed message)."""
@@ -159,6 +192,18 @@ class Bridge:
 
 # Starlette's `{name:path}` converters: the concrete path is formatted without them
 _CONVERTER = re.compile(r":[a-z]+}")
+_PATH_PARAM = re.compile(r"{(\w+):path}")
+
+
+def _path(template: str, params: dict[str, str]) -> str:
+    """The concrete REST path of an RPC. A parameter that REST would read as one path segment
+    must be one (non-empty, no '/'): else the access decision, made on the path, would see
+    other segments than the handler does."""
+    free = set(_PATH_PARAM.findall(template))
+    for name, value in params.items():
+        if name not in free and (not value or "/" in value):
+            raise BadRequest(f"invalid {name}: {value!r}")
+    return _CONVERTER.sub("}", template).format(**params)
 
 
 def _lists(method: str, path: str) -> bool:

@@ -520,9 +520,11 @@ class PointsService(points_service_pb2_grpc.PointsServicer):
         if fast:
             try:  # a refusal on the fast form: the general form gives REST's own message
                 res = await self.bridge.call(_Probe(context), "Upsert", "PUT", P,
-                                             _coll(request), query, fast)
+                                             _coll(request), query, fast, observe=False)
+                self.bridge.observe("Upsert", grpc.StatusCode.OK, started)
             except _Refused as exc:
                 if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+                    self.bridge.observe("Upsert", exc.code, started)
                     await context.abort(exc.code, exc.details)
         if res is None:
             res = await self._call(context, "Upsert", "PUT", P, request, upsert_body, query)

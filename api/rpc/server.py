@@ -4,10 +4,12 @@ stopped with the app (same event loop, catalog, API keys and TLS as REST)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from qdrant_client.grpc import (
     collections_service_pb2_grpc,
     points_service_pb2_grpc,
@@ -73,9 +75,17 @@ def _guarded(behavior: Any) -> Any:
     return run
 
 
+def _decoding(handler: Any) -> Any:
+    """A unary handler that answers a message that does not decode with Qdrant's status and
+    text instead of grpcio's bare UNKNOWN; other handlers unchanged."""
+    if handler is None or handler.unary_unary is None:
+        return handler
+    return handler._replace(request_deserializer=_lenient(handler.request_deserializer),
+                            unary_unary=_guarded(handler.unary_unary))
+
+
 class _DecodeErrors(grpc.GenericRpcHandler):
-    """Answers a message that does not decode with Qdrant's status and text instead of
-    grpcio's bare UNKNOWN; every other call goes to the generated handlers unchanged."""
+    """A generic handler whose unary methods go through _decoding."""
 
     def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self.inner = inner
@@ -85,19 +95,15 @@ class _DecodeErrors(grpc.GenericRpcHandler):
         method = details.method
         handler = self.cache.get(method)
         if handler is None:
-            found = self.inner.service(details)
-            if found is None or found.unary_unary is None:
-                return found
-            handler = found._replace(
-                request_deserializer=_lenient(found.request_deserializer),
-                unary_unary=_guarded(found.unary_unary))
-            self.cache[method] = handler
+            handler = _decoding(self.inner.service(details))
+            if handler is not None:
+                self.cache[method] = handler
         return handler
 
 
 class _Registry:
     """What the generated add_*Servicer_to_server functions see as the server: their handlers
-    are wrapped in _DecodeErrors on the way in."""
+    are wrapped by _decoding on the way in."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self.server = server
@@ -105,10 +111,24 @@ class _Registry:
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self.server.add_generic_rpc_handlers(tuple(_DecodeErrors(h) for h in handlers))
 
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.server.add_registered_method_handlers(
+            service, {name: _decoding(h) for name, h in handlers.items()})
 
-def build_server(app: Any, routes: list[Any], settings: Settings) -> tuple[grpc.aio.Server, int]:
-    """The server with every service registered and its port bound (not yet started);
-    returns the bound port (port 0 picks a free one, for tests)."""
+
+@dataclass
+class Built:
+    server: grpc.aio.Server
+    port: int  # the bound port (port 0 picks a free one, for tests)
+    bridge: Bridge
+    health: health.aio.HealthServicer
+
+
+SERVICES = ("qdrant.Qdrant", "qdrant.Collections", "qdrant.Points", "qdrant.Snapshots")
+
+
+def build_server(app: Any, routes: list[Any], settings: Settings) -> Built:
+    """The server with every service registered and its port bound (not yet started)."""
     limit = int(settings.service.max_request_size_mb * (1 << 20))
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
@@ -123,18 +143,36 @@ def build_server(app: Any, routes: list[Any], settings: Settings) -> tuple[grpc.
     points_service_pb2_grpc.add_PointsServicer_to_server(PointsService(bridge), registry)
     snapshots_service_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(bridge),
                                                                registry)
+    # the standard health service, open without a key as in Qdrant (probes carry none);
+    # SERVING for the server ("") and each Qdrant service while the server runs
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, registry)
     port = settings.service.grpc_port or 0
     address = _address(settings.service.host, port)
     creds = _credentials(settings)
     bound = server.add_secure_port(address, creds) if creds is not None \
         else server.add_insecure_port(address)
-    return server, bound
+    return Built(server, bound, bridge, checker)
 
 
 async def start(app: Any, routes: list[Any], settings: Settings) -> grpc.aio.Server:
-    server, port = build_server(app, routes, settings)
+    built = build_server(app, routes, settings)
+    server, port = built.server, built.port
     await server.start()
+    for name in SERVICES:
+        await built.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     app.state.grpc_port = port
+    app.state.grpc_bridge = built.bridge
+    app.state.grpc_health = built.health
     log.info("gRPC listening on %s (%s)", _address(settings.service.host, port),
              "TLS" if settings.service.enable_tls else "plaintext")
     return server
+
+
+async def stop(app: Any, server: grpc.aio.Server, grace: float = 5.0,
+               drain: float = 30.0) -> None:
+    """Stop taking calls, give running ones `grace` seconds, then wait (up to `drain`) for
+    handlers still running in worker threads, so the catalog is not closed under them."""
+    await app.state.grpc_health.enter_graceful_shutdown()  # probes see NOT_SERVING
+    await server.stop(grace=grace)
+    await app.state.grpc_bridge.drain(drain)

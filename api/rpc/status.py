@@ -34,6 +34,7 @@ BY_CLASS: dict[str, grpc.StatusCode] = {
     "ChecksumMismatch": grpc.StatusCode.DATA_LOSS,
     "AlreadyExists": grpc.StatusCode.ALREADY_EXISTS,
     "Conflict": grpc.StatusCode.FAILED_PRECONDITION,  # Qdrant's Locked / PreconditionFailed
+    "Cancelled": grpc.StatusCode.CANCELLED,  # engine.tasks: DELETE /tasks/{id} stopped it
 }
 
 

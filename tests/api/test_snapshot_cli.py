@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -229,27 +233,212 @@ def test_download_resumes_after_the_connection_is_cut_half_way(
     assert not Path(str(out) + ".part").exists()
 
 
+def _interrupted(capsys: pytest.CaptureFixture[str], server: QuiverServer,
+                 snapshot: dict[str, Any], out: Path) -> None:
+    """Leave `<out>.part` and its meta as a download cut half-way (no retries) leaves them."""
+    proxy = CutProxy(server.port, cut_after=snapshot["size"] // 2)
+    try:
+        rc, _, err = cli(capsys, "download", snapshot["name"], "-c", snapshot["collection"],
+                         "-o", str(out), "--url", proxy.url, "--retries", "0")
+    finally:
+        proxy.close()
+    assert rc == 3 and proxy.cuts_left == 0, err
+    assert 0 < Path(str(out) + ".part").stat().st_size < snapshot["size"]
+    assert Path(str(out) + ".part.meta").exists() and not out.exists()
+
+
 def test_a_corrupted_partial_file_is_caught_by_the_checksum(
         server: QuiverServer, snapshot: dict[str, Any], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     out, part = tmp_path / "snap", tmp_path / "snap.part"
-    part.write_bytes(np.random.default_rng(1).bytes(snapshot["size"] // 2))  # wrong bytes
+    meta = tmp_path / "snap.part.meta"
+    _interrupted(capsys, server, snapshot, out)
+    part.write_bytes(np.random.default_rng(1).bytes(part.stat().st_size))  # wrong bytes
     args = ("download", snapshot["name"], "-c", snapshot["collection"], "-o", str(out),
             "--url", server.url)
     rc, _, err = cli(capsys, *args)
     assert rc == 4 and "checksum mismatch" in err
-    assert not out.exists() and not part.exists()  # never renamed; the rerun starts afresh
+    assert not out.exists() and not part.exists() and not meta.exists()  # the rerun: afresh
     rc, _, err = cli(capsys, *args)
     assert rc == 0, err
     assert hashlib.sha256(out.read_bytes()).hexdigest() == snapshot["checksum"]
+    assert not meta.exists()
 
     # a complete .part from an interrupted run (before the rename): 416, verified, renamed
     data = out.read_bytes()
     out.unlink()
+    _interrupted(capsys, server, snapshot, out)
     part.write_bytes(data)
     rc, stdout, err = cli(capsys, *args, "--json")
     assert rc == 0, err
     assert json.loads(stdout)["resumed"] == 0 and out.read_bytes() == data
+
+
+def _ranges(proxy: CutProxy) -> list[tuple[int, str | None]]:
+    """(Range start, If-Range) of each request the proxy passed on."""
+    out = []
+    for head in bytes(proxy.sent_upstream).split(b"\r\n\r\n"):
+        m = re.search(rb"(?i)\r\nrange: bytes=(\d+)-", head)
+        if m:
+            v = re.search(rb"(?i)\r\nif-range: ([^\r]*)", head)
+            out.append((int(m[1]), v[1].decode() if v else None))
+    return out
+
+
+def test_a_part_of_another_snapshot_is_never_resumed(
+        server: QuiverServer, snapshot: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """-o reused: a .part with no meta, or a meta naming another snapshot, is discarded and
+    the download starts over (never spliced, so never a checksum mismatch)."""
+    out, part = tmp_path / "snap", tmp_path / "snap.part"
+    meta = tmp_path / "snap.part.meta"
+    args = ("download", snapshot["name"], "-c", snapshot["collection"], "-o", str(out),
+            "--json")
+    stray = np.random.default_rng(2).bytes(snapshot["size"] // 2)
+    _interrupted(capsys, server, snapshot, out)
+    kept = json.loads(meta.read_text())
+    for meta_text in (None, json.dumps(kept | {"name": "other.snapshot"}),
+                      json.dumps(kept | {"snapshot": "full"}),
+                      json.dumps(kept | {"size": kept["size"] + 1}),
+                      json.dumps(kept | {"sha256": "0" * 64}), "{not json"):
+        part.write_bytes(stray)
+        if meta_text is None:
+            meta.unlink(missing_ok=True)
+        else:
+            meta.write_text(meta_text)
+        proxy = CutProxy(server.port, cut_after=1 << 40)  # never cuts: records requests
+        try:
+            rc, stdout, err = cli(capsys, *args, "--url", proxy.url)
+        finally:
+            proxy.close()
+        assert rc == 0, (meta_text, err)
+        assert "starting over" in err and _ranges(proxy) == [], meta_text
+        assert json.loads(stdout)["resumed"] == 0
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == snapshot["checksum"]
+        assert not part.exists() and not meta.exists()
+        out.unlink()
+
+
+def test_a_replaced_snapshot_without_checksum_is_fetched_afresh(
+        server: QuiverServer, snapshot: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No checksum published and the archive replaced under the same name (same size): the
+    first request of the next run already carries If-Range, so the server sends the new
+    archive whole instead of a tail to splice onto the old bytes."""
+    archive = server.storage.parent / "snaps" / snapshot["collection"] / snapshot["name"]
+    out, part = tmp_path / "snap", tmp_path / "snap.part"
+    meta = tmp_path / "snap.part.meta"
+    _interrupted(capsys, server, snapshot, out)
+    old_validator, have = json.loads(meta.read_text())["validator"], part.stat().st_size
+    assert old_validator
+    replacement = np.random.default_rng(3).bytes(snapshot["size"])
+    archive.write_bytes(replacement)
+    os.utime(archive, (time.time() + 5, time.time() + 5))  # a new ETag and Last-Modified
+    Path(str(archive) + ".checksum").unlink()
+    args = ("download", snapshot["name"], "-c", snapshot["collection"], "-o", str(out),
+            "--json")
+
+    proxy = CutProxy(server.port, cut_after=1 << 40)
+    try:
+        rc, stdout, err = cli(capsys, *args, "--url", proxy.url)
+    finally:
+        proxy.close()
+    assert rc == 0, err
+    assert _ranges(proxy) == [(have, old_validator)]  # If-Range from the first request
+    assert out.read_bytes() == replacement and "not verified" in err
+    report = json.loads(stdout)
+    assert report["resumed"] == 0 and not report["verified"]
+    assert not part.exists() and not meta.exists()
+
+    # no checksum and no validator to confirm the part with: never resumed
+    out.unlink()
+    _interrupted(capsys, server, snapshot, out)
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"validator": None}))
+    proxy = CutProxy(server.port, cut_after=1 << 40)
+    try:
+        rc, stdout, err = cli(capsys, *args, "--url", proxy.url)
+    finally:
+        proxy.close()
+    assert rc == 0, err
+    assert _ranges(proxy) == [] and "starting over" in err
+    assert out.read_bytes() == replacement
+
+
+def test_recover_from_a_path_with_url_special_characters(
+        server: QuiverServer, snapshot: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """An absolute path is sent as a percent-encoded file:// URI: '#', '?' and '%' stay part
+    of the file name."""
+    folder = server.storage.parent / "snaps" / snapshot["collection"]
+    odd = folder / "odd #1?x=%41 b.snapshot"
+    shutil.copyfile(folder / snapshot["name"], odd)
+    target = snapshot["collection"] + "_odd"
+    try:
+        rc, out, err = cli(capsys, "recover", str(odd), "-c", target, "--json", "--url",
+                           server.url)
+        assert rc == 0, err
+        assert json.loads(out)["location"] == odd.as_uri()
+        assert _points(server.url, target) == _points(server.url, snapshot["collection"])
+    finally:
+        odd.unlink()
+        httpx.delete(f"{server.url}/collections/{target}")
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """Not Qdrant: an HTML page (a proxy's, a captive portal's), a body that does not decode,
+    a snapshot whose download does not decode, or no answer in time."""
+
+    def _answer(self) -> None:
+        head = {"content-type": "application/json"}
+        if self.path.startswith("/html/"):
+            body, head = b"<html>please log in</html>", {"content-type": "text/html"}
+        elif self.path.startswith("/gzip/") or self.path.startswith("/baddl/snapshots/"):
+            body, head["content-encoding"] = b"not gzip at all", "gzip"
+        elif self.path.startswith("/baddl/"):
+            body = json.dumps({"result": [{"name": "s.snapshot", "size": 15,
+                                           "checksum": "0" * 64}]}).encode()
+        else:  # /slow/
+            time.sleep(2)
+            body = b"{}"
+        self.send_response(200)
+        for k, v in head.items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_answers_that_are_not_qdrants_are_server_errors(
+        stub: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-JSON 200 or an undecodable body: exit 1 with a message, never a traceback;
+    a timeout stays 3."""
+    for argv, code, message in [
+            (["list", "--full", "--url", f"{stub}/html"], 1, "not Qdrant's JSON"),
+            (["create", "--full", "--url", f"{stub}/html"], 1, "not Qdrant's JSON"),
+            (["download", "x.snapshot", "--full", "-o", str(tmp_path / "x"), "--url",
+              f"{stub}/html"], 1, "not Qdrant's JSON"),
+            (["list", "--full", "--url", f"{stub}/gzip"], 1, "bad answer"),
+            (["download", "s.snapshot", "--full", "-o", str(tmp_path / "s"), "--url",
+              f"{stub}/baddl"], 1, "bad answer"),
+            (["list", "--full", "--url", f"{stub}/slow", "--timeout", "0.3"], 3, "timed out")]:
+        rc, _, err = cli(capsys, *argv)
+        assert rc == code and message in err, (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_exit_codes(server: QuiverServer, snapshot: dict[str, Any], tmp_path: Path,

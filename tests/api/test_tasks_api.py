@@ -3,15 +3,24 @@ of snapshot answers, the tasks in /telemetry and /metrics, and who may see and c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio.to_thread
+import grpc
 import httpx
 import pytest
 from server import QuiverServer
+from starlette.applications import Starlette
 
 from api.auth import Access, Need, need_of
+from api.errors import status_of
+from api.routes import tasks as task_routes
+from api.rpc.status import code_of
+from engine import tasks
+from engine.tasks import Cancelled, TaskRegistry
 
 
 @pytest.fixture
@@ -150,3 +159,102 @@ def test_upload_and_url_recoveries_are_tasks(client: httpx.Client, collection_na
     for suffix in ("_up", "_url"):
         count = client.post(f"/collections/{collection_name}{suffix}/points/count", json={})
         assert count.json()["result"]["count"] == 50
+
+
+# ---- in process: the DELETE wait, the answers, telemetry ----------------------------------
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> TaskRegistry:
+    reg = TaskRegistry()
+    monkeypatch.setattr(tasks, "registry", reg)
+    return reg
+
+
+def in_process(requests: Any) -> Any:
+    """Run `requests(client)` against the task routes in this process, with a worker pool of
+    ONE thread (the routes' sync handlers run there)."""
+
+    async def main() -> Any:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+        transport = httpx.ASGITransport(app=Starlette(routes=task_routes.routes))
+        async with httpx.AsyncClient(transport=transport, base_url="http://quiver") as c:
+            return await requests(c)
+
+    return asyncio.run(main())
+
+
+def test_cancel_waits_hold_no_worker_thread(registry: TaskRegistry) -> None:
+    """Fifty DELETE ?wait=true on a task that has not stopped yet: a route that needs the
+    (one-thread) pool still answers at once, and every waiter gets the final state."""
+    task = registry.start("snapshot_create", "c", cancellable=True)
+
+    async def requests(c: httpx.AsyncClient) -> tuple[httpx.Response, list[httpx.Response]]:
+        waits = [asyncio.create_task(c.delete(f"/tasks/{task.id}?wait=true&timeout=60"))
+                 for _ in range(50)]
+        await asyncio.sleep(0.2)
+        seen = await asyncio.wait_for(c.get(f"/tasks/{task.id}"), 5)
+        assert not any(w.done() for w in waits)
+        registry.finish(task, Cancelled("stopped at its next report"))  # the work noticed
+        return seen, await asyncio.wait_for(asyncio.gather(*waits), 5)
+
+    seen, answers = in_process(requests)
+    assert seen.status_code == 200 and seen.json()["result"]["cancel_requested"]
+    for r in answers:
+        assert r.status_code == 200, r.text
+        doc = r.json()["result"]
+        assert (doc["outcome"], doc["cancel"]) == ("cancelled", "done")
+
+
+def test_cancel_answer_says_what_became_of_it(registry: TaskRegistry) -> None:
+    slow = registry.start("snapshot_create", "c", cancellable=True)
+    late = registry.start("snapshot_recover", "c", cancellable=True)
+    build = registry.start("index_build", "c", unit="rows")
+    parent = registry.start("snapshot_create_full", cancellable=True)
+    child = registry.start("snapshot_create", "c", cancellable=True, parent=parent)
+    child.irreversible("publishing")
+
+    async def requests(c: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        out = {"asked": await c.delete(f"/tasks/{slow.id}"),
+               "timed_out": await c.delete(f"/tasks/{slow.id}?wait=true&timeout=0.2")}
+        waiting = asyncio.create_task(c.delete(f"/tasks/{late.id}?wait=true"))
+        await asyncio.sleep(0.1)
+        registry.finish(late)  # it had no progress report left: it ends "ok" all the same
+        out["too_late"] = await asyncio.wait_for(waiting, 5)
+        for name, task in (("over", late), ("build", build), ("parent", parent),
+                           ("child", child)):
+            out[name] = await c.delete(f"/tasks/{task.id}")
+        out["bad_timeout"] = await c.delete(f"/tasks/{slow.id}?wait=true&timeout=301")
+        return out
+
+    r = in_process(requests)
+    for name in ("asked", "timed_out"):
+        doc = r[name].json()["result"]
+        assert r[name].status_code == 200
+        assert (doc["outcome"], doc["cancel"], doc["cancel_requested"]) == \
+            ("running", "requested", True)
+    doc = r["too_late"].json()["result"]
+    assert (doc["outcome"], doc["cancel"]) == ("ok", "too_late")
+    expected = {"over": "already over", "build": "no cancellation point",
+                "parent": "a task it started is past its point of no return",
+                "child": "past its point of no return (phase: publishing)"}
+    for name, words in expected.items():
+        assert r[name].status_code == 409 and words in r[name].json()["status"]["error"]
+    assert r["bad_timeout"].status_code == 400
+    assert slow.outcome == "running"  # a refused request asks nothing
+
+
+def test_cancelled_answers_400_over_rest_and_cancelled_over_grpc() -> None:
+    exc = Cancelled("task t (snapshot_create) was cancelled")
+    assert status_of(exc) == 400 and exc.message.startswith("Cancelled: ")
+    assert code_of(exc) == grpc.StatusCode.CANCELLED
+
+
+def test_telemetry_lists_running_and_newest_finished(registry: TaskRegistry) -> None:
+    running = registry.start("snapshot_recover", "c", cancellable=True)
+    done = []
+    for _ in range(task_routes.TELEMETRY_FINISHED + 7):
+        with registry.run("index_build", unit="rows") as t:
+            done.append(t.id)
+    listed = [doc["id"] for doc in task_routes.telemetry_tasks()]
+    assert listed == [running.id] + done[-task_routes.TELEMETRY_FINISHED:]

@@ -158,7 +158,12 @@ def test_kill9_mid_grpc_writes_keeps_every_acknowledged_write(tmp_path: Path,
                 for t, led in enumerate(fresh)]
             for t in threads:
                 t.start()
-            time.sleep(rnd.uniform(0.8, 1.8))
+            # every writer has had writes acknowledged (a loaded machine may take a while to
+            # connect), then a random while more
+            deadline = time.monotonic() + 60
+            while not all(led.acks for led in fresh) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rnd.uniform(0.3, 1.0))
             srv.kill9()
             stop.set()
             for t in threads:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import qdrant_client.grpc as pb
@@ -591,3 +592,28 @@ def test_upsert_fast_form_is_what_the_write_parser_takes() -> None:
                    [models.PointStruct(id=1, vector=[1.0, 2.0]),
                     models.PointStruct(id=2, vector=[3.0])]):
         assert fast_upsert_body(msg(points)) is None, points
+
+
+def _rpc_count(server: Any, method: str, code: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    line = f'quiver_grpc_requests_total{{method="{method}",code="{code}"}} '
+    return sum(float(x[len(line):]) for x in text.splitlines() if x.startswith(line))
+
+
+def test_an_upsert_refused_on_the_fast_path_is_counted_once(clients: Any, server: Any) -> None:
+    """The dense fast path's refusal is retried on the general form for REST's message: the
+    metrics still count one call, with its final code."""
+    g, r = clients
+    name = _name("metric")
+    r.create_collection(name, vectors_config=models.VectorParams(
+        size=DIM, distance=models.Distance.DOT))
+    msg = pb.UpsertPoints(collection_name=name, wait=True, points=[pb.PointStruct(
+        id=_pid(1), vectors=pb.Vectors(vector=pb.Vector(
+            dense=pb.DenseVector(data=[0.5] * (DIM + 1)))))])
+    bad, good = (_rpc_count(server, "Upsert", c) for c in ("INVALID_ARGUMENT", "OK"))
+    _grpc_error(g.grpc_points.Upsert, msg)
+    assert _rpc_count(server, "Upsert", "INVALID_ARGUMENT") == bad + 1
+    assert _rpc_count(server, "Upsert", "OK") == good
+    g.upsert(name, [models.PointStruct(id=2, vector=[0.5] * DIM)], wait=True)
+    assert _rpc_count(server, "Upsert", "OK") == good + 1
+    assert _rpc_count(server, "Upsert", "INVALID_ARGUMENT") == bad + 1

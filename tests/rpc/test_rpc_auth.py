@@ -26,6 +26,7 @@ import httpx
 import jwt
 import pytest
 import qdrant_client.grpc as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from qdrant_client import QdrantClient, models
 from server import QuiverServer, free_port
 
@@ -216,6 +217,32 @@ def test_health_check_needs_no_key(channel: grpc.Channel, md: Md) -> None:
     reply = pb.QdrantStub(channel).HealthCheck(pb.HealthCheckRequest(), metadata=md,
                                                timeout=30)
     assert reply.title == "quiver - vector search engine" and reply.version
+
+
+@pytest.mark.parametrize("md", [[], [("api-key", "wrong")]], ids=["none", "wrong"])
+def test_standard_health_service_needs_no_key(channel: grpc.Channel, md: Md) -> None:
+    """grpc.health.v1.Health, what Kubernetes' gRPC probes ask: open, as in Qdrant."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "qdrant.Points", "qdrant.Collections"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), metadata=md,
+                           timeout=30)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=30)
+    assert err.value.code() == StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("name", ["docs/../other", "", "docs/points"])
+def test_a_collection_name_is_one_path_segment(secured: QuiverServer, channel: grpc.Channel,
+                                               name: str) -> None:
+    """The access decision is made on the REST path an RPC stands for: a name that would
+    spill into other path segments (or none) is refused before anything runs."""
+    err = _fails(_stub(channel, "Points").Upsert,
+                 pb.UpsertPoints(collection_name=name, wait=True, points=[POINT]),
+                 [("api-key", KEY)])
+    assert err.code() == StatusCode.INVALID_ARGUMENT, err.details()
+    assert "collection_name" in err.details()
+    _unchanged(secured)
 
 
 # ---- the read-only key -------------------------------------------------------------------------

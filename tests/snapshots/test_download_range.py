@@ -10,16 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 from moto_s3 import moto_s3, s3_env
 from server import QuiverServer
+from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse
 from starlette.responses import RangeNotSatisfiable as StarletteUnsatisfiable
 
+import api.snapshot_cli
 from api.cli import main as quiver
-from snapshots.storage import RangeNotSatisfiable, parse_range
+from api.routes.snapshots import _ClosingStream
+from snapshots.storage import BodyChunks, RangeNotSatisfiable, parse_range
 
 BUCKET = "quiver-range"
 
@@ -164,17 +168,134 @@ def test_s3_ignores_what_a_server_may_ignore(snap: Snap) -> None:
         assert r.status_code == 200 and r.content == snap.data, header
 
 
+class _StopHalfWay:
+    """A progress bar that interrupts the download (Ctrl-C) once half the archive is in."""
+
+    def __init__(self, *args: Any, total: int, **kw: Any) -> None:
+        self.total, self.n = total, 0
+
+    def __enter__(self) -> _StopHalfWay:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if self.n >= self.total // 2:
+            raise KeyboardInterrupt
+
+
 def test_cli_resumes_an_s3_download_from_its_part_file(snap: Snap, backend: QuiverServer,
                                                        tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """A `.part` left by an interrupted run is completed with a ranged request, verified
-    and renamed; for the local and the S3 backend alike."""
+    """The `.part` (and its meta) left by an interrupted run is completed with a ranged
+    request, verified and renamed; for the local and the S3 backend alike."""
     out = tmp_path / snap.name
-    Path(str(out) + ".part").write_bytes(snap.data[: snap.size // 2])
+    part, meta = Path(str(out) + ".part"), Path(str(out) + ".part.meta")
     coll = snap.url.split("/collections/")[1].split("/")[0]
-    rc = quiver(["snapshot", "download", snap.name, "-c", coll, "-o", str(out), "--url",
-                 backend.url, "--json", "--no-progress"])
+    argv = ["snapshot", "download", snap.name, "-c", coll, "-o", str(out), "--url",
+            backend.url, "--json", "--no-progress"]
+    with monkeypatch.context() as m:
+        m.setattr(api.snapshot_cli, "_bar", lambda args, total, *a: _StopHalfWay(total=total))
+        assert quiver(argv) == 130  # interrupted
+    assert 0 < part.stat().st_size < snap.size and part.read_bytes() == \
+        snap.data[: part.stat().st_size]
+    assert json.loads(meta.read_text())["validator"] in (snap.headers["etag"],
+                                                         snap.headers["last-modified"])
+    capsys.readouterr()
+    rc = quiver(argv)
     assert rc == 0, capsys.readouterr().err
-    assert out.read_bytes() == snap.data and not Path(str(out) + ".part").exists()
+    assert out.read_bytes() == snap.data and not part.exists() and not meta.exists()
     report = json.loads(capsys.readouterr().out)
     assert report["resumed"] == 1 and report["verified"] and report["sha256"] == snap.checksum
+
+
+# ---- the S3 body is closed on every path ----------------------------------------------------
+
+class _Body:
+    """A botocore StreamingBody stand-in: counts close() calls; may fail after its chunks."""
+
+    def __init__(self, chunks: list[bytes], fail: bool = False) -> None:
+        self.chunks, self.fail, self.closed = chunks, fail, 0
+
+    def iter_chunks(self, size: int) -> Iterator[bytes]:
+        yield from self.chunks
+        if self.fail:
+            raise RuntimeError("connection reset")  # as botocore's ResponseStreamingError
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_body_chunks_close_the_body_on_every_path() -> None:
+    body = _Body([b"a", b"b"])
+    chunks = BodyChunks(body)
+    chunks.close()  # before the first chunk: a generator's close() would skip its finally
+    assert body.closed == 1 and chunks.closed and list(chunks) == []
+    chunks.close()
+    assert body.closed == 1
+
+    body = _Body([b"a", b"b"])
+    assert list(BodyChunks(body)) == [b"a", b"b"] and body.closed == 1  # the end
+
+    body = _Body([b"a"], fail=True)
+    chunks = BodyChunks(body)
+    assert next(chunks) == b"a" and body.closed == 0
+    with pytest.raises(RuntimeError):
+        next(chunks)
+    assert body.closed == 1  # a failed read
+
+    empty = BodyChunks(None)  # an empty range: no GetObject at all
+    assert list(empty) == [] and empty.closed
+    empty.close()
+
+
+def _serve(response: _ClosingStream, spec: str, receive: Any, send: Any) -> None:
+    scope = {"type": "http", "asgi": {"spec_version": spec}}
+    anyio.run(response, scope, receive, send)
+
+
+def test_the_download_response_closes_the_body_on_every_path() -> None:
+    """The route's streaming answer closes the S3 body at the end, on a failed read, and
+    when the client hangs up before the first chunk or half-way (ASGI 2.0 and 2.4)."""
+    async def never() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        return {}
+
+    async def hung_up() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    sent: list[bytes] = []
+
+    async def collect(message: dict[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+
+    async def stalled(message: dict[str, Any]) -> None:
+        await anyio.sleep_forever()
+
+    async def gone_after_start(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("client gone")
+
+    for spec in ("2.0", "2.4"):
+        body = _Body([b"x" * 10, b"y" * 5])  # the end
+        sent.clear()
+        _serve(_ClosingStream(BodyChunks(body), status_code=200), spec, never, collect)
+        assert b"".join(sent) == b"x" * 10 + b"y" * 5 and body.closed == 1, spec
+
+        body = _Body([b"x"], fail=True)  # a failed read half-way
+        with pytest.raises(BaseException) as failed:  # in an ExceptionGroup with ASGI 2.0
+            _serve(_ClosingStream(BodyChunks(body), status_code=200), spec, never, collect)
+        assert "connection reset" in repr(failed.value) and body.closed == 1, spec
+
+    body = _Body([b"x"])  # ASGI 2.0: a disconnect before the first chunk was pulled
+    _serve(_ClosingStream(BodyChunks(body), status_code=200), "2.0", hung_up, stalled)
+    assert body.closed == 1
+
+    body = _Body([b"x", b"y"])  # ASGI 2.4: the send fails once the client is gone
+    with pytest.raises(ClientDisconnect):
+        _serve(_ClosingStream(BodyChunks(body), status_code=200), "2.4", never,
+               gone_after_start)
+    assert body.closed == 1

@@ -5,8 +5,10 @@ ledger, pruned by the policy (never a user's, never the newest good one), surviv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from api.parse.writes import apply_body
 from api.settings import SettingsError, as_dict, validate
+from engine import tasks
 from engine.catalog import Catalog
 from engine.errors import StorageFull
 from snapshots import schedule as schedule_mod
@@ -399,3 +402,200 @@ def test_ledger_is_kept_out_of_collection_listings(manager: SnapshotManager,
     Scheduler(manager, catalog, _config(full=True, interval="1h"), clock=clock).tick()
     assert [s.name for s in manager.list_full()] == list(_ledger(manager)[""])
     assert LEDGER_DIR not in catalog.names()
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+def test_a_schedule_naming_an_alias_is_kept_under_its_collection(
+        manager: SnapshotManager, catalog: Catalog) -> None:
+    catalog.create("real", {"vectors": {"size": 4, "distance": "Dot"}})
+    catalog.update_aliases([{"create_alias": {"collection_name": "real", "alias_name": "prod"}}])
+    clock = Clock()
+    config = _config(collections=["prod"], interval="1h", keep_last=1)
+    sched = Scheduler(manager, catalog, config, clock=clock)
+    assert sched.tick() == 1
+    [first] = _ledger(manager)["real"]
+    assert _metric(sched, "last_success_timestamp_seconds", "real") == T0
+    clock.t += HOUR / 2  # restarted within the interval: nothing runs, the metrics remember
+    again = Scheduler(manager, catalog, config, clock=clock)
+    assert again.tick() == 0
+    assert _names(manager, "real") == {first}
+    assert _metric(again, "last_success_timestamp_seconds", "real") == T0
+    assert _metric(again, "next_run_timestamp_seconds", "real") == T0 + HOUR
+    clock.t = T0 + HOUR
+    assert again.tick() == 1  # on time, and pruned under the same key
+    assert len(_names(manager, "real")) == 1 and first not in _names(manager, "real")
+    # the alias re-pointed: the schedule follows it, reporting the collection it now names
+    catalog.update_aliases([{"create_alias": {"collection_name": "b", "alias_name": "prod"}}])
+    assert again.tick() == 1
+    metrics = "\n".join(_render(again))
+    assert 'collection="b"' in metrics and 'collection="real"' not in metrics
+    assert set(_ledger(manager)) == {"real", "b"}
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def _slow_archive(manager: SnapshotManager, monkeypatch: pytest.MonkeyPatch,
+                  cancellable: bool) -> threading.Event:
+    """Snapshot creation that takes long: checking for cancellation as it goes, or deaf to
+    it for 2 s. Returns the event set once it started."""
+    started = threading.Event()
+
+    def write(collection: str, dest: str) -> tuple[str, str, int]:
+        with open(dest, "wb") as f:
+            f.write(b"partial")
+        started.set()
+        deadline = time.monotonic() + 30
+        if not cancellable:
+            time.sleep(2)
+        while time.monotonic() < deadline:
+            tasks.checkpoint()
+            time.sleep(0.01)
+        raise AssertionError("never cancelled")
+    monkeypatch.setattr(manager, "write_collection_archive", write)
+    return started
+
+
+def _leftovers(manager: SnapshotManager) -> list[str]:
+    return os.listdir(manager.tmp) + [s.name for s in manager.list("a")]
+
+
+def test_stop_cancels_the_snapshot_in_progress(manager: SnapshotManager, catalog: Catalog,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _slow_archive(manager, monkeypatch, cancellable=True)
+    sched = Scheduler(manager, catalog, _config(collections=["a"], interval="1h"))
+    sched.start()
+    assert started.wait(30)
+    [task] = [t for t in tasks.registry.list(running_only=True)
+              if t.kind == "snapshot_create" and t.collection == "a"]
+    began = time.monotonic()
+    sched.stop(timeout=20)
+    assert time.monotonic() - began < 5 and sched._thread is None
+    assert task.outcome == tasks.CANCELLED
+    assert _leftovers(manager) == [] and _ledger(manager) == {}
+    assert _metric(sched, "failures_total", "a") == 0  # stopping is no failure
+
+
+def test_stop_waits_a_bounded_time(manager: SnapshotManager, catalog: Catalog,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    started = _slow_archive(manager, monkeypatch, cancellable=False)
+    sched = Scheduler(manager, catalog, _config(collections=["a"], interval="1h"))
+    sched.start()
+    assert started.wait(30)
+    thread = sched._thread
+    assert thread is not None
+    began = time.monotonic()
+    sched.stop(timeout=0.2)
+    assert time.monotonic() - began < 1.5 and thread.is_alive()
+    assert "did not stop within 0.2s" in caplog.text
+    thread.join(30)  # it ends at its next cancellation point, leaving nothing behind
+    assert not thread.is_alive()
+    assert _leftovers(manager) == [] and _ledger(manager) == {}
+
+
+# --------------------------------------------------------------------------- ledger durability
+
+
+def test_ledger_directory_is_durable_and_stale_writes_removed(
+        manager: SnapshotManager, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync_dir = schedule_mod.fsync_dir
+
+    def fsync_dir(path: str) -> None:
+        synced.append(os.path.abspath(path))
+        real_fsync_dir(path)
+    monkeypatch.setattr(schedule_mod, "fsync_dir", fsync_dir)
+    Scheduler(manager, catalog, _config(collections=["a"], interval="1h"), clock=Clock()).tick()
+    assert manager.root in synced  # the new .schedules entry in the snapshots root
+    # a kill -9 during a ledger write leaves engine.durable's temp file: removed at start-up
+    ledgers = os.path.join(manager.root, LEDGER_DIR)
+    stale = os.path.join(ledgers, f".tmp-{'ab' * 16}-default.json")
+    other = os.path.join(ledgers, "notes.txt")
+    for path in (stale, other):
+        with open(path, "w") as f:
+            f.write("{")
+    clock = Clock(T0 + HOUR / 2)
+    assert Scheduler(manager, catalog, _config(collections=["a"], interval="1h"),
+                     clock=clock).tick() == 0
+    assert sorted(os.listdir(ledgers)) == ["default.json", "notes.txt"]
+
+
+def test_a_ledger_that_cannot_be_saved_fails_the_run_and_leaves_nothing(
+        manager: SnapshotManager, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    sched = Scheduler(manager, catalog, _config(collections=["a"], interval="1h", keep_last=1),
+                      clock=clock)
+
+    def full_disk(path: str, data: bytes) -> None:
+        raise StorageFull("writing default.json")
+    monkeypatch.setattr(schedule_mod, "write_atomic", full_disk)
+    for failures in (1, 2, 3):  # every retry: no snapshot piles up
+        assert sched.tick() == 1
+        assert _metric(sched, "failures_total", "a") == failures
+        assert _names(manager, "a") == set() and _ledger(manager) == {}
+        assert sched.ledgers["default"].folders.get("a", {}) == {}
+        clock.t += 600
+    monkeypatch.undo()
+    assert sched.tick() == 1
+    assert _names(manager, "a") == set(_ledger(manager)["a"]) and len(_names(manager, "a")) == 1
+    assert _metric(sched, "last_success_timestamp_seconds", "a") == clock.t
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def _republish(manager: SnapshotManager, collection: str, name: str, data: bytes) -> None:
+    """What an upload under an existing name does: another archive, same name."""
+    tmp = os.path.join(manager.tmp, "upload.part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    manager.store.publish(tmp, collection, name, hashlib.sha256(data).hexdigest())
+
+
+def test_an_upload_reusing_a_ledger_name_is_never_pruned(manager: SnapshotManager,
+                                                         catalog: Catalog) -> None:
+    clock = Clock()
+    config = _config(collections=["a", "b"], interval="1h", keep_last=1)
+    sched = Scheduler(manager, catalog, config, clock=clock)
+    assert sched.tick() == 2
+    [ours_a] = _names(manager, "a")
+    [ours_b] = _names(manager, "b")
+    assert json.loads(Path(manager.root, LEDGER_DIR, "default.json").read_text())[
+        "checksums"]["a"] == {ours_a: manager.list("a")[0].checksum}
+    _republish(manager, "a", ours_a, b"a user's upload")
+    clock.t += HOUR
+    assert sched.tick() == 2
+    assert ours_a in _names(manager, "a")  # the user's: kept, and no longer in the ledger
+    assert ours_a not in _ledger(manager)["a"] and len(_ledger(manager)["a"]) == 1
+    assert ours_b not in _names(manager, "b")  # the schedule's own: pruned as before
+    # replaced while the server was down: forgotten at start-up (its time no longer counts)
+    [ours_b] = _names(manager, "b")
+    _republish(manager, "b", ours_b, b"another upload")
+    clock.t += HOUR / 2
+    again = Scheduler(manager, catalog, config, clock=clock)
+    assert again.tick() == 1  # b has no snapshot of the schedule's any more: runs at once
+    assert ours_b in _names(manager, "b") and ours_b not in _ledger(manager)["b"]
+    assert _metric(again, "failures_total", "a") == 0
+
+
+def test_a_ledger_without_checksums_still_loads_and_never_deletes_unconfirmed(
+        manager: SnapshotManager, catalog: Catalog) -> None:
+    clock = Clock()
+    config = _config(collections=["a"], interval="1h", keep_last=1)
+    assert Scheduler(manager, catalog, config, clock=clock).tick() == 1
+    [old] = _names(manager, "a")
+    path = Path(manager.root, LEDGER_DIR, "default.json")
+    path.write_text(json.dumps({"folders": _ledger(manager)}))  # as written before checksums
+    clock.t += HOUR / 2
+    sched = Scheduler(manager, catalog, config, clock=clock)
+    assert sched.tick() == 0  # its snapshot still counts for the next run
+    assert _metric(sched, "last_success_timestamp_seconds", "a") == T0
+    clock.t = T0 + HOUR
+    assert sched.tick() == 1
+    # the policy would prune the old one, but its sha256 cannot be confirmed: it is kept
+    # and no longer the schedule's
+    assert old in _names(manager, "a") and len(_names(manager, "a")) == 2
+    assert set(_ledger(manager)["a"]) == _names(manager, "a") - {old}

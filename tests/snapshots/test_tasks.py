@@ -122,12 +122,119 @@ def test_child_stops_with_its_parent() -> None:
     assert (parent.outcome, child.outcome) == ("cancelled", "cancelled")
 
 
-def test_finished_tasks_are_bounded() -> None:
+def test_point_of_no_return_holds_against_the_parent() -> None:
+    """Past its point of no return a task's checkpoints never raise, and cancelling it, its
+    parent (while it runs) or a task it starts is refused."""
     reg = TaskRegistry()
-    for _ in range(tasks.KEEP_FINISHED + 5):
-        with reg.run("index_build", unit="rows"):
-            pass
-    assert len(reg.list()) == tasks.KEEP_FINISHED
+    with reg.run("snapshot_create_full", cancellable=True) as parent:
+        with reg.run("snapshot_create", cancellable=True) as child:
+            child.advance(1)
+            child.irreversible("publishing")
+            assert parent.try_cancel() is not None and not parent.cancel()
+            assert not child.cancel()
+            with reg.run("s3_upload", cancellable=True) as grandchild:
+                assert not grandchild.cancel()
+            child.advance(1)  # no raise: nothing was asked for
+            child.checkpoint()
+            assert not parent.cancel_requested and not child.cancel_requested
+        assert child.outcome == "ok"
+        assert parent.cancel()  # the child is over: the parent's own work may stop again
+        with pytest.raises(Cancelled):
+            parent.checkpoint()
+    # the flag of a parent set before the child's point of no return wins there
+    with pytest.raises(Cancelled), reg.run("snapshot_create_full", cancellable=True) as p2:
+        with reg.run("snapshot_create", cancellable=True) as c2:
+            assert p2.cancel()
+            c2.irreversible("publishing")
+    assert (p2.outcome, c2.outcome) == ("cancelled", "cancelled")
+
+
+def test_point_of_no_return_races_cancel() -> None:
+    """A parent's cancel against a child's point of no return, from two threads: either the
+    cancel is refused and the child runs to "ok" without a raise, or it is accepted and the
+    child's irreversible() raises; never accepted with the child past its point."""
+    for _ in range(300):
+        reg = TaskRegistry()
+        accepted: list[bool] = []
+        past: list[bool] = []
+        with reg.run("snapshot_create_full", cancellable=True) as parent:
+            child = reg.start("snapshot_create", cancellable=True, parent=parent)
+            go = threading.Barrier(2)
+
+            def cancel_parent(p: tasks.Task, go: threading.Barrier,
+                              accepted: list[bool]) -> None:
+                go.wait()
+                accepted.append(p.cancel())
+
+            t = threading.Thread(target=cancel_parent, args=(parent, go, accepted))
+            t.start()
+            try:
+                with reg.run("snapshot_create", cancellable=True, task=child):
+                    go.wait()
+                    child.irreversible("publishing")
+                    past.append(True)
+                    t.join()  # the cancel answered while the child is past its point
+                    for _ in range(3):
+                        child.advance(1)
+            except Cancelled:
+                pass
+            t.join()
+        if past:  # the point of no return won: refused, and the work ran to its end
+            assert not accepted[0] and child.outcome == "ok"
+        else:  # the cancel won: the point of no return raised, nothing was committed
+            assert accepted[0] and child.outcome == "cancelled"
+
+
+def test_wait_for_the_outcome() -> None:
+    reg = TaskRegistry()
+    task = reg.start("snapshot_create", cancellable=True)
+    assert not task.over and not task.wait(0.01)
+    threading.Timer(0.05, reg.finish, (task,)).start()
+    assert task.wait(5) and task.over and task.outcome == "ok"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def finish_some(reg: TaskRegistry, kind: str, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        with reg.run(kind) as task:
+            ids.append(task.id)
+    return ids
+
+
+def test_finished_tasks_are_kept_per_kind() -> None:
+    """A flood of one kind (index builds) never pushes another kind's outcome out."""
+    clock = Clock()
+    reg = TaskRegistry(keep_per_kind=10, keep_young_s=600, max_finished=1000, clock=clock)
+    snaps = finish_some(reg, "snapshot_create", 3)
+    clock.now += 601
+    builds = finish_some(reg, "index_build", 200)  # young: all kept
+    kept = {t.id for t in reg.list()}
+    assert set(snaps) <= kept and set(builds) <= kept
+    clock.now += 601  # now they are old: the newest 10 builds stay, and every snapshot
+    assert {t.id for t in reg.list()} == set(snaps) | set(builds[-10:])
+    running = reg.start("index_build")
+    finish_some(reg, "index_build", 5)
+    assert running in reg.list() and set(snaps) <= {t.id for t in reg.list()}
+
+
+def test_young_finished_tasks_stay_until_the_hard_cap() -> None:
+    clock = Clock()
+    reg = TaskRegistry(keep_per_kind=2, keep_young_s=600, max_finished=50, clock=clock)
+    snap = finish_some(reg, "snapshot_create", 1)
+    clock.now += 1
+    builds = finish_some(reg, "index_build", 60)  # all young: the cap drops the oldest
+    ids = [t.id for t in reg.list()]
+    assert len(ids) == 50 and ids == builds[-50:] and snap[0] not in ids
+    assert tasks.KEEP_FINISHED_PER_KIND >= 100 and tasks.KEEP_FINISHED_YOUNG_S >= 600
+    assert tasks.MAX_FINISHED >= 5000
 
 
 # ---- snapshots reporting to tasks ---------------------------------------------------------

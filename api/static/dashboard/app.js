@@ -675,8 +675,11 @@
     async function cancel(id) {
       if (!(await confirmDialog(`Cancel task ${id}? Its work stops and is cleaned up.`, "Cancel task"))) return;
       try {
-        await api("DELETE", `/tasks/${enc(id)}?wait=true&timeout=10`);
-        say(`Task ${id} cancelled.`);
+        const t = await api("DELETE", `/tasks/${enc(id)}?wait=true&timeout=10`);
+        // a 200 means the stop was asked for; the task's outcome says what happened
+        if (t.cancel === "done" || t.outcome === "cancelled") say(`Task ${id} cancelled.`);
+        else if (t.cancel === "too_late") say(`Task ${id} ended (${t.outcome}) before it could stop.`);
+        else say(`Task ${id}: cancellation requested; still stopping.`);
       } catch (e) { say(e.message, "error"); }
       tick();
     }
