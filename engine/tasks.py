@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import UserError
+from engine.errors import Conflict
 
 RUNNING, OK, FAILED, CANCELLED = "running", "ok", "failed", "cancelled"
 # Finished tasks kept for GET /tasks: the newest KEEP_FINISHED_PER_KIND of each kind, and
@@ -54,8 +54,10 @@ KINDS = ("snapshot_create", "snapshot_create_full", "snapshot_recover", "s3_uplo
 OUTCOMES = (OK, FAILED, CANCELLED)
 
 
-class Cancelled(UserError):
-    """The task was cancelled (DELETE /tasks/{id}); its work stops and cleans up."""
+class Cancelled(Conflict):
+    """The task was cancelled (DELETE /tasks/{id}); its work stops and cleans up. A caller
+    waiting on the operation gets 409 over REST (the operation conflicted with a cancel; not
+    a client error to fix and resend as is) and CANCELLED over gRPC."""
 
     prefix = "Cancelled: "
 

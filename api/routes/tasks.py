@@ -7,9 +7,9 @@ is a global read and DELETE needs manage access (api.auth.need_of classifies the
 Access.refusal refuses both to a JWT scoped to collections: such a token never gets here).
 
 Cancelled work ends with outcome "cancelled". A request that was waiting for it (a snapshot
-create or recover with wait=true) answers 400 "Cancelled: task ... was cancelled" over REST
-(engine.tasks.Cancelled is a UserError: the client asked for the stop) and CANCELLED over
-gRPC (api/rpc/status.py).
+create or recover with wait=true) answers 409 "Cancelled: task ... was cancelled" over REST
+(engine.tasks.Cancelled is a Conflict: the operation met a cancel) and CANCELLED over gRPC
+(api/rpc/status.py).
 """
 
 from __future__ import annotations

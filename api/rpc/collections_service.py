@@ -18,17 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from qdrant_client.grpc import collections_pb2, collections_service_pb2_grpc
 from qdrant_client.http import models
 
-from api.auth import TokenRefused
-from api.qdrant_paths import not_served
 from api.rpc.convert import GrpcToRest, RestToGrpc, jsonable, payload_json, rest_body, rest_model
 from api.rpc.dispatch import Bridge
-from api.rpc.status import code_of_http
 from engine.errors import BadRequest
 
 C = "/collections/{collection_name}"
@@ -161,16 +157,10 @@ class CollectionsService(collections_service_pb2_grpc.CollectionsServicer):
         return collections_pb2.CollectionOperationResponse(result=bool(res),
                                                            time=time.perf_counter() - started)
 
-    async def _not_served(self, context: Any, msg: Any, method: str, template: str) -> Any:
+    async def _not_served(self, context: Any, rpc: str, msg: Any, method: str,
+                          template: str) -> Any:
         """What REST answers (after its API-key check) for an operation it does not serve."""
-        try:
-            self.bridge.authorize(context.invocation_metadata(), method,
-                                  template.format(**_coll(msg)))
-        except TokenRefused as exc:
-            await context.abort(code_of_http(exc.status), exc.message)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            BadRequest(not_served(method, template)).message)
-        raise AssertionError("unreachable")
+        await self.bridge.unserved(context, rpc, method, template, _coll(msg))
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -249,16 +239,16 @@ class CollectionsService(collections_service_pb2_grpc.CollectionsServicer):
     async def UpdateCollectionClusterSetup(  # noqa: N802
             self, request: collections_pb2.UpdateCollectionClusterSetupRequest,
             context: Any) -> collections_pb2.UpdateCollectionClusterSetupResponse:
-        return await self._not_served(context, request, "POST", C + "/cluster")
+        return await self._not_served(context, "UpdateCollectionClusterSetup", request, "POST", C + "/cluster")
 
     async def CreateShardKey(self, request: collections_pb2.CreateShardKeyRequest,  # noqa: N802
                              context: Any) -> collections_pb2.CreateShardKeyResponse:
-        return await self._not_served(context, request, "PUT", C + "/shards")
+        return await self._not_served(context, "CreateShardKey", request, "PUT", C + "/shards")
 
     async def DeleteShardKey(self, request: collections_pb2.DeleteShardKeyRequest,  # noqa: N802
                              context: Any) -> collections_pb2.DeleteShardKeyResponse:
-        return await self._not_served(context, request, "POST", C + "/shards/delete")
+        return await self._not_served(context, "DeleteShardKey", request, "POST", C + "/shards/delete")
 
     async def ListShardKeys(self, request: collections_pb2.ListShardKeysRequest,  # noqa: N802
                             context: Any) -> collections_pb2.ListShardKeysResponse:
-        return await self._not_served(context, request, "GET", C + "/shards")
+        return await self._not_served(context, "ListShardKeys", request, "GET", C + "/shards")

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +32,7 @@ from api.auth import (
     presented_key,
     value_exists,
 )
+from api.qdrant_paths import not_served
 from api.rpc.status import code_of, code_of_http
 from engine.errors import BadRequest, EngineError
 
@@ -184,6 +185,31 @@ class Bridge:
         finally:
             if observe:
                 self.observe(rpc, code, started)
+
+    async def unserved(self, context: grpc.aio.ServicerContext, rpc: str, method: str,
+                       template: str, path_params: dict[str, str]) -> NoReturn:
+        """An RPC whose REST operation Quiver does not serve (REST answers 400 naming it):
+        after the same key check as REST, UNIMPLEMENTED with that message."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNIMPLEMENTED
+        try:
+            try:
+                path = _path(template, path_params)
+                access, check, refusal = self.authorize(context.invocation_metadata(), method,
+                                                        path)
+            except BadRequest as exc:
+                code = code_of(exc)
+                await context.abort(code, exc.message)
+            except TokenRefused as exc:
+                code = code_of_http(exc.status)
+                await context.abort(code, exc.message)
+            if refusal is not None:
+                code = grpc.StatusCode.PERMISSION_DENIED
+                await context.abort(code, refusal)
+            await context.abort(code, BadRequest(not_served(method, template)).message)
+            raise AssertionError("unreachable")
+        finally:
+            self.observe(rpc, code, started)
 
     async def abort(self, context: grpc.aio.ServicerContext, exc: EngineError) -> None:
         """Abort with an error found before the handler ran (a malformed message)."""

@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 from qdrant_client.grpc import points_pb2, points_service_pb2_grpc
 
-from api.qdrant_paths import not_served
 from api.rpc.convert import (
     GrpcToRest,
     dense_matrix,
@@ -580,15 +579,15 @@ class PointsService(points_service_pb2_grpc.PointsServicer):
 
     async def CreateVectorName(self, request: points_pb2.CreateVectorNameRequest,  # noqa: N802
                                context: Any) -> points_pb2.PointsOperationResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, BadRequest(not_served(
-            "PUT", "/collections/{collection_name}/vectors/{vector_name}")).message)
-        raise AssertionError("unreachable")
+        await self.bridge.unserved(context, "CreateVectorName", "PUT",
+                                   "/collections/{collection_name}/vectors/{vector_name}",
+                                   {**_coll(request), "vector_name": request.vector_name})
 
     async def DeleteVectorName(self, request: points_pb2.DeleteVectorNameRequest,  # noqa: N802
                                context: Any) -> points_pb2.PointsOperationResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, BadRequest(not_served(
-            "DELETE", "/collections/{collection_name}/vectors/{vector_name}")).message)
-        raise AssertionError("unreachable")
+        await self.bridge.unserved(context, "DeleteVectorName", "DELETE",
+                                   "/collections/{collection_name}/vectors/{vector_name}",
+                                   {**_coll(request), "vector_name": request.vector_name})
 
     async def UpdateBatch(self, request: points_pb2.UpdateBatchPoints,  # noqa: N802
                           context: Any) -> points_pb2.UpdateBatchResponse:

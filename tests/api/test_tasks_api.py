@@ -244,9 +244,9 @@ def test_cancel_answer_says_what_became_of_it(registry: TaskRegistry) -> None:
     assert slow.outcome == "running"  # a refused request asks nothing
 
 
-def test_cancelled_answers_400_over_rest_and_cancelled_over_grpc() -> None:
+def test_cancelled_answers_409_over_rest_and_cancelled_over_grpc() -> None:
     exc = Cancelled("task t (snapshot_create) was cancelled")
-    assert status_of(exc) == 400 and exc.message.startswith("Cancelled: ")
+    assert status_of(exc) == 409 and exc.message.startswith("Cancelled: ")
     assert code_of(exc) == grpc.StatusCode.CANCELLED
 
 
