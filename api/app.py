@@ -35,7 +35,6 @@ from api.routes import (
     snapshots,
     tasks,
 )
-from api.rpc import server as rpc
 from api.settings import Settings, as_dict, max_snapshot_upload_bytes
 from engine.catalog import Catalog
 from engine.errors import BadRequest, NotFound
@@ -77,6 +76,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
         grpc_server = None
         try:
             if serve_grpc and settings.service.grpc_port:
+                # imported only when served: qdrant-client's modules take ~1.5 s to import
+                from api.rpc import server as rpc  # noqa: PLC0415
                 grpc_server = await rpc.start(app, all_routes(), settings)
             app.state.scheduler.start()
             yield

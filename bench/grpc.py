@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     qs = data.queries(m, args.dim)
     res: dict[str, Any] = {"n": n, "dim": args.dim, "queries": m, "warmup": args.warmup,
                            "batch": args.batch, "quick": args.quick}
-    with Server() as srv:
+    with Server(grpc=True) as srv:
         progress(f"server on :{srv.port} (gRPC :{srv.grpc_port}); {n:,} x {args.dim}")
         res["bulk"] = bulk(srv, x, args.batch, points_n)
         g, r = clients(srv)

@@ -48,13 +48,16 @@ class Server:
     with one (tests), the storage outlives the process so it can be restarted or killed."""
 
     def __init__(self, storage: Path | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None, config_path: str | None = None) -> None:
+                 port: int | None = None, config_path: str | None = None,
+                 grpc: bool = False) -> None:
         self.owns_tmp = storage is None
         self.tmp = Path(tempfile.mkdtemp(prefix="quiver-bench-")) if storage is None \
             else storage.parent
         self.storage = storage if storage is not None else self.tmp / "storage"
         self.port = port or free_port()
-        self.grpc_port = free_port()  # never Qdrant's 6334: servers run side by side
+        # gRPC only where asked (it costs ~1.5 s of imports per start); never Qdrant's 6334:
+        # servers run side by side. 0 turns it off.
+        self.grpc_port = free_port() if grpc else 0
         self.env = env or {}
         self.config_path = config_path
         self.proc: subprocess.Popen[bytes] | None = None

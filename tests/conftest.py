@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
     """One shared server for tests that only need a running instance."""
     base = tmp_path_factory.mktemp("shared")
-    srv = QuiverServer(base / "storage",
+    srv = QuiverServer(base / "storage", grpc=True,
                        env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(base / "snaps")}).start()
     yield srv
     srv.stop()

@@ -9,11 +9,13 @@ compared tie-aware (tests/ranking.py). A restart at the end keeps what gRPC ackn
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import qdrant_client.grpc as pb
 from openapi_contract import validating_qdrant_client
 from qdrant_client import QdrantClient, models
@@ -66,8 +68,17 @@ def _info(c: QdrantClient, name: str) -> tuple[Any, ...]:
             i.payload_schema, i.optimizer_status, i.warnings, i.update_queue)
 
 
-def test_grpc_workflow_matches_rest_and_survives_restart(fresh_server: QuiverServer) -> None:
-    srv = fresh_server
+@pytest.fixture
+def grpc_server(tmp_path: Path) -> Iterator[QuiverServer]:
+    """A private server with gRPC (the test restarts it)."""
+    srv = QuiverServer(tmp_path / "storage", grpc=True,
+                       env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
+    yield srv
+    srv.stop()
+
+
+def test_grpc_workflow_matches_rest_and_survives_restart(grpc_server: QuiverServer) -> None:
+    srv = grpc_server
     g, r = _grpc(srv), _rest(srv)
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((N, DIM)).astype(np.float32)

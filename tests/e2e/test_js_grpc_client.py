@@ -38,7 +38,7 @@ def _rest_form(snaps: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 @pytest.mark.skipif(not (JS / "node_modules" / "@qdrant" / "js-client-grpc").exists(),
                     reason="run `npm install` in tests/js (make test does)")
 def test_seed_snapshot_calls_over_grpc(tmp_path: Path) -> None:
-    srv = QuiverServer(tmp_path / "storage",
+    srv = QuiverServer(tmp_path / "storage", grpc=True,
                        env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     try:
         http = httpx.Client(base_url=srv.url, timeout=30)

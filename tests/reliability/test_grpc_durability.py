@@ -142,7 +142,7 @@ def _check(srv: QuiverServer, ledgers: list[Ledger], cycle: int) -> None:
 def test_kill9_mid_grpc_writes_keeps_every_acknowledged_write(tmp_path: Path,
                                                               wal_mb: str) -> None:
     # wal_mb=1 forces segment flushes while the writers run, so kill -9 also lands mid-flush
-    srv = QuiverServer(tmp_path / "storage",
+    srv = QuiverServer(tmp_path / "storage", grpc=True,
                        env={"QUIVER__STORAGE__FLUSH__WAL_BYTES_MB": wal_mb,
                             "QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     rnd = random.Random(int(wal_mb))

@@ -458,7 +458,7 @@ def test_api_keys_as_rest(tmp_path: Path) -> None:
     """No key, a read-only key, the full key: each RPC answers what its REST twin answers
     (the key is checked before an unserved operation is named, as over REST)."""
     key, ro = "g1-manage", "g1-read"
-    srv = QuiverServer(tmp_path / "storage", env={
+    srv = QuiverServer(tmp_path / "storage", grpc=True, env={
         "QUIVER__SERVICE__API_KEY": key, "QUIVER__SERVICE__READ_ONLY_API_KEY": ro,
         "QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     try:

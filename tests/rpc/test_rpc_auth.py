@@ -55,7 +55,7 @@ def _seed(srv: QuiverServer, key: str, names: tuple[str, ...] = (COLL,)) -> None
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
     """Both keys; one collection of 20 points and one snapshot of it."""
     base = tmp_path_factory.mktemp("rpcauth")
-    srv = QuiverServer(base / "storage", env={
+    srv = QuiverServer(base / "storage", grpc=True, env={
         "QUIVER__SERVICE__API_KEY": KEY, "QUIVER__SERVICE__READ_ONLY_API_KEY": RO,
         "QUIVER__STORAGE__SNAPSHOTS_PATH": str(base / "snaps")}).start()
     _seed(srv, KEY)
@@ -326,7 +326,7 @@ def _token(access: Any) -> str:
 @pytest.fixture(scope="module")
 def rbac(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuiverServer]:
     base = tmp_path_factory.mktemp("rpcjwt")
-    srv = QuiverServer(base / "storage", env={
+    srv = QuiverServer(base / "storage", grpc=True, env={
         "QUIVER__SERVICE__API_KEY": JWT_KEY, "QUIVER__SERVICE__JWT_RBAC": "true",
         "QUIVER__STORAGE__SNAPSHOTS_PATH": str(base / "snaps")}).start()
     _seed(srv, JWT_KEY, (COLL, OTHER))
@@ -473,7 +473,7 @@ def _read(path: str) -> bytes:
 def test_grpc_over_tls_with_the_rest_certificate(tmp_path: Path) -> None:
     pki = _pki(tmp_path)
     trust = ssl.create_default_context(cafile=pki["ca"])
-    srv = TlsServer(tmp_path / "storage", context=trust,
+    srv = TlsServer(tmp_path / "storage", grpc=True, context=trust,
                     env=_tls_env(pki, tmp_path, QUIVER__SERVICE__API_KEY=KEY)).start()
     try:
         with httpx.Client(base_url=srv.url, verify=trust, headers={"api-key": KEY},
@@ -516,7 +516,7 @@ def test_grpc_mutual_tls(tmp_path: Path) -> None:
     pki = _pki(tmp_path)
     with_cert = ssl.create_default_context(cafile=pki["ca"])
     with_cert.load_cert_chain(pki["client"], pki["client-key"])
-    srv = TlsServer(tmp_path / "storage", context=with_cert, env=_tls_env(
+    srv = TlsServer(tmp_path / "storage", grpc=True, context=with_cert, env=_tls_env(
         pki, tmp_path, QUIVER__SERVICE__VERIFY_HTTPS_CLIENT_CERTIFICATE="true")).start()
     try:
         creds = grpc.ssl_channel_credentials(

@@ -153,7 +153,7 @@ def test_unknown_method_is_unimplemented(server: QuiverServer, channel: grpc.Cha
 
 def test_message_over_the_request_size_limit(tmp_path: Path) -> None:
     """`service.max_request_size_mb` bounds gRPC messages as it bounds REST bodies."""
-    srv = QuiverServer(tmp_path / "storage", env={
+    srv = QuiverServer(tmp_path / "storage", grpc=True, env={
         "QUIVER__SERVICE__MAX_REQUEST_SIZE_MB": "1",
         "QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     try:
