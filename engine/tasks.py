@@ -326,21 +326,14 @@ class TaskRegistry:
                 task.cancellable = (cancellable and task.outcome == RUNNING
                                     and not task._no_return)  # noqa: SLF001
         task.claimed = True
-        _current.task = task
-        try:
+        with self.bind(task):
             task.checkpoint()  # cancelled while it waited to start: never starts
             yield task
-        except BaseException as exc:
-            self.finish(task, exc)
-            raise
-        else:
-            self.finish(task)
-        finally:
-            _current.task = previous
 
     @contextmanager
     def bind(self, task: Task) -> Iterator[Task]:
-        """Run work for a pre-registered `task` (see `start`): the first `run` of its kind
+        """Run work for a pre-registered `task` (see `start`) as the thread's current task and
+        record its outcome (the exception, if any, propagates). The first `run` of its kind
         inside claims it; if none does (the work failed before it began), it ends here."""
         previous = current()
         _current.task = task

@@ -13,17 +13,15 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import httpx
 import pytest
 from openapi_contract import validate_response, validating_qdrant_client
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
-from server import QuiverServer
+from server import QuiverServer, TlsServer
 
 from api.auth import BAD_KEY, NO_KEY, READ_ONLY, is_read
 from api.settings import load_settings
@@ -409,22 +407,6 @@ def _pki(d: Path) -> dict[str, str]:
         write(name, cert.public_bytes(serialization.Encoding.PEM))
         write(f"{name}-key", pem_key(key))
     return paths
-
-
-class TlsServer(QuiverServer):
-    def __init__(self, *args: Any, context: ssl.SSLContext, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.context = context
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> TlsServer:
-        # Server.start polls /readyz through httpx.get: hand it our trust store (and client cert)
-        with mock.patch.object(httpx, "get", partial(httpx.get, verify=self.context)):
-            super().start(timeout)
-        return self
 
 
 def _tls_env(pki: dict[str, str], **extra: str) -> dict[str, str]:

@@ -16,10 +16,8 @@ import ssl
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import grpc
 import httpx
@@ -28,7 +26,7 @@ import pytest
 import qdrant_client.grpc as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from qdrant_client import QdrantClient, models
-from server import QuiverServer, free_port
+from server import QuiverServer, TlsServer, free_port
 
 from api.auth import BAD_KEY, NO_KEY, READ_ONLY
 from api.settings import load_settings
@@ -442,22 +440,6 @@ def _pki(d: Path) -> dict[str, str]:
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     return out
-
-
-class TlsServer(QuiverServer):
-    def __init__(self, *args: Any, context: ssl.SSLContext, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.context = context
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> TlsServer:
-        # Server.start polls /readyz with httpx.get: give it our trust store (and client cert)
-        with mock.patch.object(httpx, "get", partial(httpx.get, verify=self.context)):
-            super().start(timeout)
-        return self
 
 
 def _tls_env(pki: dict[str, str], tmp: Path, **extra: str) -> dict[str, str]:
