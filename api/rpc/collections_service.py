@@ -25,7 +25,6 @@ from qdrant_client.http import models
 
 from api.rpc.convert import GrpcToRest, RestToGrpc, jsonable, payload_json, rest_body, rest_model
 from api.rpc.dispatch import Bridge
-from engine.errors import BadRequest
 
 C = "/collections/{collection_name}"
 Body = dict[str, Any]
@@ -137,20 +136,12 @@ class CollectionsService(collections_service_pb2_grpc.CollectionsServicer):
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    async def _body(self, context: Any, build: Callable[[Any], Body], msg: Any) -> Body:
-        """The REST body of a message; one the converters cannot read is INVALID_ARGUMENT."""
-        try:
-            return build(msg)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            await self.bridge.abort(context, BadRequest(f"Wrong input: {exc}"))
-            raise  # unreachable: abort raises
-
     async def _operation(self, context: Any, rpc: str, method: str, template: str, msg: Any,
                          build: Callable[[Any], Body] | None
                          ) -> collections_pb2.CollectionOperationResponse:
         """A write answered by a bool (Create, Update, Delete, UpdateAliases)."""
         started = time.perf_counter()
-        body = await self._body(context, build, msg) if build is not None else None
+        body = await self.bridge.body(context, build, msg) if build is not None else None
         params = _coll(msg) if "collection_name" in msg.DESCRIPTOR.fields_by_name else {}
         res = await self.bridge.call(context, rpc, method, template, params, _timeout(msg),
                                      body)

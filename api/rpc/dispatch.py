@@ -211,6 +211,16 @@ class Bridge:
         finally:
             self.observe(rpc, code, started)
 
+    async def body(self, context: grpc.aio.ServicerContext, build: Callable[[Any], Any],
+                   msg: Any) -> Any:
+        """The REST body of a message; one the converters cannot read (an empty oneof, a value
+        out of range) is INVALID_ARGUMENT."""
+        try:
+            return build(msg)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            await self.abort(context, BadRequest(f"Wrong input: {exc}"))
+            raise  # unreachable: abort raises
+
     async def abort(self, context: grpc.aio.ServicerContext, exc: EngineError) -> None:
         """Abort with an error found before the handler ran (a malformed message)."""
         await context.abort(code_of(exc), exc.message)

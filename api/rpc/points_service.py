@@ -36,7 +36,6 @@ from api.rpc.convert import (
     vectors_json,
 )
 from api.rpc.dispatch import Bridge
-from engine.errors import BadRequest
 
 P = "/collections/{collection_name}/points"
 Body = dict[str, Any]
@@ -479,19 +478,10 @@ class PointsService(points_service_pb2_grpc.PointsServicer):
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    async def _body(self, context: Any, build: Callable[[Any], Any], msg: Any) -> Any:
-        """The REST body of a message; a message the converters cannot read (an empty oneof,
-        a value out of range) is INVALID_ARGUMENT."""
-        try:
-            return build(msg)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            await self.bridge.abort(context, BadRequest(f"Wrong input: {exc}"))
-            raise  # unreachable: abort raises
-
     async def _call(self, context: Any, rpc: str, method: str, template: str, msg: Any,
                     build: Callable[[Any], Body] | None, query: Query,
                     extra: dict[str, str] | None = None) -> Any:
-        body = await self._body(context, build, msg) if build is not None else None
+        body = await self.bridge.body(context, build, msg) if build is not None else None
         params = _coll(msg)
         if extra:
             params.update(extra)
@@ -514,7 +504,7 @@ class PointsService(points_service_pb2_grpc.PointsServicer):
                      context: Any) -> points_pb2.PointsOperationResponse:
         started = time.perf_counter()
         query = _write_query(request)
-        fast = await self._body(context, fast_upsert_body, request)
+        fast = await self.bridge.body(context, fast_upsert_body, request)
         res: Any = None
         if fast:
             try:  # a refusal on the fast form: the general form gives REST's own message

@@ -3,8 +3,6 @@ authorisation before the body is read, HTTPS and mutual TLS."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import socket
 import ssl
@@ -21,7 +19,7 @@ import pytest
 from openapi_contract import validate_response, validating_qdrant_client
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
-from server import QuiverServer, TlsServer
+from server import QuiverServer, TlsServer, make_pki
 
 from api.auth import BAD_KEY, NO_KEY, READ_ONLY, is_read
 from api.settings import load_settings
@@ -352,63 +350,6 @@ def test_refusal_arrives_before_the_body(secured: QuiverServer, key: str | None,
 # --------------------------------------------------------------------------- TLS
 
 
-def _pki(d: Path) -> dict[str, str]:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    paths: dict[str, str] = {}
-
-    def write(name: str, data: bytes) -> None:
-        paths[name] = str(d / f"{name}.pem")
-        Path(paths[name]).write_bytes(data)
-
-    def issue(cn: str, key: Any, issuer: Any, issuer_key: Any, ca: bool,
-              usage: Any = None) -> Any:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        b = (x509.CertificateBuilder().subject_name(subject)
-             .issuer_name(issuer.subject if issuer else subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                            critical=False)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                 issuer_key.public_key()), critical=False))
-        if ca:
-            b = b.add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        else:
-            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-                b = b.add_extension(x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    def pem_key(key: Any) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM,
-                                 serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = issue("quiver test CA", ca_key, None, ca_key, True)
-    write("ca", ca.public_bytes(serialization.Encoding.PEM))
-    for name, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue(f"quiver test {name}", key, ca, ca_key, False, usage)
-        write(name, cert.public_bytes(serialization.Encoding.PEM))
-        write(f"{name}-key", pem_key(key))
-    return paths
-
-
 def _tls_env(pki: dict[str, str], **extra: str) -> dict[str, str]:
     return {"QUIVER__SERVICE__ENABLE_TLS": "true", "QUIVER__TLS__CERT": pki["server"],
             "QUIVER__TLS__KEY": pki["server-key"], "QUIVER__TLS__CA_CERT": pki["ca"], **extra}
@@ -416,7 +357,7 @@ def _tls_env(pki: dict[str, str], **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
-    return _pki(tmp_path)
+    return make_pki(tmp_path)
 
 
 def test_https_with_api_key(tmp_path: Path, pki: dict[str, str]) -> None:

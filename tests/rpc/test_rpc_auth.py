@@ -9,8 +9,6 @@ src/tonic/auth.rs lets it, and `/grpc.health.v1.Health/Check`, bypass the check)
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import socket
 import ssl
 import time
@@ -26,7 +24,7 @@ import pytest
 import qdrant_client.grpc as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from qdrant_client import QdrantClient, models
-from server import QuiverServer, TlsServer, free_port
+from server import QuiverServer, TlsServer, free_port, make_pki
 
 from api.auth import BAD_KEY, NO_KEY, READ_ONLY
 from api.settings import load_settings
@@ -398,50 +396,6 @@ def test_jwt_per_collection_access(rbac: QuiverServer) -> None:
 # ---- TLS ---------------------------------------------------------------------------------------
 
 
-def _pki(d: Path) -> dict[str, str]:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    out: dict[str, str] = {}
-
-    def write(name: str, data: bytes) -> None:
-        out[name] = str(d / f"{name}.pem")
-        Path(out[name]).write_bytes(data)
-
-    def issue(cn: str, key: Any, issuer: Any, issuer_key: Any, usage: Any = None) -> Any:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        b = (x509.CertificateBuilder().subject_name(subject)
-             .issuer_name(issuer.subject if issuer else subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=usage is None, path_length=None),
-                            critical=True))
-        if usage is not None:
-            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            b = b.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = issue("quiver grpc test CA", ca_key, None, ca_key)
-    write("ca", ca.public_bytes(serialization.Encoding.PEM))
-    for name, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        write(name, issue(f"quiver grpc test {name}", key, ca, ca_key, usage)
-              .public_bytes(serialization.Encoding.PEM))
-        write(f"{name}-key", key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return out
-
-
 def _tls_env(pki: dict[str, str], tmp: Path, **extra: str) -> dict[str, str]:
     return {"QUIVER__SERVICE__ENABLE_TLS": "true", "QUIVER__TLS__CERT": pki["server"],
             "QUIVER__TLS__KEY": pki["server-key"], "QUIVER__TLS__CA_CERT": pki["ca"],
@@ -453,7 +407,7 @@ def _read(path: str) -> bytes:
 
 
 def test_grpc_over_tls_with_the_rest_certificate(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
+    pki = make_pki(tmp_path)
     trust = ssl.create_default_context(cafile=pki["ca"])
     srv = TlsServer(tmp_path / "storage", grpc=True, context=trust,
                     env=_tls_env(pki, tmp_path, QUIVER__SERVICE__API_KEY=KEY)).start()
@@ -483,7 +437,7 @@ def test_grpc_over_tls_with_the_rest_certificate(tmp_path: Path) -> None:
             assert tls.getpeercert(binary_form=True) == grpc_cert
         # plaintext on the TLS port, and a client that trusts another CA, both fail
         (tmp_path / "other").mkdir()
-        stranger = _pki(tmp_path / "other")["ca"]
+        stranger = make_pki(tmp_path / "other")["ca"]
         for ch in (grpc.insecure_channel(srv.grpc_target),
                    grpc.secure_channel(srv.grpc_target, grpc.ssl_channel_credentials(
                        root_certificates=_read(stranger)))):
@@ -495,7 +449,7 @@ def test_grpc_over_tls_with_the_rest_certificate(tmp_path: Path) -> None:
 
 
 def test_grpc_mutual_tls(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
+    pki = make_pki(tmp_path)
     with_cert = ssl.create_default_context(cafile=pki["ca"])
     with_cert.load_cert_chain(pki["client"], pki["client-key"])
     srv = TlsServer(tmp_path / "storage", grpc=True, context=with_cert, env=_tls_env(
