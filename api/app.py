@@ -14,11 +14,12 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import observability
 from api.auth import ApiKeyAuth, keys_from_settings
 from api.errors import MethodNotAllowed, from_exception
-from api.http import BodyLimit, NormalizePath
+from api.http import BodyLimit, Dispatch
 from api.observability import Metrics, RequestContext, install_log_filter, instrument_snapshots
 from api.qdrant_paths import not_served, qdrant_operation
 from api.routes import (
@@ -59,8 +60,27 @@ def build_catalog(settings: Settings) -> Catalog:
     )
 
 
+class QuiverApp(FastAPI):
+    """FastAPI whose HTTP requests enter through Quiver's pure ASGI front (`front`, composed
+    by create_app): request context, auth, body limit, then direct dispatch, which hands
+    what it does not serve itself to FastAPI's own stack (error pages, 404/405 handlers)."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            scope["app"] = self  # what Starlette.__call__ sets; handlers read app.state
+            await self.front(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own middleware stack and router (no user middleware is added)."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, catalog: Catalog | None = None,
-               owns_catalog: bool | None = None, serve_grpc: bool = False) -> FastAPI:
+               owns_catalog: bool | None = None, serve_grpc: bool = False) -> QuiverApp:
     """`owns_catalog`: start its flusher and close it with the app (default: when created here).
     `serve_grpc`: also serve gRPC on `service.grpc_port` while the app runs (`quiver serve`)."""
     if owns_catalog is None:
@@ -89,12 +109,16 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
             if owns_catalog:
                 catalog.close()
 
-    app = FastAPI(title="Quiver", version="0.1.0", lifespan=lifespan, docs_url=None,
+    app = QuiverApp(title="Quiver", version="0.1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.catalog = catalog
     app.state.settings = settings
     app.state.started_at = time.time()
     app.state.node_id = _node_id(catalog.root)
+    app.state.cluster = None
+    if settings.cluster.enabled:  # Ray is imported in cluster mode only (api/cluster)
+        from api.cluster.router import ClusterRouter  # noqa: PLC0415
+        app.state.cluster = ClusterRouter(app, settings, all_routes())
     st = settings.storage
     app.state.snapshots = SnapshotManager(
         catalog, st.snapshots_path, app.state.node_id, st.temp_path,
@@ -124,18 +148,21 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)
-    app.add_middleware(BodyLimit, max_bytes=int(settings.service.max_request_size_mb * (1 << 20)),
-                       exempt=("/snapshots/upload",))
+    # The front, outermost first (pure ASGI layers, composed here rather than with
+    # add_middleware, which would put them inside FastAPI's own three layers): the request
+    # context (path normalisation as Qdrant, request id, access log, metrics: refusals are
+    # counted and carry the id), API keys (before the body: a refused request is never read),
+    # the body limit, then direct dispatch (api/http.py Dispatch)
+    front: ASGIApp = Dispatch(app.router.routes, app.stack)
+    front = BodyLimit(front, max_bytes=int(settings.service.max_request_size_mb * (1 << 20)),
+                      exempt=("/snapshots/upload",))
     api_key, read_only_key = keys_from_settings(settings.service)
-    if api_key or read_only_key:  # outside BodyLimit: a refused request is never read at all
-        app.add_middleware(ApiKeyAuth, api_key=api_key, read_only_api_key=read_only_key)
+    if api_key or read_only_key:
+        front = ApiKeyAuth(front, api_key=api_key, read_only_api_key=read_only_key)
         log.info("API keys required (read-only key %s)", "set" if read_only_key else "unset")
-    # request id, access log, request metrics: outside auth (refusals are counted and carry
-    # the id), inside NormalizePath (route templates match the normalised path)
-    app.add_middleware(RequestContext, metrics=app.state.metrics, router_app=app,
-                       access=settings.service.access_log)
+    app.front = RequestContext(front, metrics=app.state.metrics, router_app=app,
+                               access=settings.service.access_log)
     install_log_filter()
-    app.add_middleware(NormalizePath)  # outermost: auth sees the normalised path, as in Qdrant
     return app
 
 

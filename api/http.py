@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the routers: the endpoint wrapper, body parsing, middlewares."""
+"""HTTP plumbing shared by the routers: the endpoint wrapper, body parsing, the path
+normaliser, the body limit and the direct route dispatcher of the ASGI front (api/app.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge, from_exception, ok
@@ -20,6 +22,7 @@ from engine.errors import BadRequest, EngineError, ServiceError
 
 log = logging.getLogger("quiver.http")
 QDRANT_API_VERSION = "1.19.0"
+VERSION_HEADER = (b"x-quiver-version", QUIVER_VERSION.encode())
 
 Handler = Callable[[Request, Any], Any]
 
@@ -33,15 +36,103 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest(f"Format error in JSON body: {exc}") from None
 
 
-def endpoint(fn: Handler, read_body: bool = True) -> Callable[[Request], Awaitable[Response]]:
+# ---- where a handler runs ----------------------------------------------------------------------
+
+# A sync handler normally runs in the thread pool, so the event loop keeps serving while it
+# works. The hop costs ~0.3 ms (two thread wake-ups and the GIL hand-over: measured with
+# py-spy, bench/overhead.py), more than a read of a small collection itself takes. Reads
+# marked `inline` therefore run on the loop while they are cheap: each (route, collection)
+# keeps a decaying maximum of its handler's recent durations, and a read runs inline only when
+# that is under INLINE_BUDGET_S, no other handler is in the pool (a write holding the
+# collection's lock would stall the loop), the collection's write lock is free at that instant
+# and none of its segments is on the device (its searches coalesce across threads).
+INLINE_BUDGET_S = 0.001
+# after one 10 ms read (or a preempted one: durations are wall time), ~4 reads go to the pool
+INLINE_DECAY = 0.5
+_MAX_KEYS = 4096
+_pool_busy = 0  # handlers of endpoint() running in the thread pool now (loop thread only)
+
+
+class InlineGate:
+    """The decaying cost of one route's handler per collection (see INLINE_BUDGET_S)."""
+
+    def __init__(self) -> None:
+        self.cost: dict[str, float] = {}
+
+    def note(self, key: str, seconds: float) -> None:
+        old = self.cost.get(key)
+        if old is None and len(self.cost) >= _MAX_KEYS:
+            self.cost.clear()  # collection names are unbounded; costs are cheap to relearn
+        self.cost[key] = seconds if old is None else max(seconds, old * INLINE_DECAY)
+
+    def allows(self, request: Request) -> str | None:
+        """The key to note the run under when it may run inline now, else None."""
+        key = request.scope["path_params"].get("collection_name", "")
+        cost = self.cost.get(key)
+        if cost is None or cost > INLINE_BUDGET_S or _pool_busy:
+            return None
+        if getattr(request.app.state, "cluster", None) is not None:
+            return None  # cluster mode: the handler may call other nodes
+        try:
+            coll = request.app.state.catalog.get(key)
+        except Exception:  # noqa: BLE001 - missing or broken: the pool run reports it
+            return None
+        lock = coll.write_lock
+        if not lock.acquire(blocking=False):
+            return None
+        lock.release()
+        if any(seg.on_device for seg in coll.segments):
+            return None
+        return key
+
+
+def _timed(fn: Handler, request: Request, body: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn(request, body)
+    return result, time.perf_counter() - started
+
+
+def clustered(fn: Handler) -> Handler:
+    """Cluster mode: `app.state.cluster` (api/cluster/router.py) answers for its collections.
+    Both transports run this (REST below, gRPC through `run.handler`)."""
+    def handler(request: Request, body: Any) -> Any:
+        router = getattr(request.app.state, "cluster", None)
+        return fn(request, body) if router is None else router.handle(fn, request, body)
+    handler.__wrapped__ = fn  # type: ignore[attr-defined]
+    return handler
+
+
+def endpoint(fn: Handler, read_body: bool = True,
+             inline: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a sync handler fn(request, body) → result: the body is read on the event loop,
-    the work runs in the thread pool, and the result goes into Qdrant's envelope."""
+    the work runs in the thread pool (`inline` reads: on the loop while cheap, see
+    INLINE_BUDGET_S), and the result goes into Qdrant's envelope. Every exception becomes an
+    envelope, so the front dispatches these routes directly (`run.direct`)."""
+    fn = clustered(fn)
+    gate = InlineGate() if inline else None
 
     async def run(request: Request) -> Response:
+        global _pool_busy
         started = time.perf_counter()
         try:
             body = parse_json(await request.body()) if read_body else None
-            result = await run_in_threadpool(fn, request, body)
+            key = gate.allows(request) if gate is not None else None
+            if key is not None:
+                result, took = _timed(fn, request, body)
+                gate.note(key, took)  # type: ignore[union-attr]
+            elif gate is not None:
+                _pool_busy += 1
+                try:
+                    result, took = await run_in_threadpool(_timed, fn, request, body)
+                finally:
+                    _pool_busy -= 1
+                gate.note(request.scope["path_params"].get("collection_name", ""), took)
+            else:
+                _pool_busy += 1
+                try:
+                    result = await run_in_threadpool(fn, request, body)
+                finally:
+                    _pool_busy -= 1
         except EngineError as exc:
             return from_exception(exc, started)
         except Exception:  # noqa: BLE001 - the envelope, never a bare traceback page
@@ -54,7 +145,14 @@ def endpoint(fn: Handler, read_body: bool = True) -> Callable[[Request], Awaitab
     # the gRPC transport calls the same handler (api/rpc/dispatch.py)
     run.handler = fn  # type: ignore[attr-defined]
     run.read_body = read_body  # type: ignore[attr-defined]
+    run.direct = True  # type: ignore[attr-defined]
     return run
+
+
+def direct(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Mark an async route function that never raises as safe for direct dispatch."""
+    fn.direct = True  # type: ignore[attr-defined]
+    return fn
 
 
 def body_dict(body: Any) -> dict[str, Any]:
@@ -65,35 +163,20 @@ def body_dict(body: Any) -> dict[str, Any]:
     return body
 
 
+# ---- the front's pieces -------------------------------------------------------------------------
+
 _SLASHES = re.compile(r"/{2,}")
 
 
-class NormalizePath:
-    """Qdrant's NormalizePath::trim(): merge repeated slashes, strip the trailing slash.
-    Also stamps Quiver's own version on every response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if "//" in path or (len(path) > 1 and path.endswith("/")):
-                path = _SLASHES.sub("/", path)
-                if len(path) > 1:
-                    path = path.rstrip("/") or "/"
-                scope = dict(scope, path=path, raw_path=path.encode())
-
-            async def send_with_header(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    headers = list(message.get("headers", []))
-                    headers.append((b"x-quiver-version", QUIVER_VERSION.encode()))
-                    message = dict(message, headers=headers)
-                await send(message)
-
-            await self.app(scope, receive, send_with_header)
-            return
-        await self.app(scope, receive, send)
+def normalize_path(scope: Scope) -> Scope:
+    """Qdrant's NormalizePath::trim(): merge repeated slashes, strip the trailing slash."""
+    path = scope["path"]
+    if "//" in path or (len(path) > 1 and path.endswith("/")):
+        path = _SLASHES.sub("/", path)
+        if len(path) > 1:
+            path = path.rstrip("/") or "/"
+        scope = dict(scope, path=path, raw_path=path.encode())
+    return scope
 
 
 class BodyLimit:
@@ -110,8 +193,12 @@ class BodyLimit:
             return
         limit = self.max_bytes
         for k, v in scope.get("headers", []):
-            if k == b"content-length" and v.isdigit() and int(v) > limit:
-                await _too_large(scope, receive, send, limit)
+            if k == b"content-length" and v.isdigit():
+                if int(v) > limit:
+                    await _too_large(scope, receive, send, limit)
+                    return
+                # the server delivers no more than the declared length (h11, httptools)
+                await self.app(scope, receive, send)
                 return
         seen = 0
 
@@ -138,3 +225,49 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     resp = from_exception(PayloadTooLarge(f"request body exceeds the limit of {limit} bytes "
                                           "(service.max_request_size_mb)"))
     await resp(scope, receive, send)
+
+
+class Dispatch:
+    """Routes a request straight to its endpoint when the router's first full match is a
+    plain Route marked `direct` (every endpoint() route, the probes): no Starlette/FastAPI
+    middleware layers and no linear scan of ~100 route patterns per request (the lookup is
+    cached per method and path). Anything else — no match, 405, other endpoints, a route
+    whose path patterns changed — goes to `fallback`, the app's full stack, unchanged."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self, routes: list[Any], fallback: ASGIApp) -> None:
+        self.routes = routes  # the router's own list: routes added later are seen
+        self.fallback = fallback
+        self.cache: dict[tuple[str, str], tuple[Route, dict[str, Any]] | None] = {}
+
+    def _match(self, scope: Scope) -> tuple[Route, dict[str, Any]] | None:
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                if type(route) is Route and getattr(route.endpoint, "direct", False):
+                    return route, child["path_params"]
+                return None
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("root_path"):
+            await self.fallback(scope, receive, send)
+            return
+        key = (scope["method"], scope["path"])
+        try:
+            hit = self.cache[key]
+        except KeyError:
+            hit = self._match(scope)
+            if len(self.cache) >= self.MAX_CACHED:
+                self.cache.clear()
+            self.cache[key] = hit
+        if hit is None:
+            await self.fallback(scope, receive, send)
+            return
+        route, params = hit
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = dict(params)
+        response = await route.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)

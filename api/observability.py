@@ -26,7 +26,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -36,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.http import VERSION_HEADER, normalize_path
 from engine import ann
 from gpu.device import default_device
 from snapshots.manager import SnapshotManager
@@ -62,8 +62,13 @@ def current_request_id() -> str | None:
     return REQUEST_ID.get()
 
 
+_PLAIN = re.compile(r'[ !#-\[\]-~]*')  # printable ASCII without '"' and '\\': quoted as is
+
+
 def _q(text: str) -> str:
     """A log value: JSON-quoted, so CR/LF or quotes in a path cannot forge a log line."""
+    if _PLAIN.fullmatch(text):  # the common case, the same text json.dumps gives, 10x cheaper
+        return '"' + text + '"'
     return json.dumps(text, ensure_ascii=True)
 
 
@@ -352,9 +357,11 @@ def route_template(app: Any, scope: Scope) -> str:
 
 
 class RequestContext:
-    """Request id, access log and request metrics. Sits inside NormalizePath (it sees the
-    normalised path) and outside the auth and body-limit middlewares (their refusals are
-    counted, logged and carry the id too)."""
+    """The front layer of every HTTP request (api/app.py): Qdrant's path normalisation, the
+    request id, `x-quiver-version`, the access log and request metrics, in one pure ASGI
+    layer with one send wrapper (each layer costs a coroutine and a wrapper per message).
+    Outside the auth and body-limit layers: their refusals are counted, logged and carry the
+    id too; route templates match the normalised path."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, router_app: Any,
                  access: bool = True) -> None:
@@ -367,6 +374,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = normalize_path(scope)
         rid = None
         for k, v in scope.get("headers", ()):
             if k == HEADER:
@@ -374,18 +382,19 @@ class RequestContext:
                     rid = v.decode()
                 break
         if rid is None:
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()  # uuid4().hex's shape, a quarter of its cost
         token = REQUEST_ID.set(rid)
         started = time.perf_counter()
         status = 500
         error_body = bytearray()
+        stamp = ((HEADER, rid.encode()), VERSION_HEADER)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                headers = [(k, v) for k, v in message.get("headers", []) if k != HEADER]
-                headers.append((HEADER, rid.encode()))
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != HEADER]
+                headers.extend(stamp)
                 message = dict(message, headers=headers)
             elif message["type"] == "http.response.body" and status >= 500 \
                     and len(error_body) < 2048:
@@ -404,6 +413,8 @@ class RequestContext:
 
     def _log(self, scope: Scope, rid: str, method: str, route: str, status: int,
              elapsed: float, body: bytes) -> None:
+        if status < 500 and not (self.access and access_log.isEnabledFor(logging.INFO)):
+            return  # nothing is emitted: the line is not even formatted
         client = scope.get("client")
         line = (f"request_id={rid} method={_q(method)} route={_q(route)} "
                 f"path={_q(scope.get('path', ''))} status={status} "
@@ -417,5 +428,9 @@ class RequestContext:
             except ValueError:
                 message = body[:300].decode("utf-8", "replace")
             access_log.error("%s error=%s", line, _q(message))
-        elif self.access and access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s", line)
+        else:
+            # Logger.info() minus findCaller's stack walk (a third of its cost, ~10 us here):
+            # the record goes through the same filters and handlers; an access line's source
+            # location is this function anyway
+            access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__,
+                                                    0, line, (), None, "_log"))

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from engine import ivf
 from engine.catalog import validate_name
 from engine.errors import BadRequest
 from snapshots.schedule import ALL, check_cron, check_schedule_name, parse_duration
@@ -149,6 +150,11 @@ class GpuSettings:
     enabled: bool | Literal["auto"] = field(default="auto", metadata=_check(parse=_gpu_enabled))
     device_id: int = field(default=0, metadata=_check(minimum=0))
     memory_limit: float | None = field(default=None, metadata=_check(parse=_memory_limit))
+    # extension (engine/ivf.py): a FAISS index instead of HNSW for indexed segments
+    faiss_index: str = field(default="none", metadata=_check(choices=ivf.CHOICES))
+    nlist: int = field(default=0, metadata=_check(minimum=0))  # 0: auto, ≈ 4·sqrt(rows)
+    nprobe: int = field(default=32, metadata=_check(minimum=1))
+    pq_m: int = field(default=0, metadata=_check(minimum=0))  # 0: auto
 
 
 def _duration(value: Any, key: str) -> float | None:
@@ -243,6 +249,18 @@ class SnapshotsSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Scale-out on Ray (api/cluster): off by default; Ray is imported only when enabled."""
+    enabled: bool = False
+    ray_address: str = "local"  # local: a Ray instance in this process; auto or ray://host:port
+    namespace: str = "quiver"  # Ray namespace of the metadata and shard replica actors
+    num_cpus: int | None = field(default=None, metadata=_check(minimum=1))  # local only
+    replica_storage_path: str | None = None  # default <storage_path>/cluster/replicas
+    gpu_per_replica: bool | Literal["auto"] = field(default="auto",
+                                                    metadata=_check(parse=_gpu_enabled))
+
+
+@dataclass(frozen=True)
 class Settings:
     log_level: str = "INFO"
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -250,6 +268,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     gpu: GpuSettings = field(default_factory=GpuSettings)
     snapshots: SnapshotsSettings = field(default_factory=SnapshotsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def as_dict(settings: Any) -> dict[str, Any]:
@@ -356,6 +375,11 @@ def _check_consistent(settings: Settings) -> None:
     if svc.jwt_rbac and (svc.api_key is None or svc.api_key == ""):
         raise SettingsError("service.jwt_rbac: requires service.api_key (the key that signs "
                             "the tokens)")
+    gpu = settings.gpu
+    if gpu.faiss_index == "cagra" and (gpu.enabled is False or ivf.faiss_gpus() == 0):
+        raise SettingsError("gpu.faiss_index: cagra needs a FAISS build with GPU support "
+                            "(faiss.get_num_gpus() > 0) and gpu.enabled not false; use "
+                            "ivf_flat or ivf_pq, which also run on the CPU")
     # one snapshot storage per server: a schedule asking for another is refused, not failed
     storage = settings.storage.snapshots_config.snapshots_storage
     for i, entry in enumerate(settings.snapshots.schedule):

@@ -1,6 +1,7 @@
 """Snapshot create/recover throughput against the disk's own bandwidth, measured in one run.
 
     .venv/bin/python -m bench.snapshots [--mb 1024] [--dim 256] [--dir PATH]
+    .venv/bin/python -m bench.snapshots --bulk [--n 400000] [--dim 768] [--profile OUT.json]
 
 In-process (engine + snapshot manager, no HTTP): builds a collection of about --mb MiB of
 vectors, then times (1) writing the same number of bytes with fsync (the disk's sequential
@@ -8,6 +9,15 @@ write bandwidth), (2) snapshot creation, (3) reading the archive back cold (its 
 from the page cache first: the disk's read bandwidth) and warm, and (4) recovery until the
 collection answers a query, cold and warm, with and without a `checksum` to verify. Prints
 ratios; writes nothing else.
+
+`--bulk` is the snapshot-right-after-a-bulk-load scenario, over REST against a real server:
+--n points x --dim (400k x 768) uploaded in batches of 500 from two threads, then
+`POST /collections/c/snapshots?wait=true` at once, while a loop of single `/points/query`
+requests runs; its p99 during creation is compared with an idle window of the same length
+right after (same background indexing, no snapshot). The disk's write+fsync bandwidth is
+measured in the same run, before the upload and after the snapshot (their mean is the peer).
+`--profile OUT` records the server with `py-spy --native` during the creation (speedscope).
+Writes bench/results/<date>-snapshot-bulk-<n/1000>k.json (or --out).
 """
 
 from __future__ import annotations
@@ -17,16 +27,26 @@ import contextlib
 import gc
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
+import orjson
 
 from api.parse.writes import apply_body
 from engine.catalog import Catalog
 from engine.query import SearchSpec, search_batch
 from snapshots.manager import SnapshotManager
 from snapshots.recovery import Recovery
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def disk_write(path: str, nbytes: int) -> float:
@@ -73,12 +93,164 @@ def read_file(path: str, cold: bool) -> float:
     return size / (time.perf_counter() - t)
 
 
+# ---- the bulk-load scenario (over REST, a real server) ----------------------------------------
+
+BULK_BATCH = 500
+
+
+def _pct(ns: list[int]) -> dict[str, Any]:
+    a = np.asarray(ns, dtype=np.float64) / 1e6
+    if a.size == 0:
+        return {"count": 0}
+    return {"count": int(a.size), "p50_ms": float(np.percentile(a, 50)),
+            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+def _upload(url: str, name: str, x: np.ndarray, lo: int, hi: int) -> None:
+    """Points [lo, hi) in batches of BULK_BATCH, wait=true, orjson bodies (one client)."""
+    with httpx.Client(base_url=url, timeout=600) as http:
+        for s in range(lo, hi, BULK_BATCH):
+            e = min(s + BULK_BATCH, hi)
+            body = orjson.dumps({"batch": {"ids": list(range(s, e)), "vectors": x[s:e],
+                                           "payloads": [{"i": i} for i in range(s, e)]}},
+                                option=orjson.OPT_SERIALIZE_NUMPY)
+            r = http.put(f"/collections/{name}/points?wait=true", content=body,
+                         headers={"content-type": "application/json"})
+            r.raise_for_status()
+
+
+class SearchLoop:
+    """Single queries over REST in a thread, each sample (start ns, latency ns)."""
+
+    def __init__(self, url: str, name: str, dim: int) -> None:
+        self.samples: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        rng = np.random.default_rng(7)
+        self._bodies = [orjson.dumps({"query": rng.random(dim, dtype=np.float32), "limit": 10},
+                                     option=orjson.OPT_SERIALIZE_NUMPY) for _ in range(64)]
+        self._url, self._name = url, name
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=600) as http:
+            i = 0
+            while not self._stop.is_set():
+                t = time.perf_counter_ns()
+                http.post(f"/collections/{self._name}/points/query", content=self._bodies[i % 64],
+                          headers={"content-type": "application/json"}).raise_for_status()
+                self.samples.append((t, time.perf_counter_ns() - t))
+                i += 1
+
+    def start(self) -> SearchLoop:
+        self._t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+    def within(self, a: int, b: int) -> list[int]:
+        """Latencies of queries that overlapped [a, b]."""
+        return [d for t, d in list(self.samples) if t < b and t + d > a]
+
+
+def bulk_scenario(n: int, dim: int, root: str, profile: str | None) -> dict[str, Any]:
+    """400k x 768 (by default) uploaded over REST in batches of 500 from two threads, then
+    POST /collections/{c}/snapshots?wait=true at once while a search loop runs; the disk's
+    write+fsync bandwidth for the archive's size measured right before and after."""
+    from bench.server import Server
+
+    snaps = os.path.join(root, "snaps")
+    os.makedirs(snaps, exist_ok=True)
+    x = np.random.default_rng(1).random((n, dim), dtype=np.float32)
+    env = {"QUIVER__STORAGE__SNAPSHOTS_PATH": snaps}
+    out: dict[str, Any] = {"n": n, "dim": dim, "batch": BULK_BATCH, "upload_threads": 2}
+    with Server(storage=Path(root) / "storage", env=env) as srv:
+        with httpx.Client(base_url=srv.url, timeout=600) as http:
+            http.put("/collections/c", json={"vectors": {"size": dim, "distance": "Cosine"}}
+                     ).raise_for_status()
+            out["disk_write_before_Bps"] = disk_write(os.path.join(snaps, "probe.bin"),
+                                                      x.nbytes)
+            t = time.perf_counter()
+            half = (n // BULK_BATCH // 2) * BULK_BATCH
+            ups = [threading.Thread(target=_upload, args=(srv.url, "c", x, lo, hi))
+                   for lo, hi in ((0, half), (half, n))]
+            for th in ups:
+                th.start()
+            for th in ups:
+                th.join()
+            out["upload_s"] = time.perf_counter() - t
+            print(f"uploaded {n:,} x {dim} in {out['upload_s']:.1f} s", flush=True)
+            loop = SearchLoop(srv.url, "c", dim).start()
+            spy = None
+            if profile:  # py-spy on the server for the creation only
+                spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                                        "record", "--native", "--pid", str(srv.pid), "--rate",
+                                        "200", "--format", "speedscope", "-o", profile],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # attached
+            a = time.perf_counter_ns()
+            r = http.post("/collections/c/snapshots?wait=true")
+            b = time.perf_counter_ns()
+            r.raise_for_status()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            info = r.json()["result"]
+            create_s = (b - a) / 1e9
+            time.sleep(max(2.0, create_s))  # the idle window: same background work, no snapshot
+            c = time.perf_counter_ns()
+            loop.stop()
+            out["disk_write_after_Bps"] = disk_write(os.path.join(snaps, "probe.bin"),
+                                                     int(info["size"]))
+    disk_bw = (out["disk_write_before_Bps"] + out["disk_write_after_Bps"]) / 2
+    during, idle = _pct(loop.within(a, b)), _pct(loop.within(b, c))
+    out.update(archive_bytes=int(info["size"]), create_s=create_s,
+               create_Bps=info["size"] / create_s, disk_write_Bps=disk_bw,
+               create_vs_disk_write=info["size"] / create_s / disk_bw,
+               search_during=during, search_idle=idle,
+               p99_during_vs_idle=(during.get("p99_ms", 0) / idle["p99_ms"]
+                                   if idle.get("count") else None))
+    return out
+
+
+def bulk_main(args: argparse.Namespace) -> None:
+    root = tempfile.mkdtemp(prefix="quiver-snapbulk-", dir=args.dir)
+    try:
+        r = bulk_scenario(args.n or 400_000, args.dim or 768, root, args.profile)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    r.update(command=" ".join(["python -m bench.snapshots"] + sys.argv[1:]),
+             when=time.strftime("%Y-%m-%dT%H:%M:%S"), cores=os.cpu_count())
+    print(f"archive {r['archive_bytes'] / 2**20:,.0f} MiB in {r['create_s']:.2f} s: "
+          f"{r['create_Bps'] / 1e9:.3f} GB/s = {r['create_vs_disk_write']:.2f}x the disk's "
+          f"write+fsync {r['disk_write_Bps'] / 1e9:.3f} GB/s (target >= 0.8x)")
+    d, i = r["search_during"], r["search_idle"]
+    if d.get("count") and i.get("count"):
+        print(f"search p99 during creation {d['p99_ms']:.1f} ms ({d['count']} queries) vs idle "
+              f"{i['p99_ms']:.1f} ms ({i['count']}): {r['p99_during_vs_idle']:.2f}x "
+              "(target <= 2x)")
+    out = args.out or os.path.join(RESULTS, time.strftime("%Y-%m-%d") +
+                                   f"-snapshot-bulk-{r['n'] // 1000}k.json")
+    with open(out, "wb") as f:
+        f.write(orjson.dumps(r, option=orjson.OPT_INDENT_2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=1024)
-    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=None, help="256 (in process), 768 (--bulk)")
     ap.add_argument("--dir", default=None, help="where to put storage and snapshots")
+    ap.add_argument("--bulk", action="store_true", help="the bulk-load scenario over REST")
+    ap.add_argument("--n", type=int, default=None, help="--bulk: points (400000)")
+    ap.add_argument("--profile", default=None, help="--bulk: py-spy output during creation")
+    ap.add_argument("--out", default=None, help="--bulk: JSON result path")
     args = ap.parse_args()
+    if args.bulk:
+        bulk_main(args)
+        return
+    args.dim = args.dim or 256
     root = tempfile.mkdtemp(prefix="quiver-snapbench-", dir=args.dir)
     try:
         n = args.mb * (1 << 20) // (args.dim * 4)

@@ -113,6 +113,28 @@ class HnswIndex:
             sim = np.where(missing, -np.inf, sim).astype(np.float32)
         return sim, idx  # faiss returns float32 / int64 already
 
+    def search_one(self, query: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """One unfiltered query ((d,) float32, C-contiguous): the same result as
+        `search(query[None], k, ef, None)` as 1-D arrays, without faiss's Python wrapper and
+        its per-call allocations (the Python around a small graph walk costs as much as the
+        walk: py-spy, bench.ann). The results live in this thread's buffers until its next
+        call: copy or convert them before searching again."""
+        k = min(k, self.rows)
+        ef = int(min(max(ef, k), MAX_EF))
+        dist, idx = _buffers(k)
+        faiss.omp_set_num_threads(1)
+        self.index.search_c(1, faiss.swig_ptr(query), k, faiss.swig_ptr(dist),
+                            faiss.swig_ptr(idx), _shared_params(ef))
+        if self.metric == "ip":
+            sim = dist
+        elif self.metric == "l2":
+            sim = -np.sqrt(np.maximum(dist, 0.0))
+        else:
+            sim = -dist
+        if idx[k - 1] < 0:  # faiss fills from the front: fewer than k reachable
+            sim = np.where(idx < 0, -np.inf, sim).astype(np.float32)
+        return sim, idx
+
     def vectors_view(self) -> np.ndarray:
         """The index's own float32 copy of its rows, as a read-only array that keeps the
         index alive: a sealed segment serves its vectors from here instead of holding them
@@ -169,6 +191,15 @@ class _Borrowed:
 
 
 _PARAMS: dict[int, Any] = {}
+_local = threading.local()
+
+
+def _buffers(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's (k,) distance and label buffers for search_one, kept between calls."""
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None or len(bufs[0]) != k:
+        bufs = _local.bufs = (np.empty(k, np.float32), np.empty(k, np.int64))
+    return bufs
 
 
 def _shared_params(ef: int) -> Any:

@@ -133,7 +133,8 @@ class Catalog:
                 if self._stop.is_set():
                     return
                 try:
-                    built = coll.build_pending_index() or coll.digest_sealed() or built
+                    built = (coll.build_pending_index() or coll.quantize_pending()
+                             or coll.digest_sealed() or built)
                 except Exception:  # noqa: BLE001 - searches stay exact meanwhile
                     log.exception("building an index for %s failed", coll.name)
             if not built:

@@ -70,6 +70,7 @@ class Collection(CollectionState):
         self.device = default_device()  # HOST once a device failure moved it to the CPU
         self.device_fallback: str | None = None
         self.coalescer = Coalescer()
+        self.quantizers: dict[str, Any] = {}  # vector name → trained quantizer (indexing.py)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -454,6 +455,7 @@ class Collection(CollectionState):
         with self.write_lock:
             self.config = apply_update(self.config, body)
             flushing.write_config(self)
+            indexing.drop_stale_codes(self)  # the indexer re-quantizes in the background
 
     def create_index(self, field: str, schema: Any) -> None:
         if not isinstance(field, str) or not field:
@@ -506,6 +508,9 @@ class Collection(CollectionState):
 
     def digest_sealed(self) -> bool:
         return indexing.digest_sealed(self)
+
+    def quantize_pending(self) -> bool:
+        return indexing.quantize_pending(self)
 
     # ---- device placement --------------------------------------------------------------------
 

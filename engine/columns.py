@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -152,6 +152,27 @@ class ColumnData:
     geo_rows: np.ndarray
     geo_lat: np.ndarray
     geo_lon: np.ndarray
+    # sorted entries per kind, built on first use (see `sorted_entries`); not data
+    _sorted: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def sorted_entries(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values ascending, their rows) of the column's integer (`int`: exact values),
+        float (`float`) or string (`code`: vocabulary codes) entries. Sorted once per column
+        state (the arrays never change), so a match or range on an indexed field is two
+        binary searches and a slice, not a pass over every entry (Qdrant's payload index)."""
+        got = self._sorted.get(kind)
+        if got is None:  # two readers may both build it: same arrays, last one kept
+            if kind == "int":
+                sel, vals = self.kinds == KIND_INT, self.ints
+            elif kind == "float":
+                sel, vals = (self.kinds == KIND_FLOAT) & ~np.isnan(self.nums), self.nums
+            else:
+                sel, vals = self.codes >= 0, self.codes
+            vals = vals[sel]
+            order = np.argsort(vals, kind="stable")
+            got = self._sorted[kind] = (vals[order], self.rows[sel][order])
+        return got
 
     def rows_where(self, sel: np.ndarray, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)

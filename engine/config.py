@@ -13,6 +13,8 @@ from typing import Any
 
 from engine.distance import Distance, get_distance
 from engine.errors import BadInput, BadRequest
+from engine.quantization import DISABLED, QuantConfig
+from engine.quantization import parse_config as parse_quantization
 from engine.strict import parse_config as parse_strict_mode
 
 MAX_DIM = 65536
@@ -151,6 +153,8 @@ class CollectionConfig:
     multivectors: dict[str, VectorSpec] = field(default_factory=dict)
     strict_mode_config: Any = None
     metadata: dict[str, Any] | None = None
+    # dense vector name → its effective quantization (its own config, else the collection's)
+    quantization: dict[str, QuantConfig] = field(default_factory=dict)
 
     def is_sparse(self, name: str | None) -> bool:
         return bool(name) and name in self.sparse_vectors
@@ -335,6 +339,8 @@ def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
     if overlap:
         raise BadInput(f"vector name(s) used for both dense and sparse vectors: {sorted(overlap)}")
     metadata = _object(body.get("metadata"), "metadata", strict)
+    quantization = _quantization(body.get("quantization_config"), raw_vectors, named, specs,
+                                 strict)
     return CollectionConfig(
         vectors_echo=copy.deepcopy(raw_vectors),
         named=named,
@@ -352,7 +358,24 @@ def parse_create(body: dict[str, Any], strict: bool = True) -> CollectionConfig:
         quantization_config=body.get("quantization_config"),
         strict_mode_config=parse_strict_mode(body.get("strict_mode_config"), strict),
         metadata=metadata,
+        quantization=quantization,
     )
+
+
+def _quantization(top_raw: Any, raw_vectors: dict[str, Any], named: bool,
+                  specs: dict[str, VectorSpec], strict: bool) -> dict[str, QuantConfig]:
+    """Each dense vector's effective quantization: its own `quantization_config`, else the
+    collection's (multivectors are never quantized: refused per vector at create)."""
+    top = parse_quantization(top_raw, "quantization_config", strict)
+    out = {}
+    for name in specs:
+        raw = (raw_vectors.get(name) if named else raw_vectors) or {}
+        own = parse_quantization(raw.get("quantization_config"),
+                                 f"vectors.{name}.quantization_config" if named
+                                 else "vectors.quantization_config", strict)
+        if own is not None or top is not None:
+            out[name] = own or top
+    return out
 
 
 def from_state(state: dict[str, Any]) -> CollectionConfig:
@@ -396,12 +419,20 @@ def apply_update(cfg: CollectionConfig, body: dict[str, Any]) -> CollectionConfi
                 _check_multivector(name, {**target, **{k: v for k, v in upd.items()
                                                        if v is not None}}, "", "float32")
             for k, v in upd.items():
-                if k in ("hnsw_config", "quantization_config", "on_disk") and v is not None:
+                if k == "quantization_config" and v == DISABLED:
+                    target.pop(k, None)  # back to the collection's quantization
+                elif k == "quantization_config" and v is not None:
+                    parse_quantization(v, f"vectors.{name}.quantization_config")
+                    target[k] = v
+                elif k in ("hnsw_config", "on_disk") and v is not None:
                     target[k] = v
                 elif k not in ("hnsw_config", "quantization_config", "on_disk"):
                     raise BadRequest(f"vector param {k!r} cannot be updated")
     if "quantization_config" in body and body["quantization_config"] is not None:
-        state["quantization_config"] = body["quantization_config"]
+        q = body["quantization_config"]  # "Disabled" turns it off (QuantizationConfigDiff)
+        state["quantization_config"] = None if q == DISABLED else q
+        if q != DISABLED:
+            parse_quantization(q)
     if body.get("strict_mode_config") is not None:
         state["strict_mode_config"] = parse_strict_mode(  # a diff: merged over the current
             body["strict_mode_config"], True, state.get("strict_mode_config"))

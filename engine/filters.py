@@ -96,7 +96,113 @@ def parse_filter(obj: Any) -> Predicate | None:
             mask &= counts >= k
         return mask
 
+    if must and not (should or must_not or min_should is not None):
+        _with_rows(run, _all_rows(must))
     return run
+
+
+# ---- rows straight from payload indexes ------------------------------------------------------
+#
+# Some predicates also carry `rows(table)`: exactly the rows they match (unsorted, maybe
+# repeated, maybe beyond table.n), read from an indexed field's sorted entries, or None when
+# that is not possible here (no index on the field). A selective filter then costs about its
+# matches, not a pass over the segment (engine/tables.index_rows).
+
+RowsFn = Callable[[FilterTable], "np.ndarray | None"]
+
+
+def _with_rows(pred: Predicate, rows: RowsFn) -> Predicate:
+    pred.rows = rows  # type: ignore[attr-defined]
+    return pred
+
+
+def candidate_rows(pred: Predicate | None, t: FilterTable) -> np.ndarray | None:
+    """The rows `pred` matches, from payload indexes (see above); None: evaluate the mask."""
+    fn = getattr(pred, "rows", None)
+    return None if fn is None else fn(t)
+
+
+def _all_rows(conds: list[Predicate]) -> RowsFn:
+    """Rows of a conjunction: each condition's rows, intersected (all must have rows)."""
+    fns = [getattr(c, "rows", None) for c in conds]
+    if any(f is None for f in fns):
+        return lambda t: None
+
+    def rows(t: FilterTable) -> np.ndarray | None:
+        out: np.ndarray | None = None
+        for f in fns:
+            got = f(t)  # type: ignore[misc]
+            if got is None:
+                return None
+            out = got if out is None else np.intersect1d(out, got)
+        return out
+
+    return rows
+
+
+def _indexed(t: FilterTable, key: str) -> ColumnData | None:
+    """The column of an indexed field (an index is what makes sorted entries worth keeping)."""
+    return t.column(key) if t.index_type(key) is not None else None
+
+
+def _value_rows(key: str, values: list[Any]) -> RowsFn:
+    """Rows equal to any of the keyword / integer values (match value, match any)."""
+    strs = [v for v in values if isinstance(v, str)]
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)
+            and I64_MIN <= v <= I64_MAX]
+
+    def rows(t: FilterTable) -> np.ndarray | None:
+        col = _indexed(t, key)
+        if col is None:
+            return None
+        parts = []
+        if strs:
+            codes = [c for c in (col.vocab.index.get(v) for v in strs) if c is not None]
+            if codes:
+                parts.append(_equal(col.sorted_entries("code"), codes))
+        if ints:
+            parts.append(_equal(col.sorted_entries("int"), ints))
+        if not parts:
+            return np.empty(0, np.int64)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    return rows
+
+
+def _equal(entries: tuple[np.ndarray, np.ndarray], values: list[Any]) -> np.ndarray:
+    vals, rows = entries
+    want = np.asarray(values, dtype=vals.dtype)
+    lo = np.searchsorted(vals, want, "left")
+    hi = np.searchsorted(vals, want, "right")
+    if len(want) == 1:
+        return rows[int(lo[0]) : int(hi[0])]
+    return np.concatenate([rows[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
+
+
+def _range_rows(key: str, bounds: dict[str, Any]) -> RowsFn:
+    """Rows of a numeric range: a slice of the sorted integers (compared exactly, as `_range`)
+    and one of the sorted floats."""
+    def rows(t: FilterTable) -> np.ndarray | None:
+        col = _indexed(t, key)
+        if col is None:
+            return None
+        ints, irows = col.sorted_entries("int")
+        floats, frows = col.sorted_entries("float")
+        ilo, ihi, flo, fhi = 0, len(ints), 0, len(floats)
+        for op, bound in bounds.items():
+            lower = op in ("gt", "gte")
+            side = "right" if op in ("gt", "lte") else "left"
+            fb = float(bound)
+            at = int(np.searchsorted(floats, fb, side))
+            flo, fhi = (max(flo, at), fhi) if lower else (flo, min(fhi, at))
+            if math.isfinite(fb):
+                at = int(np.searchsorted(ints, _int_bound(op, bound), side))
+            else:  # -inf lies below every integer, +inf above
+                at = 0 if fb < 0 else len(ints)
+            ilo, ihi = (max(ilo, at), ihi) if lower else (ilo, min(ihi, at))
+        return np.concatenate([irows[ilo:max(ilo, ihi)], frows[flo:max(flo, fhi)]])
+
+    return rows
 
 
 def _condition(c: Any) -> Predicate:
@@ -113,7 +219,8 @@ def _condition(c: Any) -> Predicate:
         if not isinstance(ids, list):
             raise BadRequest("`has_id` must be a list of point ids")
         parsed = [parse_id(i) for i in ids]
-        return lambda t: _rows_mask(t.id_rows(parsed), t.n)
+        return _with_rows(lambda t: _rows_mask(t.id_rows(parsed), t.n),
+                          lambda t: t.id_rows(parsed))
     if "has_vector" in c:
         name = c["has_vector"]
         if not isinstance(name, str):
@@ -202,7 +309,7 @@ def _field_condition(c: dict[str, Any]) -> Predicate:
             mask &= p(t)
         return mask
 
-    return run
+    return _with_rows(run, _all_rows(parts))
 
 
 def _geo(key: str, test: GeoTest) -> Predicate:
@@ -311,10 +418,14 @@ def _has_phrase(doc: list[str], phrase: list[str]) -> bool:
 def _match(key: str, m: Any) -> Predicate:
     if not isinstance(m, dict) or not m:
         raise BadRequest(f"invalid match for `{key}`: {m!r}")
+    rows: RowsFn | None = None
     if "value" in m:
         plain = _value_selector(m["value"])
+        if not isinstance(m["value"], bool):
+            rows = _value_rows(key, [m["value"]])
     elif "any" in m:
         plain = _any_selector(m["any"])
+        rows = _value_rows(key, m["any"])
     elif "except" in m:
         ex = _any_selector(m["except"])
 
@@ -337,7 +448,7 @@ def _match(key: str, m: Any) -> Predicate:
         col = t.column(key)
         return col.rows_where(plain(col), t.n)
 
-    return run
+    return run if rows is None else _with_rows(run, rows)
 
 
 TEXT_MODES = ("text", "phrase", "text_any", "prefix", "substring")
@@ -405,7 +516,7 @@ def _range(key: str, r: Any) -> Predicate:
                 else _OPS[op](col.nums, bound)
         return col.rows_where(sel_f | (is_int & sel_i), t.n)
 
-    return run
+    return run if is_dt else _with_rows(run, _range_rows(key, bounds))
 
 
 def _int_bound(op: str, bound: float) -> int:

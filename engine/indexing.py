@@ -8,18 +8,21 @@ every lock, and swap their result in with one assignment, so writes and reads ne
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
-from engine import ann, tasks
+from engine import ann, ivf, quantization, tasks
 from engine.npy import npy_sha256
 from engine.segment import Segment
-from engine.segment_store import ids_fingerprint, read_graph, write_graph
+from engine.segment_store import ids_fingerprint, read_graph, read_ivf, write_graph, write_ivf
 from engine.state import CollectionState
 
 log = logging.getLogger("quiver.collection")
+QUANTIZE_MIN_ROWS = 256  # a segment's unquantized tail is encoded past this many rows
 
 
 def hnsw_params(coll: CollectionState) -> tuple[int, int]:
@@ -34,12 +37,16 @@ def segment_dir(coll: CollectionState, seg_id: int) -> str:
 
 def attach_graphs(coll: CollectionState) -> None:
     """After WAL replay: persisted HNSW graphs whose rows (by id fingerprint) are still the
-    segment's leading rows are attached; anything else is rebuilt in the background."""
+    segment's leading rows are attached; anything else is rebuilt in the background. A
+    persisted FAISS IVF index (engine/ivf.py) likewise, first where one is configured."""
     if not ann.available():
         return
+    want = ivf.configured()
     for seg in coll.segments:
         seg_dir = segment_dir(coll, seg.seg_id)
         for name, spec in coll.config.vectors.items():
+            if want is not None and _attach_ivf(coll, seg, name, spec.distance.metric, want):
+                continue
             try:
                 graph = read_graph(seg_dir, name)
                 if graph is None or seg.on_device:
@@ -53,6 +60,39 @@ def attach_graphs(coll: CollectionState) -> None:
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("collection %s: ignoring HNSW graph in %s (%s); it will be "
                             "rebuilt", coll.name, seg_dir, exc)
+            if want is None and name not in seg.ann:
+                _attach_ivf(coll, seg, name, spec.distance.metric, want)
+
+
+def _attach_ivf(coll: CollectionState, seg: Segment, name: str, metric: str,
+                want: ivf.IvfSpec | None) -> bool:
+    """Attach a segment's persisted IVF index, rehydrated without retraining; False when
+    there is none or it no longer describes the segment's leading rows."""
+    seg_dir = segment_dir(coll, seg.seg_id)
+    try:
+        rec = read_ivf(seg_dir, name)
+        if rec is None:
+            return False
+        index = ivf.IvfIndex.from_blob(rec["blob"], seg.host_rows(name, seg.n), metric, want,
+                                       keep_source=not seg.on_device)
+        if not np.array_equal(rec["ids_sha"], ids_fingerprint(seg.id_recs[: index.rows])):
+            raise ValueError("it describes other rows")
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("collection %s: ignoring IVF index in %s (%s); it will be rebuilt",
+                    coll.name, seg_dir, exc)
+        return False
+    seg.adopt_index(name, index)
+    return True
+
+
+def _write_index(coll: CollectionState, seg: Segment, name: str,
+                 index: ann.HnswIndex | ivf.IvfIndex) -> None:
+    """Persist an index next to its segment: an HNSW graph, or an IVF index's CPU form."""
+    seg_dir, ids = segment_dir(coll, seg.seg_id), seg.id_recs[: index.rows]
+    if isinstance(index, ivf.IvfIndex):
+        write_ivf(seg_dir, name, index.blob(), ids)
+    else:
+        write_graph(seg_dir, name, index.graph(), ids)
 
 
 def persist_graphs(coll: CollectionState) -> None:
@@ -60,27 +100,37 @@ def persist_graphs(coll: CollectionState) -> None:
     persisted, never rebuilt)."""
     for seg in coll.segments:
         for vname, index in seg.ann.items():
-            write_graph(segment_dir(coll, seg.seg_id), vname, index.graph(),
-                        seg.id_recs[: index.rows])
+            _write_index(coll, seg, vname, index)
 
 
 def pending_index(coll: CollectionState) -> tuple[Segment, str, int] | None:
     """The next (segment, vector name, rows) whose unindexed rows passed
-    `indexing_threshold`; device-resident segments are searched exactly on the GPU."""
+    `indexing_threshold`; device-resident segments are searched exactly on the GPU unless
+    a FAISS index (gpu.faiss_index, engine/ivf.py) is configured. An index of another kind
+    than the configured one counts as none: it is replaced."""
     m, _ = hnsw_params(coll)
-    if not ann.available() or m <= 0 or coll.closed:
+    want = ivf.configured()
+    if not ann.available() or coll.closed:
         return None
     for seg in list(coll.segments):
-        if seg.on_device:
-            continue
         n = seg.n
-        for name in coll.config.vectors:
+        for name, vspec in coll.config.vectors.items():
+            use_ivf = ivf.supports(want, vspec.distance.metric)
+            if not use_ivf and (m <= 0 or seg.on_device):
+                continue
             need = ann.threshold_rows(coll.config.optimizer_config.get("indexing_threshold"),
                                       seg.row_bytes(name))
-            have = seg.ann.get(name)
+            have = _same_kind(seg.ann.get(name), want if use_ivf else None)
             if need is not None and n - (have.rows if have else 0) >= need:
                 return seg, name, n
     return None
+
+
+def _same_kind(index: Any, want: ivf.IvfSpec | None) -> Any:
+    """`index` when it is of the wanted kind (an HNSW graph for None), else None."""
+    if isinstance(index, ivf.IvfIndex):
+        return index if want is not None and index.kind == want.kind else None
+    return index if want is None else None
 
 
 def build_pending_index(coll: CollectionState) -> bool:
@@ -91,22 +141,131 @@ def build_pending_index(coll: CollectionState) -> bool:
         return False
     seg, name, n = task
     spec = coll.config.vectors[name]
-    base = seg.ann.get(name)
+    want = ivf.configured()
+    want = want if ivf.supports(want, spec.distance.metric) else None
+    base = _same_kind(seg.ann.get(name), want)
     # a task (engine.tasks): rows added so far out of the rows this build adds
     with tasks.registry.run("index_build", coll.name, total=n - (base.rows if base else 0),
                             unit="rows") as progress:
         progress.set_phase(f"segment {seg.seg_id}, vector {name!r}")
         vectors = seg.host_rows(name, n).astype(np.float32, copy=False)
-        index = ann.HnswIndex.build(vectors, spec.distance.metric, *hnsw_params(coll),
-                                    base=base, progress=progress.advance)
+        trained = ivf.trainings()
+        index: ann.HnswIndex | ivf.IvfIndex
+        if want is not None:
+            index = ivf.IvfIndex.build(vectors, spec.distance.metric, want, base=base,
+                                       keep_source=not seg.on_device,
+                                       progress=progress.advance)
+        else:
+            index = ann.HnswIndex.build(vectors, spec.distance.metric, *hnsw_params(coll),
+                                        base=base, progress=progress.advance)
     with coll.write_lock:
         if coll.seg_by_id.get(seg.seg_id) is not seg or coll.closed:
             return True  # vacuumed or dropped meanwhile: the new segment gets its own
         seg.adopt_index(name, index)
-    write_graph(segment_dir(coll, seg.seg_id), name, index.graph(), seg.id_recs[: index.rows])
-    log.info("collection %s: HNSW index over %d rows of segment %d (%r)", coll.name,
-             index.rows, seg.seg_id, name)
+    _write_index(coll, seg, name, index)
+    if want is None:
+        log.info("collection %s: HNSW index over %d rows of segment %d (%r)", coll.name,
+                 index.rows, seg.seg_id, name)
+    else:
+        log.info("collection %s: faiss %s index over %d rows of segment %d (%r)%s", coll.name,
+                 want.kind, index.rows, seg.seg_id, name,
+                 ", trained" if ivf.trainings() != trained else "")
     return True
+
+
+def _quantizer(coll: CollectionState, name: str) -> quantization.Quantizer | None:
+    """The vector's quantizer for its current config: kept, re-wrapped, adopted from a
+    recovered segment's codes or the collection directory, or trained once on a sample of
+    every segment's rows (then stored durably). None: too few rows to train yet."""
+    qcfg = coll.config.quantization[name]
+    spec = coll.config.vectors[name]
+    have: dict[str, quantization.Quantizer] = coll.quantizers  # type: ignore[attr-defined]
+    q = have.get(name)
+    if q is not None and q.config != qcfg:
+        q = quantization.rewrap(q, qcfg) if q.config.train_key() == qcfg.train_key() else None
+    if q is None:
+        for seg in coll.segments:  # a snapshot's codes carry their quantizer
+            rec = seg.quantized.get(name)
+            if rec is not None and rec.quantizer.config.train_key() == qcfg.train_key():
+                q = quantization.rewrap(rec.quantizer, qcfg)
+                quantization.save(coll.path, name, q)
+                break
+    if q is None:
+        q = quantization.load(coll.path, name, qcfg, spec.size, spec.distance.metric)
+    if q is None:
+        segs = [(seg, seg.n) for seg in list(coll.segments) if seg.n]
+        if sum(n for _, n in segs) < quantization.TRAIN_MIN_ROWS:
+            return None
+        with tasks.registry.run("quantize", coll.name, total=1, unit="quantizers") as progress:
+            progress.set_phase(f"training {qcfg.kind} quantization of vector {name!r}")
+            rows = np.concatenate([seg.host_rows(name, n)[seg.present[name][:n]]
+                                   for seg, n in segs]).astype(np.float32, copy=False)
+            q = quantization.train(qcfg, rows, spec.distance.metric)
+            progress.advance(1)
+        quantization.save(coll.path, name, q)
+        log.info("collection %s: trained %s quantization of %r on %d rows", coll.name,
+                 qcfg.kind, name, len(rows))
+    have[name] = q
+    return q
+
+
+def drop_stale_codes(coll: CollectionState) -> None:
+    """After a config update (caller holds the write lock): codes of vectors that are no
+    longer quantized, or quantized otherwise, stop serving searches at once."""
+    cfg = coll.config.quantization
+    for seg in coll.segments:
+        keep = {name: rec for name, rec in seg.quantized.items()
+                if name in cfg and rec.quantizer.config.train_key() == cfg[name].train_key()}
+        if len(keep) != len(seg.quantized):
+            seg.quantized = keep
+
+
+def quantize_pending(coll: CollectionState) -> bool:
+    """Encode one segment's unquantized rows of one vector (training its quantizer first if
+    needed), outside every lock, then swap the codes in. False: nothing was pending. Rows
+    are encoded once the tail reaches a quarter of the codes (amortised O(rows))."""
+    if coll.closed or not coll.config.quantization:
+        return False
+    for name in list(coll.config.quantization):
+        q = _quantizer(coll, name)
+        if q is None:
+            continue
+        for seg in list(coll.segments):
+            n = seg.n
+            rec = seg.quantized.get(name)
+            base = rec if rec is not None and rec.quantizer is q else None
+            if rec is not None and base is None and quantization.same_codebook(rec.quantizer, q):
+                base = dataclasses.replace(rec, quantizer=q)  # a snapshot's codes: kept
+                with coll.write_lock:
+                    if seg.quantized.get(name) is rec:
+                        seg.quantized = {**seg.quantized, name: base}
+            if base is not None and n - base.rows < max(QUANTIZE_MIN_ROWS, base.rows // 4):
+                continue
+            if n == 0:
+                continue
+            xp = seg.device.array_module() if seg.on_device else np
+            with tasks.registry.run("quantize", coll.name, total=n - (base.rows if base else 0),
+                                    unit="rows") as progress:
+                progress.set_phase(f"segment {seg.seg_id}, vector {name!r}")
+                codes = quantization.encode_rows(q, seg.host_rows(name, n), xp, base)
+                progress.advance(n - (base.rows if base else 0))
+            with coll.write_lock:
+                if coll.seg_by_id.get(seg.seg_id) is not seg or coll.closed:
+                    return True
+                if coll.config.quantization.get(name) != q.config:
+                    return True  # the config changed meanwhile: the next round redoes it
+                seg.quantized = {**seg.quantized, name: codes}
+            return True
+    return False
+
+
+def quantized_bytes(coll: CollectionState) -> dict[str, int]:
+    """Bytes of codes held per vector name (telemetry)."""
+    out: dict[str, int] = {}
+    for seg in coll.segments:
+        for name, rec in seg.quantized.items():
+            out[name] = out.get(name, 0) + rec.nbytes()
+    return out
 
 
 def digest_sealed(coll: CollectionState) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.filters import Predicate
 from engine.ids import PointId
+from engine.quantization import QuantSearch
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SearchSpec:
     filter_key: str = ""  # searches with equal (using, filter_key, params) share one GEMM
     hnsw_ef: int | None = None  # params.hnsw_ef: HNSW beam width (default: ef_construct)
     exact: bool = False  # params.exact: bypass the HNSW index
+    quantization: QuantSearch | None = None  # params.quantization (engine/quantized_search.py)
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,23 @@ per-segment results merge on the host; payloads and vectors are rendered for the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from engine import ann
+from engine import ann, ivf, quantized_search
 from engine.errors import BadInput
 from engine.id_tracker import ROW_BITS
 from engine.multi_search import search_multi
 from engine.multivector import MultiVector
 from engine.plan import SearchSpec
 from engine.recommend import ExampleQuery, search_examples
-from engine.render import render_handles
+from engine.render import render, render_handles
 from engine.segment import Segment
 from engine.sparse import SparseVector
 from engine.sparse_search import search_sparse
-from engine.tables import searched_segments
+from engine.tables import rows_mask, selected_segments
 from engine.view import View
 from gpu.device import DeviceFailure
 from gpu.topk import merge
@@ -30,6 +31,10 @@ from gpu.topk import merge
 
 def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
     """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
+    if len(specs) == 1:
+        one = _search_one(view, specs[0])
+        if one is not None:
+            return [one]
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)
     sparse = [i for i, s in enumerate(specs) if isinstance(s.vector, SparseVector)]
     if sparse:  # sparse vectors: posting lists on the host (engine/sparse_search.py)
@@ -62,21 +67,31 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
     queries = _prepared_queries(specs, vspec.size, dist)
     k = max(s.limit + s.offset + len(s.exclude_ids) for s in specs)
     parts = []
-    for seg, n, mask, allowed in searched_segments(view, spec0.pred, vspec.name,
-                                                   spec0.filter_key):
-        index = None if seg.on_device else seg.ann.get(vspec.name)
+    for seg, n, mask, listed, allowed in selected_segments(view, spec0.pred, vspec.name,
+                                                          spec0.filter_key):
+        # listed: a selective filter's rows from payload indexes (mask None: none was built)
+        if (quant := quantized_search.applies(seg, vspec.name, specs)) is not None:
+            vals, rows = quantized_search.search(view, seg, n, vspec.name, queries, k,
+                                                 dist.metric, _as_mask(mask, listed, n), allowed,
+                                                 quant, specs)
+            parts.append((vals, rows + (seg.seg_id << ROW_BITS)))  # codes, then rescore
+            continue
+        index = seg.ann.get(vspec.name)
+        if seg.on_device and not isinstance(index, ivf.IvfIndex):
+            index = None  # device segments: exact on the GPU unless a FAISS index serves them
         if index is not None and ann.use_index(index, spec0.exact, allowed, n, ann.full_scan_rows(
                 view.config.hnsw_config, seg.row_bytes(vspec.name))):
-            vals, rows = _index_search(seg, n, vspec.name, queries, k, dist.metric, mask, allowed,
-                                       index, spec0.hnsw_ef or view.hnsw_ef_construct())
+            vals, rows = _index_search(seg, n, vspec.name, queries, k, dist.metric,
+                                       _as_mask(mask, listed, n), allowed, index,
+                                       spec0.hnsw_ef or view.hnsw_ef_construct())
         else:
+            # listed rows are scored as they are: gathered, one small GEMM, no mask
+            sel = listed if mask is None else None if allowed == n else mask
             try:
-                vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric,
-                                             None if allowed == n else mask)
+                vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric, sel)
             except DeviceFailure as exc:
                 view.on_device_failure(str(exc))  # logged once; the same search runs on the host
-                vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric,
-                                             None if allowed == n else mask)
+                vals, rows = _segment_search(seg, 0, n, vspec.name, queries, k, dist.metric, sel)
         # a missing result carries -inf (and row -1): the finite check below drops it
         parts.append((vals, rows + (seg.seg_id << ROW_BITS)))
     vals, keys = merge(parts, k) if parts else (np.empty((len(specs), 0), np.float32),
@@ -103,8 +118,71 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
     return out
 
 
+def _as_mask(mask: np.ndarray | None, listed: np.ndarray | None, n: int) -> np.ndarray:
+    return rows_mask(listed, n) if mask is None else mask  # type: ignore[arg-type]
+
+
+def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
+    """The common single query, straight from the spec to the graph walk: a dense vector, no
+    filter or exclusions, one non-empty host segment wholly covered by its HNSW index and
+    without deleted rows. None: the general path decides (same results, more Python: view
+    scans, masks, merge and per-query lists cost as much as a small graph walk, py-spy)."""
+    v = s.vector
+    if type(v) is not np.ndarray or v.ndim != 1 or s.pred is not None or s.exact \
+            or s.exclude_ids:
+        return None
+    seg: Segment | None = None
+    n = 0
+    for sg, m in view.segments:
+        if m:
+            if seg is not None:
+                return None
+            seg, n = sg, m
+    k = s.limit + s.offset
+    if seg is None or k <= 0 or seg.on_device:
+        return None
+    vspec = view.config.vector(s.using)
+    index = seg.ann.get(vspec.name)
+    if type(index) is not ann.HnswIndex or index.rows != n \
+            or quantized_search.applies(seg, vspec.name, [s]) is not None:
+        return None
+    if seg.live_mask(n, vspec.name)[1] != n:
+        return None
+    dist = vspec.distance
+    q = _prepared_one(v, vspec.size, dist)
+    sims, rows = index.search_one(q, k, s.hnsw_ef or view.hnsw_ef_construct())
+    seg.touch()
+    sims64 = sims.astype(np.float64)  # copies out of the thread's result buffers
+    if rows[-1] < 0 or s.score_threshold is not None:
+        ok = np.isfinite(sims64) & (rows >= 0)
+        if s.score_threshold is not None:
+            ok &= sims64 > dist.threshold_to_sim(s.score_threshold)  # strict, as Qdrant
+        sims64, rows = sims64[ok], rows[ok]
+    rows_l = rows[s.offset : k].tolist()
+    scores = dist.to_score(sims64[s.offset : k]).tolist()
+    return render(view, seg, rows_l, s.with_payload, s.with_vector, scores)
+
+
+def _prepared_one(v: np.ndarray, dim: int, dist: Any) -> np.ndarray:
+    """One (d,) query as `_prepared_queries` prepares a batch: checked, Cosine: unit."""
+    q = v if v.dtype == np.float32 and v.flags.c_contiguous else \
+        np.ascontiguousarray(v, dtype=np.float32)
+    if len(q) != dim:
+        raise BadInput(f"Vector dimension error: expected dim: {dim}, got {len(q)}")
+    sq = float(q @ q)
+    if not math.isfinite(sq) and not np.isfinite(q).all():
+        raise BadInput("Query vector must not contain NaN or infinite values")
+    if not dist.normalise:
+        return q
+    norm = np.float32(math.sqrt(sq))  # inf (overflow) gives zeros, as the batch path
+    return q / norm if norm else q.copy()
+
+
 def _prepared_queries(specs: list[SearchSpec], dim: int, dist: Any) -> np.ndarray:
     """(b, d) float32 queries, checked (dimension, finite) and prepared (Cosine: unit)."""
+    v = specs[0].vector
+    if len(specs) == 1 and type(v) is np.ndarray and v.ndim == 1:
+        return _prepared_one(v, dim, dist)[None, :]
     if len(specs) == 1:
         queries = np.asarray(specs[0].vector, dtype=np.float32).reshape(1, -1)
     else:
@@ -119,7 +197,8 @@ def _prepared_queries(specs: list[SearchSpec], dim: int, dist: Any) -> np.ndarra
 
 def _segment_search(seg: Segment, start: int, n: int, name: str, queries: np.ndarray, k: int,
                     metric: str, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search over rows [start, n) of a segment; returned rows count from `start`."""
+    """Exact search over rows [start, n) of a segment; returned rows count from `start`.
+    `mask`: bools over those rows, or the allowed rows themselves (ascending int64)."""
     return seg.search(name, start, n, queries, k, metric, mask)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ class FrozenSegment:
     digests: dict[str, str]  # vector name → sha256 of its .npy member, where precomputed
     sparse: dict[str, SparseBatch]  # sparse name → rows [0, n) (views: immutable rows)
     multi: dict[str, MultiBatch]  # multivector name → rows [0, n) (views: immutable rows)
+    quantized: dict[str, Any] = field(default_factory=dict)  # name → QuantizedRows (codes)
 
     def host_rows(self, name: str, start: int = 0) -> np.ndarray:
         """Rows [start, n) of a vector in host memory, in their storage dtype."""
@@ -113,6 +114,8 @@ class Segment:
         self.versions = np.zeros(0, np.uint64)
         self.payloads: list[dict[str, Any]] = []
         self.ann: dict[str, Any] = {}  # vector name → engine.ann.HnswIndex, swapped whole
+        # vector name → engine.quantization.QuantizedRows over its leading rows, swapped whole
+        self.quantized: dict[str, Any] = {}
         self.mask_version = 0  # bumped when rows are deleted or lose vectors
         self.filter_cache: dict[Any, tuple[np.ndarray, int]] = {}  # see query.segment_mask_count
         self._live_cache: dict[str | None, tuple[Any, np.ndarray, int]] = {}
@@ -359,6 +362,7 @@ class Segment:
             digests={name: d for name, (rows, d) in self.digests.items() if rows == n},
             sparse={name: store.csr(n) for name, store in self.sparse.items()},
             multi={name: store.batch(n) for name, store in self.multi.items()},
+            quantized=dict(self.quantized),
         )
 
     @classmethod
@@ -394,6 +398,7 @@ class Segment:
         seg.digests = {name: (n, d) for name, d in (data.get("digests") or {}).items()}
         for name, index in (data.get("ann") or {}).items():
             seg.adopt_index(name, index)
+        seg.quantized = dict(data.get("quantized") or {})  # a snapshot's codes
         return seg
 
     @classmethod

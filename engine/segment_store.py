@@ -13,6 +13,8 @@
     segments/<id>/hnsw-<hexname>.npz       HNSW graph over the leading rows (engine/ann.py),
                                            written by the background indexer; ignored on load
                                            if it covers more rows than were committed
+    segments/<id>/ivf-<hexname>.npz        a FAISS IVF/CAGRA index (engine/ivf.py), serialised
+                                           CPU form + the fingerprint of the rows it covers
     blobs/<uuid>.snapshot                  a recovered snapshot archive (hard-linked, never
                                            copied): segments whose state.json entry has a
                                            `blob` map their ids and vectors from it at the
@@ -286,13 +288,38 @@ def read_graph(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in (*GRAPH_KEYS, "ids_sha")}
 
 
+def ivf_file(name: str) -> str:
+    return f"ivf-{name.encode().hex()}.npz"
+
+
+def write_ivf(seg_dir: str, name: str, blob: np.ndarray, id_recs: np.ndarray) -> None:
+    """Persist a FAISS IVF/CAGRA index (its serialised CPU form, engine/ivf.py) atomically."""
+    try:
+        os.makedirs(seg_dir, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, ids_sha=ids_fingerprint(id_recs), blob=blob)
+        with atomic_writer(os.path.join(seg_dir, ivf_file(name))) as f:
+            f.write(buf.getvalue())
+        fsync_dir(seg_dir)
+    except OSError as exc:
+        raise io_error(exc, "writing an IVF index") from exc
+
+
+def read_ivf(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
+    path = os.path.join(seg_dir, ivf_file(name))
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in ("blob", "ids_sha")}
+
+
 def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) -> None:
     """Remove mask/payload files of older generations and stray temp files."""
     if not os.path.isdir(seg_dir):
         return  # a recovered segment still entirely in its archive
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):
-        if name in keep or name.startswith(("vec-", "hnsw-", "sparse-", "multi-")):
+        if name in keep or name.startswith(("vec-", "hnsw-", "ivf-", "sparse-", "multi-")):
             continue
         if name.startswith(("masks.", "payloads.", ".tmp-")):
             try:

@@ -13,10 +13,17 @@ import numpy as np
 
 from engine import payload as payload_ops
 from engine.columns import Column, ColumnData
-from engine.filters import Predicate
+from engine.filters import Predicate, candidate_rows
 from engine.ids import PointId, ids_to_records
 from engine.segment import Segment
 from engine.view import View
+
+# A filter matching more than this fraction of a segment is evaluated as a mask even when
+# payload indexes could list its rows (listing and sorting them would cost more).
+INDEX_ROWS_FRACTION = 0.25
+# Observability for benchmarks and tests: how filters were answered (approximate under
+# concurrency; never used for decisions).
+STATS = {"index_rows": 0, "masks_evaluated": 0, "mask_cache_hits": 0}
 
 
 class SegmentTable:
@@ -117,7 +124,9 @@ def segment_mask_count(view: View, seg: Segment, n: int, pred: Predicate | None,
         key = (cache_key, vector, n, seg.mask_version, seg.payload_version, schema)
         hit = seg.filter_cache.get(key)
         if hit is not None:
+            STATS["mask_cache_hits"] += 1
             return hit
+    STATS["masks_evaluated"] += 1
     mask = mask & pred(SegmentTable(view, seg, n))
     mask.setflags(write=False)
     result = (mask, int(np.count_nonzero(mask)))
@@ -126,18 +135,60 @@ def segment_mask_count(view: View, seg: Segment, n: int, pred: Predicate | None,
     return result
 
 
-def searched_segments(view: View, pred: Predicate | None, vector: str, cache_key: str = ""
-                      ) -> Iterator[tuple[Segment, int, np.ndarray, int]]:
-    """(segment, rows, mask, allowed) for each segment with rows that pass deletion, the
-    vector's presence and the filter — the segments a search reads (touched: recently used)."""
+def index_rows(view: View, seg: Segment, n: int, pred: Predicate | None,
+               vector: str | None = None) -> np.ndarray | None:
+    """The rows (ascending) passing deletion, vector presence and a selective filter, read
+    from payload indexes without a segment-sized mask — what qdrant-edge does below its
+    full-scan threshold. None: the filter cannot be answered that way, or it matches more
+    than INDEX_ROWS_FRACTION of the segment (a mask is as cheap then, and the graph needs one).
+    """
+    cand = candidate_rows(pred, SegmentTable(view, seg, n))
+    if cand is None or len(cand) > n * INDEX_ROWS_FRACTION:
+        return None
+    rows = np.sort(cand)  # ascending, each once (array payloads repeat rows)
+    if len(rows) > 1 and not (rows[1:] != rows[:-1]).all():
+        rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
+    rows = rows[: int(np.searchsorted(rows, n))]  # the column may run ahead of this view
+    live, allowed = seg.live_mask(n, vector)
+    if allowed < n:
+        rows = rows[live[rows]]
+    STATS["index_rows"] += 1
+    return rows
+
+
+def rows_mask(rows: np.ndarray, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    mask.setflags(write=False)
+    return mask
+
+
+def selected_segments(view: View, pred: Predicate | None, vector: str, cache_key: str = ""
+                      ) -> Iterator[tuple[Segment, int, np.ndarray | None, np.ndarray | None,
+                                          int]]:
+    """(segment, rows, mask, listed, allowed) for each segment with rows that pass deletion,
+    the vector's presence and the filter — the segments a search reads (touched: recently
+    used). A selective filter on indexed fields comes as `listed` (ascending allowed rows,
+    mask None); otherwise as `mask` (listed None)."""
     for seg, n in view.segments:
         if n == 0:
             continue
-        mask, allowed = segment_mask_count(view, seg, n, pred, vector, cache_key)
+        listed = index_rows(view, seg, n, pred, vector) if pred is not None else None
+        if listed is not None:
+            mask, allowed = None, len(listed)
+        else:
+            mask, allowed = segment_mask_count(view, seg, n, pred, vector, cache_key)
         if allowed == 0:
             continue
         seg.touch()
-        yield seg, n, mask, allowed
+        yield seg, n, mask, listed, allowed
+
+
+def searched_segments(view: View, pred: Predicate | None, vector: str, cache_key: str = ""
+                      ) -> Iterator[tuple[Segment, int, np.ndarray, int]]:
+    """(segment, rows, mask, allowed): `selected_segments` with every selection a mask."""
+    for seg, n, mask, listed, allowed in selected_segments(view, pred, vector, cache_key):
+        yield seg, n, rows_mask(listed, n) if mask is None else mask, allowed
 
 
 def filtered_ids(view: View, pred: Predicate | None) -> list[PointId]:

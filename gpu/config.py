@@ -1,4 +1,5 @@
-"""GpuConfig: the typed `gpu:` settings (enabled, device_id, memory_limit)."""
+"""GpuConfig: the typed `gpu:` settings (enabled, device_id, memory_limit, and the FAISS
+index extension: faiss_index, nlist, nprobe, pq_m; see engine/ivf.py)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,17 @@ class GpuConfig:
     enabled: Enabled = "auto"
     device_id: int = 0
     memory_limit: int | float | None = None
+    # FAISS index for segments past indexing_threshold instead of HNSW (engine/ivf.py):
+    # none | ivf_flat | ivf_pq | cagra; nlist 0 = auto (≈ 4·sqrt(rows)); pq_m 0 = auto
+    faiss_index: str = "none"
+    nlist: int = 0
+    nprobe: int = 32
+    pq_m: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enabled", parse_enabled(self.enabled))
         object.__setattr__(self, "device_id", int(self.device_id))
+        object.__setattr__(self, "faiss_index", str(self.faiss_index or "none").lower())
         resolve_memory_limit(self.memory_limit, None)  # raises early on a bad value
 
     @classmethod
@@ -58,4 +66,7 @@ class GpuConfig:
             return gpu
         get = gpu.get if isinstance(gpu, dict) else lambda k, d: getattr(gpu, k, d)
         return cls(enabled=get("enabled", "auto"), device_id=int(get("device_id", 0) or 0),
-                   memory_limit=get("memory_limit", None))
+                   memory_limit=get("memory_limit", None),
+                   faiss_index=get("faiss_index", "none") or "none",
+                   nlist=int(get("nlist", 0) or 0), nprobe=int(get("nprobe", 32) or 32),
+                   pq_m=int(get("pq_m", 0) or 0))

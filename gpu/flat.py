@@ -86,7 +86,8 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of `vectors` (n, d) for each query in `queries` (b, d).
 
-    `mask` (host bool, length n) restricts the candidates. Returns host arrays
+    `mask` (host bool, length n) restricts the candidates; an int array instead lists
+    them (ascending rows: only those are gathered and scored). Returns host arrays
     (scores (b, k'), rows (b, k')), higher score first; entries with score -inf are not
     matches (fewer than k allowed rows) and carry row -1.
     """
@@ -96,11 +97,12 @@ def search(
         return np.empty((b, 0), np.float32), np.empty((b, 0), np.int64)
     rows_map = None
     if mask is not None:
-        allowed = int(np.count_nonzero(mask))
+        listed = mask.dtype != np.bool_  # the allowed rows themselves, ascending
+        allowed = len(mask) if listed else int(np.count_nonzero(mask))
         if allowed == 0:
             return np.empty((b, 0), np.float32), np.empty((b, 0), np.int64)
-        if allowed < n * GATHER_FRACTION or (allowed < n and not use_faiss):
-            rows_map = np.flatnonzero(mask)
+        if listed or allowed < n * GATHER_FRACTION or (allowed < n and not use_faiss):
+            rows_map = mask if listed else np.flatnonzero(mask)
             xp = xp_of(vectors)
             vectors = vectors[xp.asarray(rows_map)]
             if sq_norms is not None:

@@ -26,6 +26,12 @@ def topk(scores: Any, k: int) -> tuple[Any, Any]:
     k = min(k, n)
     if k <= 0:
         return xp.empty((b, 0), dtype=xp.float32), xp.empty((b, 0), dtype=xp.int64)
+    if b == 1 and k < n:  # one query (the common request): 1-D selection, no axis helpers
+        row = scores[0]
+        part = xp.argpartition(-row, k - 1)[:k]
+        vals = row[part]
+        order = xp.argsort(-vals, kind="stable")
+        return vals[order][None, :], part[order][None, :]
     if k < n:
         part = xp.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:

@@ -19,21 +19,33 @@
                                            offsets, neighbors, entry): recovery rebuilds the
                                            index from these and the vectors, never re-running
                                            construction; bounds-checked before faiss sees them
+    segments/<i>/ivf-<hexname>.npy         instead of hnsw-*: a FAISS IVF/CAGRA index (extension,
+                                           engine/ivf.py), its serialised CPU form (uint8);
+                                           recovery rehydrates it after validation, untrained
+    segments/<i>/quant-<hexname>-<part>.npy  quantized codes of the segment's leading rows
+                                           (`codes`, uint8) and their quantizer (`range`,
+                                           `thresholds` or `centroids`): recovery never trains
 
 Format versions: 1.0 (dense vectors only), 1.1 (adds the sparse members). Readers accept
 both: a 1.0 archive recovers with every sparse vector absent. Multivector members came
 later without a version bump: an archive without multivectors is byte-for-byte what 1.1
 wrote, and one with them needs a config (multivector_config) that older readers refuse.
 
-Writing hashes every member in memory before its bytes go out, so the manifest can come
-first, and hashes the whole archive as it streams (the `.checksum` sidecar): no file is
-ever re-read. Reading (snapshots.scan) trusts nothing and extracts nothing: members must be
-exactly the manifest's, in any order after it, regular files, no duplicates, sizes and
-hashes as declared, arrays as configured; recovered segments then map the archive itself.
+The manifest comes first and holds every member's sha256. A local archive file
+(write_archive) is written members first, each hashed in memory while its bytes go out, and
+the manifest last into the space kept for it (its size does not depend on the digests); the
+whole archive's sha256 (the `.checksum` sidecar) follows from memory, ahead of the disk.
+A stream (a full snapshot's nested archives, write_prepared) hashes every member before its
+first byte and the whole archive as it streams. No file is ever re-read.
+
+Reading (snapshots.scan) trusts nothing and extracts nothing: members must be exactly the
+manifest's, in any order after it, regular files, no duplicates, sizes and hashes as
+declared, arrays as configured; recovered segments then map the archive itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -44,11 +56,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from engine import QUIVER_VERSION, jsonio
 from engine.errors import BadRequest
+from engine.ivf import IvfIndex
 from engine.npy import npy_parts, parts_sha256
 from engine.segment import FrozenSegment
 
@@ -58,9 +71,10 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
 MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
-                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry)|"
+                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry)|ivf-[0-9a-f]*|"
                         r"sparse-[0-9a-f]*-(?:ends|indices|values)|"
-                        r"multi-[0-9a-f]*-(?:ends|tokens))"
+                        r"multi-[0-9a-f]*-(?:ends|tokens)|"
+                        r"quant-[0-9a-f]*-(?:codes|range|thresholds|centroids))"
                         r"\.(npy|json)$")
 CHUNK = 8 << 20
 
@@ -108,8 +122,17 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
     for name, hnsw in fz.ann.items():  # the graph only: its vectors are the segment's own
         hx = name.encode().hex()
+        if isinstance(hnsw, IvfIndex):  # a FAISS index: its serialised CPU form
+            out.append(Member(base + f"ivf-{hx}.npy", npy_parts(hnsw.blob())))
+            continue
         for key, arr in hnsw.graph().items():
             out.append(Member(base + f"hnsw-{hx}-{key}.npy", npy_parts(arr)))
+    for name, rec in fz.quantized.items():  # codes + codebook: recovery never trains
+        hx = name.encode().hex()
+        out.append(Member(base + f"quant-{hx}-codes.npy",
+                          npy_parts(rec.host_codes()[: min(rec.rows, fz.n)])))
+        for key, arr in rec.quantizer.arrays().items():
+            out.append(Member(base + f"quant-{hx}-{key}.npy", npy_parts(arr)))
     return out
 
 
@@ -197,30 +220,46 @@ class HashingWriter(io.RawIOBase):
 
 @dataclass
 class PreparedArchive:
-    """Manifest + members with every hash computed and the exact tar size known, so the
-    archive can be streamed somewhere that needs its size up front (a full snapshot's tar)."""
+    """Manifest + members with the exact tar size known, so the archive can be streamed
+    somewhere that needs its size up front (a full snapshot's tar). `digests[i]` is member
+    i's sha256, None while not yet computed (prepared with hashed=False: write_archive hashes
+    them while writing); the manifest entry's size never depends on them (64 hex digits)."""
 
     entries: list[tuple[tarfile.TarInfo, list[bytes | memoryview]]]
     size: int
+    header: dict[str, Any] = field(default_factory=dict)
+    members: list[Member] = field(default_factory=list)
+    digests: list[str | None] = field(default_factory=list)
 
 
-def prepare_archive(header: dict[str, Any], members: list[Member]) -> PreparedArchive:
-    manifest = dict(header)
-    # The manifest comes first, so member hashes precede the write: hash members on every core
-    # (hashlib releases the GIL; a 1 GB collection is several segments, so several members).
-    with ThreadPoolExecutor(max(1, min(len(members), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(lambda m: m.sha256(), members))
-    manifest.update(format=FORMAT, format_version=f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
-                    quiver_version=QUIVER_VERSION,
-                    members=[{"name": m.name, "size": m.size, "sha256": d}
-                             for m, d in zip(members, digests, strict=True)])
+def prepare_archive(header: dict[str, Any], members: list[Member],
+                    hashed: bool = True) -> PreparedArchive:
+    """The archive's layout; with `hashed`, every member hashed first (on every core: hashlib
+    releases the GIL), as streaming the manifest first needs."""
+    if hashed:
+        with ThreadPoolExecutor(max(1, min(len(members), os.cpu_count() or 1))) as pool:
+            digests: list[str | None] = list(pool.map(lambda m: m.sha256(), members))
+    else:
+        digests = [m.digest for m in members]
     now = int(time.time())
     entries = []
-    for m in [Member(MANIFEST, [jsonio.dumps(manifest, indent=True)])] + members:
+    for m in [Member(MANIFEST, [_manifest(header, members, digests)])] + members:
         info = tarfile.TarInfo(m.name)
         info.size, info.mode, info.mtime = m.size, 0o644, now
         entries.append((info, m.parts))
-    return PreparedArchive(entries, tar_size([info for info, _ in entries]))
+    return PreparedArchive(entries, tar_size([info for info, _ in entries]), header, members,
+                           digests)
+
+
+def _manifest(header: dict[str, Any], members: list[Member],
+              digests: list[str | None]) -> bytes:
+    """manifest.json; a digest not known yet is a placeholder of the same length."""
+    manifest = dict(header)
+    manifest.update(format=FORMAT, format_version=f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
+                    quiver_version=QUIVER_VERSION,
+                    members=[{"name": m.name, "size": m.size, "sha256": d or "0" * 64}
+                             for m, d in zip(members, digests, strict=True)])
+    return jsonio.dumps(manifest, indent=True)
 
 
 def tar_size(infos: list[tarfile.TarInfo]) -> int:
@@ -245,12 +284,108 @@ def bundle_size(first: tuple[str, bytes], archives: dict[str, PreparedArchive]) 
 
 
 def write_prepared(out: BinaryIO | io.RawIOBase, prepared: PreparedArchive) -> None:
+    if any(d is None for d in prepared.digests):
+        raise ValueError("a streamed archive needs every member hashed first (hashed=True)")
     # Plain "w" (not the "w|" stream mode, whose small buffer re-slices every write) with
     # 8 MiB copies: the archive streams out at memory speed.
     with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
         tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # tarfile's copy size: not in typeshed
         for info, parts in prepared.entries:
             tar.addfile(info, io.BufferedReader(_Reader(parts), buffer_size=CHUNK))
+
+
+# ---- a local archive file: members first, manifest last, hashes behind the disk ----------
+
+# Member hashing runs beside the writes; on a small machine it must leave a core to searches.
+HASH_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
+WRITEBACK = 64 << 20  # bytes written between two starts of their writeback
+
+
+def _pieces(info: tarfile.TarInfo, parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """One member's bytes as tarfile.addfile writes them: header blocks, data, zero padding."""
+    pad = -info.size % tarfile.BLOCKSIZE
+    return [info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape"), *parts,
+            bytes(pad)]
+
+
+def _write(f: BinaryIO, pieces: list[bytes | memoryview],
+           progress: Callable[[int], None] | None) -> None:
+    written = 0
+    for piece in pieces:
+        mv = memoryview(piece).cast("B") if len(piece) else memoryview(b"")
+        for off in range(0, len(mv), CHUNK):  # slices of the arrays themselves: no copies
+            chunk = mv[off : off + CHUNK]
+            f.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+            written += len(chunk)
+            if written >= WRITEBACK:
+                _start_writeback(f, written)
+                written = 0
+
+
+def _start_writeback(f: BinaryIO, size: int) -> None:
+    """Start the disk on the last `size` bytes now rather than at fsync, and keep them out of
+    the page cache (the archive is written, not read). PostgreSQL's pg_flush_data does the
+    same: DONTNEED writes dirty pages back without waiting and drops the clean ones."""
+    f.flush()
+    end = f.tell()
+    with contextlib.suppress(OSError, AttributeError):  # fadvise: Linux and most Unixes
+        os.posix_fadvise(f.fileno(), end - size, size, os.POSIX_FADV_DONTNEED)
+
+
+def write_archive(f: BinaryIO, prepared: PreparedArchive,
+                  progress: Callable[[int], None] | None = None) -> str:
+    """Write `prepared` into the local, seekable file `f` and fsync it; returns the archive's
+    sha256. The bytes are exactly write_prepared's, written in another order so that no hash
+    sits in front of the disk: the members first, from the arrays themselves, while other
+    threads hash them in memory (HASH_THREADS) and then, the manifest known, hash the whole
+    archive (one thread: sha256 is sequential), both running ahead of the disk; the manifest
+    goes last into the space kept for it at the start (its size does not depend on the
+    digests). Nothing is ever read back from the file."""
+    (minfo, _), rest = prepared.entries[0], prepared.entries[1:]
+    body = [p for info, parts in rest for p in _pieces(info, parts)]
+    head = len(minfo.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape"))
+    head += minfo.size + (-minfo.size % tarfile.BLOCKSIZE)
+    body.append(bytes(prepared.size - head - sum(len(p) for p in body)))  # end blocks, padding
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="quiver-hash")
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="quiver-hash-archive")
+
+    def finish() -> tuple[list[bytes | memoryview], str]:
+        """The manifest's tar entry once every member is hashed, and the archive's sha256."""
+        digests = [d if d is not None else pool.submit(m.sha256)
+                   for m, d in zip(prepared.members, prepared.digests, strict=True)]
+        manifest = _manifest(prepared.header, prepared.members,
+                             [d if isinstance(d, str) else d.result() for d in digests])
+        if len(manifest) != minfo.size:  # digests are fixed-length: this cannot happen
+            raise OSError("snapshot manifest changed size while hashing")
+        first = _pieces(minfo, [manifest])
+        h = hashlib.sha256()
+        for piece in first + body:
+            mv = memoryview(piece).cast("B") if len(piece) else memoryview(b"")
+            for off in range(0, len(mv), CHUNK):
+                if stop.is_set():  # the write failed or was cancelled
+                    raise OSError("snapshot writing stopped")
+                h.update(mv[off : off + CHUNK])
+        return first, h.hexdigest()
+
+    try:
+        hashed = finisher.submit(finish)
+        f.seek(head)
+        _write(f, body, progress)
+        f.flush()
+        os.fsync(f.fileno())  # the members reach the disk while the hashes finish
+        first, digest = hashed.result()
+        f.seek(0)
+        _write(f, first, progress)
+        f.flush()
+        os.fsync(f.fileno())
+        return digest
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        finisher.shutdown(wait=True, cancel_futures=True)
 
 
 def write_bundle(out: BinaryIO | io.RawIOBase, first: tuple[str, bytes],

@@ -10,7 +10,8 @@ temp dir on the same filesystem, fsyncs, and renames it into place: a listed sna
 always complete.
 
 Every creation is a task (engine.tasks: kind snapshot_create or snapshot_create_full):
-phase preparing (freeze, hash members), writing (bytes_done counts archive bytes written,
+phase preparing (freeze; a full snapshot also hashes members), writing (bytes_done counts
+archive bytes written,
 bytes_total the archive's exact size, known once prepared), publishing. Cancelling it
 (DELETE /tasks/{id}) stops the writing at its next chunk and removes the partial archive:
 nothing is left in the temp dir or the snapshots dir. Local publishing (a rename) is the
@@ -41,8 +42,8 @@ from snapshots.archive import (
     bundle_size,
     prepare_archive,
     segment_members,
+    write_archive,
     write_bundle,
-    write_prepared,
 )
 from snapshots.storage import (
     SUFFIX,
@@ -116,9 +117,10 @@ class SnapshotManager:
                     return name
                 k += 1
 
-    def _prepare_collection(self, collection: str) -> tuple[str, PreparedArchive]:
+    def _prepare_collection(self, collection: str, hashed: bool = True
+                            ) -> tuple[str, PreparedArchive]:
         """Freeze one collection (the write lock is held only to record row counts) and
-        prepare its archive: every member hashed, the exact size known."""
+        prepare its archive: the exact size known; with `hashed`, every member hashed."""
         coll = self.catalog.get(collection)
         real = coll.name
         seq, config, schema, frozen = coll.snapshot_view()
@@ -131,23 +133,19 @@ class SnapshotManager:
                   "aliases": [a["alias_name"] for a in self.catalog.list_aliases(real)],
                   "segments": segments,
                   "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")}
-        return real, prepare_archive(header, members)
+        return real, prepare_archive(header, members, hashed)
 
     def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
         """Freeze one collection and write its archive to `dest` (fsynced).
-        Returns (collection name, sha256, size)."""
+        Returns (collection name, sha256, size). Members are hashed while they are written
+        and the whole archive while fsync runs (archive.write_archive): hashing a collection
+        that is still growing (right after a bulk load) no longer delays the first byte."""
         tasks.set_phase("preparing")
-        real, prepared = self._prepare_collection(collection)
+        real, prepared = self._prepare_collection(collection, hashed=False)
         tasks.begin("writing", prepared.size)
         with open(dest, "wb") as f:
-            hw = HashingWriter(f, tasks.advance)
-            try:
-                write_prepared(hw, prepared)
-            finally:
-                checksum = hw.hexdigest()
-            f.flush()
-            os.fsync(f.fileno())
-        return real, checksum, hw.size
+            checksum = write_archive(f, prepared, tasks.advance)
+        return real, checksum, prepared.size
 
     def create(self, collection: str) -> SnapshotInfo:
         return self._observed("collection", lambda: self._create(collection))

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 import numpy as np
 
-from engine import ann, jsonio, tasks
+from engine import ann, ivf, jsonio, quantization, tasks
 from engine.catalog import Catalog, validate_name
 from engine.collection import INDEX_TYPES, Collection
 from engine.config import from_state
@@ -337,6 +337,7 @@ class Recovery:
                     ref["multi"][hx] = mwhere
                 present[name] = _optional_present(scanned, base, name, n, ref)
             ann_indexes = self._graphs(scanned, base, cfg, vectors)
+            quantized = self._quantized(scanned, base, cfg, n)
             try:
                 payloads = jsonio.loads(scanned.read(base + "payloads.json"))
             except jsonio.JSONDecodeError:
@@ -349,8 +350,32 @@ class Recovery:
             out.append(({"id_recs": ids, "vectors": vectors, "present": present,
                          "deleted": deleted, "versions": versions, "payloads": payloads,
                          "ann": ann_indexes, "blob": ref, "digests": digests, "sparse": sparse,
-                         "multi": multi,
+                         "multi": multi, "quantized": quantized,
                          "vector_members": members}, True))
+        return out
+
+    @staticmethod
+    def _quantized(scanned: Scanned, base: str, cfg: Any, n: int) -> dict[str, Any]:
+        """Quantized codes and their quantizer, as the archive carries them (no training)."""
+        out: dict[str, Any] = {}
+        for name, qcfg in cfg.quantization.items():
+            hx = name.encode().hex()
+            codes = f"{base}quant-{hx}-codes.npy"
+            key = quantization.ARRAY_KEYS[qcfg.kind]
+            if not scanned.has(codes) or not scanned.has(f"{base}quant-{hx}-{key}.npy"):
+                continue  # quantized after the snapshot, or never: encoded in the background
+            spec = cfg.vectors[name]
+            try:
+                q = quantization.from_arrays(qcfg, spec.size, spec.distance.metric,
+                                             {key: scanned.array(f"{base}quant-{hx}-{key}.npy")})
+                rec = quantization.from_codes(q, scanned.array(codes))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise SnapshotFormatError(f"Invalid snapshot: quantization of {name!r}: {exc}"
+                                          ) from None
+            if rec.rows > n:
+                raise SnapshotFormatError(f"Invalid snapshot: quantized codes of {name!r} "
+                                          "cover more rows than the segment")
+            out[name] = rec
         return out
 
     @staticmethod
@@ -362,6 +387,16 @@ class Recovery:
         ef = int(cfg.hnsw_config.get("ef_construct") or 100)
         for name, spec in cfg.vectors.items():
             hx = name.encode().hex()
+            if scanned.has(f"{base}ivf-{hx}.npy"):  # a FAISS IVF/CAGRA index: never retrained
+                if ann.available():
+                    try:
+                        out[name] = ivf.IvfIndex.from_blob(
+                            scanned.array(f"{base}ivf-{hx}.npy"), vectors[name],
+                            spec.distance.metric, ivf.configured())
+                    except (ValueError, TypeError) as exc:  # ivf.IvfError included
+                        raise SnapshotFormatError(f"Invalid snapshot: IVF index for {name!r}: "
+                                                  f"{exc}") from None
+                continue
             members = {key: f"{base}hnsw-{hx}-{key}.npy" for key in GRAPH_KEYS}
             have = [scanned.has(member) for member in members.values()]
             if not any(have):

@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from api.auth import Need
 from engine.errors import BadRequest, Forbidden
+from engine.quantization import QuantSearch
 
 if TYPE_CHECKING:
     from engine.collection import Collection
@@ -111,6 +112,24 @@ def search_params(params: Any) -> tuple[int | None, bool]:
         raise BadRequest("`params.hnsw_ef` must be a non-negative integer")
     exact = body_bool(params.get("exact"), "params.exact")
     return (ef or None), bool(exact)
+
+
+def quantization_params(params: Any) -> QuantSearch | None:
+    """Qdrant's `params.quantization` (QuantizationSearchParams) → typed, or None when not
+    given. On a collection without quantization it is accepted and changes nothing."""
+    q = params.get("quantization") if isinstance(params, dict) else None
+    if q is None:
+        return None
+    if not isinstance(q, dict):
+        raise BadRequest("`params.quantization` must be an object")
+    ignore = body_bool(q.get("ignore"), "params.quantization.ignore")
+    rescore = body_bool(q.get("rescore"), "params.quantization.rescore")
+    over = q.get("oversampling")
+    if over is not None and (isinstance(over, bool) or not isinstance(over, int | float)
+                             or not over >= 1.0 or over == float("inf")):
+        raise BadRequest("`params.quantization.oversampling` must be a number >= 1, "
+                         f"got {over!r}")
+    return QuantSearch(bool(ignore), rescore, float(over) if over is not None else 1.0)
 
 
 # ---- selectors --------------------------------------------------------------------------------

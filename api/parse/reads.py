@@ -56,6 +56,7 @@ def _spec(coll: Collection, b: dict[str, Any], vector: Any, using: str | None,
     return SearchSpec(vector=vector, using=name, pred=pred, limit=lim, offset=off,
                       score_threshold=threshold, with_payload=wp, with_vector=wv,
                       exclude_ids=exclude, hnsw_ef=hnsw_ef, exact=exact,
+                      quantization=common.quantization_params(b.get("params")),
                       filter_key=orjson.dumps(flt).decode() if flt is not None else "")
 
 
@@ -328,7 +329,8 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
             vector=vec, using=name, pred=pred, limit=lim, offset=off, score_threshold=threshold,
             with_payload=wp, with_vector=wv,
             exclude_ids=tuple(excluded) if simple else (),
-            filter_key=key, hnsw_ef=hnsw_ef, exact=exact)
+            filter_key=key, hnsw_ef=hnsw_ef, exact=exact,
+            quantization=common.quantization_params(b.get("params")))
         node.mmr = mmr
     elif kind in ("fusion", "rrf"):
         node.fusion = _fusion(kind, q)

@@ -1,12 +1,15 @@
-"""What a single-node Qdrant answers about its cluster, and the issues report.
+"""What Quiver answers about its cluster, and the issues report.
 
-Quiver is one node with one shard per collection: `GET /cluster` says distributed mode is
-disabled, a collection's cluster info lists its one local shard. Operations that change the
-cluster layout are not served (api/qdrant_paths.py answers them with a 400 naming them).
+A single node has one shard per collection: `GET /cluster` says distributed mode is disabled,
+a collection's cluster info lists its one local shard. In cluster mode (api/cluster) both
+answer from the router: Ray's nodes as peers, every shard replica with its state. Operations
+that change the cluster layout are not served yet (api/qdrant_paths.py answers them with a 400
+naming them).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -17,10 +20,26 @@ from api.parse.common import collection
 
 
 def cluster(request: Request, body: Any) -> dict[str, Any]:
-    return {"status": "disabled"}
+    router = request.app.state.cluster
+    if router is None:
+        return {"status": "disabled"}
+    # Quiver keeps no Raft log: the metadata actor is the single writer (api/cluster)
+    router.check_replicas()
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {"status": "enabled", "peer_id": request.app.state.node_id, "peers": router.peers(),
+            "raft_info": {"term": 0, "commit": 0, "pending_operations": 0, "leader": None,
+                          "role": "Leader", "is_voter": True},
+            "consensus_thread_status": {"consensus_thread_status": "working",
+                                        "last_update": now},
+            "message_send_failures": {}}
 
 
 def collection_cluster(request: Request, body: Any) -> dict[str, Any]:
+    router = request.app.state.cluster
+    if router is not None:
+        router.check_replicas()
+        return router.cluster_info(request.path_params["collection_name"],
+                                   request.app.state.node_id)
     coll = collection(request)
     return {"peer_id": request.app.state.node_id, "shard_count": 1,
             "local_shards": [{"shard_id": 0, "points_count": coll.points_count(),

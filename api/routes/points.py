@@ -59,9 +59,10 @@ def count(request: Request, body: Any) -> dict[str, int]:
 
 
 P = "/collections/{collection_name}/points"
+# reads run on the event loop while they stay cheap (api/http.py INLINE_BUDGET_S)
 routes = [
     Route(P, endpoint(_write("upsert")), methods=["PUT"]),
-    Route(P, endpoint(retrieve), methods=["POST"]),
+    Route(P, endpoint(retrieve, inline=True), methods=["POST"]),
     Route(P + "/delete", endpoint(_write("delete")), methods=["POST"]),
     Route(P + "/payload", endpoint(_write("set_payload")), methods=["POST"]),
     Route(P + "/payload", endpoint(_write("overwrite_payload")), methods=["PUT"]),
@@ -70,8 +71,8 @@ routes = [
     Route(P + "/vectors", endpoint(_write("update_vectors")), methods=["PUT"]),
     Route(P + "/vectors/delete", endpoint(_write("delete_vectors")), methods=["POST"]),
     Route(P + "/batch", endpoint(batch_update), methods=["POST"]),
-    Route(P + "/scroll", endpoint(scroll), methods=["POST"]),
-    Route(P + "/count", endpoint(count), methods=["POST"]),
+    Route(P + "/scroll", endpoint(scroll, inline=True), methods=["POST"]),
+    Route(P + "/count", endpoint(count, inline=True), methods=["POST"]),
 ]
 # GET /points/{id} is registered after the fixed sub-paths so they win.
-tail_routes = [Route(P + "/{id}", endpoint(get_point, read_body=False), methods=["GET"])]
+tail_routes = [Route(P + "/{id}", endpoint(get_point, read_body=False, inline=True), methods=["GET"])]

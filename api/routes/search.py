@@ -50,8 +50,9 @@ def search_batch(request: Request, body: Any) -> list[list[dict[str, Any]]]:
 
 P = "/collections/{collection_name}/points"
 routes = [
-    Route(P + "/query", endpoint(query_points), methods=["POST"]),
-    Route(P + "/query/batch", endpoint(query_batch), methods=["POST"]),
-    Route(P + "/search", endpoint(search), methods=["POST"]),
-    Route(P + "/search/batch", endpoint(search_batch), methods=["POST"]),
+    # reads: on the event loop while they stay cheap (api/http.py INLINE_BUDGET_S)
+    Route(P + "/query", endpoint(query_points, inline=True), methods=["POST"]),
+    Route(P + "/query/batch", endpoint(query_batch, inline=True), methods=["POST"]),
+    Route(P + "/search", endpoint(search, inline=True), methods=["POST"]),
+    Route(P + "/search/batch", endpoint(search_batch, inline=True), methods=["POST"]),
 ]

@@ -13,9 +13,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from api.errors import JSONResponse
-from api.http import QDRANT_API_VERSION, QUIVER_VERSION, endpoint
+from api.http import QDRANT_API_VERSION, QUIVER_VERSION, direct, endpoint
 from api.routes.tasks import telemetry_tasks
-from engine import ann
+from engine import ann, indexing, quantization
 from gpu.device import default_device
 
 
@@ -36,15 +36,18 @@ def commit_hash() -> str:
     return "0" * 40
 
 
+@direct
 async def root(request: Request) -> Response:
     return JSONResponse({"title": "quiver - vector search engine", "version": QDRANT_API_VERSION,
                          "commit": commit_hash()})
 
 
+@direct
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("healthz check passed")
 
 
+@direct
 async def readyz(request: Request) -> Response:
     return PlainTextResponse("all shards are ready")
 
@@ -58,7 +61,9 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         if coll is None:
             continue
         collections.append({"id": name, "points": coll.points_count(),
-                            "segments": len(coll.segments), **coll.device_info()})
+                            "segments": len(coll.segments), **coll.device_info(),
+                            # bytes of quantized codes per vector name (engine/quantization.py)
+                            "quantized_bytes": indexing.quantized_bytes(coll)})
     return {
         "id": str(request.app.state.node_id),
         "app": {"name": "quiver", "version": QUIVER_VERSION,
@@ -68,6 +73,7 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         "quiver": {"qdrant_api_version": QDRANT_API_VERSION, "commit": commit_hash(),
                    "uptime_s": time.time() - started, "device": default_device().name,
                    "index_builds": ann.builds(),
+                   "quantizer_trainings": quantization.trainings(),
                    "collections": collections,
                    "tasks": telemetry_tasks()},
     }

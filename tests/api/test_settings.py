@@ -236,14 +236,14 @@ def test_snapshots_storage_is_case_blind() -> None:
 
 def test_unknown_keys_warn_and_are_ignored(tmp_path: Path,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    path = _yaml(tmp_path, "cluster:\n  enabled: false\nservice:\n  max_workers: 0\n"
+    path = _yaml(tmp_path, "cluster:\n  p2p:\n    port: 6335\nservice:\n  max_workers: 0\n"
                            "storage:\n  performance:\n    max_search_threads: 0\n")
     with caplog.at_level(logging.WARNING, logger="quiver.settings"):
         s = load_settings(path, env={"QUIVER__TELEMETRY_DISABLED": "true"})
     assert s == Settings()
     [record] = [r for r in caplog.records if r.name == "quiver.settings"]
     assert record.levelno == logging.WARNING
-    for key in ("cluster", "service.max_workers", "storage.performance", "telemetry_disabled"):
+    for key in ("cluster.p2p", "service.max_workers", "storage.performance", "telemetry_disabled"):
         assert key in record.getMessage()
     assert "max_search_threads" not in record.getMessage()  # the unknown section is named once
 

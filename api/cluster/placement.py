@@ -1,0 +1,32 @@
+"""Which node holds which replica: replicas of a shard on distinct nodes where there are
+enough (Ray's SPREAD, made deterministic), shards rotated over nodes; one GPU per replica when
+the cluster has GPUs (`cluster.gpu_per_replica`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def assign(nodes: list[str], shard_number: int, replication_factor: int) -> list[list[str]]:
+    """node ids per shard, per replica: replica r of shard s on node (s + r) mod n, so the
+    replicas of one shard differ as long as n ≥ replication_factor."""
+    if not nodes:
+        raise ValueError("no live Ray node")
+    n = len(nodes)
+    return [[nodes[(s + r) % n] for r in range(replication_factor)]
+            for s in range(shard_number)]
+
+
+def actor_options(ray: Any, node_id: str, name: str, namespace: str,
+                  gpu: bool | str) -> dict[str, Any]:
+    """Ray options of a replica actor pinned (softly: a dead node does not block it) to a node.
+    No CPU reservation: replicas are mostly idle between requests, and a small box must fit
+    several."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
+
+    want_gpu = gpu is True or (gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+    return {
+        "name": name, "namespace": namespace, "lifetime": "detached", "num_cpus": 0,
+        "num_gpus": 1 if want_gpu else 0, "max_concurrency": 8,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True),
+    }

@@ -1,0 +1,145 @@
+"""ShardReplica: one replica of one shard of a cluster collection, as a Ray actor.
+
+It owns an engine Catalog in its own storage directory holding one collection (named as the
+cluster collection) and runs each REST call it is sent through that route's own handler,
+exactly as api/rpc/dispatch.py's Bridge does for gRPC: the same handlers table, the same
+request shape (RpcRequest). Errors come back as data (`relay`), so the front end answers with
+the same class, status and message a single node would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from typing import Any
+
+from api import errors as api_errors
+from engine import errors as engine_errors
+from engine.errors import EngineError, ServiceError
+
+ERROR_MODULES = (engine_errors, api_errors)
+
+
+def replica_settings(settings: Any, storage_dir: str) -> Any:
+    """The front end's settings for a replica's own single-node engine: its own storage,
+    no cluster, no schedules, no gRPC."""
+    st = dataclasses.replace(settings.storage, storage_path=storage_dir,
+                             snapshots_path=os.path.join(storage_dir, "snapshots"),
+                             temp_path=None)
+    return dataclasses.replace(
+        settings, storage=st, cluster=dataclasses.replace(settings.cluster, enabled=False),
+        snapshots=type(settings.snapshots)(),
+        service=dataclasses.replace(settings.service, grpc_port=0, api_key=None,
+                                    read_only_api_key=None, jwt_rbac=False))
+
+
+def relay(exc: EngineError) -> dict[str, Any]:
+    """An engine error as data: the nearest class the front end also knows, and the message."""
+    for cls in type(exc).__mro__:
+        if any(getattr(m, cls.__name__, None) is cls for m in ERROR_MODULES):
+            return {"error": cls.__name__, "message": exc.message}
+    return {"error": "ServiceError", "message": exc.message}
+
+
+def raise_relayed(out: dict[str, Any]) -> None:
+    """Re-raise what `relay` sent, with the very same message."""
+    cls: type[EngineError] = ServiceError
+    for m in ERROR_MODULES:
+        found = getattr(m, out["error"], None)
+        if isinstance(found, type) and issubclass(found, EngineError):
+            cls = found
+            break
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, out["message"])
+    exc.prefix = ""  # the relayed message already carries the replica's prefix
+    exc.detail = out["message"]
+    raise exc
+
+
+class ShardReplica:
+    """The actor class (runtime wraps it with ray.remote)."""
+
+    def __init__(self, settings: Any, storage_dir: str) -> None:
+        from api.app import all_routes, build_catalog, create_app  # noqa: PLC0415
+        from api.rpc.dispatch import _handlers  # noqa: PLC0415 - the Bridge's own table
+
+        os.makedirs(storage_dir, exist_ok=True)
+        self.settings = replica_settings(settings, storage_dir)
+        self.catalog = build_catalog(self.settings)
+        self.catalog.load()
+        self.catalog.start_flusher()
+        self.app = create_app(self.settings, self.catalog, owns_catalog=False)
+        self.app.state.cluster = None  # a replica is a single node: no routing here
+        self.handlers = _handlers(all_routes())
+
+    def ping(self) -> bool:
+        return True
+
+    def call(self, method: str, template: str, path_params: dict[str, str],
+             query: dict[str, str], body: Any) -> dict[str, Any]:
+        """Run one REST route's handler; {"result": ...} or a relayed error."""
+        from api.rpc.dispatch import RpcRequest, _path  # noqa: PLC0415
+
+        handler = self.handlers.get((method, template))
+        if handler is None:
+            return {"error": "BadRequest", "message": f"no route {method} {template}"}
+        req = RpcRequest(self.app, method, _path(template, path_params), path_params,
+                         query, None)
+        try:
+            return {"result": handler(req, body)}
+        except EngineError as exc:
+            return relay(exc)
+
+    def last_seq(self, name: str) -> int:
+        return self.catalog.get(name).wal.last_seq
+
+    # ---- shard transfer: this replica's archive out, another's in (api/cluster/transfer)
+
+    def snapshot_archive(self, name: str) -> dict[str, Any]:
+        """Freeze the collection at one WAL sequence number and write its archive into this
+        replica's snapshots temp dir: {path, size, checksum, seq}."""
+        from snapshots.scan import read_headers  # noqa: PLC0415
+
+        mgr = self.app.state.snapshots
+        path = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.transfer")
+        _, checksum, size = mgr.write_collection_archive(name, path)
+        seq = int(read_headers(path).manifest["seq"])
+        return {"path": path, "size": size, "checksum": checksum, "seq": seq}
+
+    def read_chunk(self, path: str, offset: int, n: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(n)
+
+    def staging_path(self) -> str:
+        """A fresh file name inside the snapshots dir (recovery reads only from there)."""
+        return os.path.join(self.app.state.snapshots.tmp, f"{uuid.uuid4().hex}.incoming")
+
+    def write_chunk(self, path: str, offset: int, data: bytes) -> int:
+        """Append one chunk (chunks arrive in order); the bytes now held."""
+        with open(path, "ab") as f:
+            if f.tell() != offset:
+                raise ValueError(f"chunk at {offset}, file holds {f.tell()} bytes")
+            f.write(data)
+            return f.tell()
+
+    def recover_archive(self, name: str, path: str, checksum: str | None,
+                        priority: str = "replica") -> dict[str, Any]:
+        """Recover the collection from an archive received here, through the snapshot
+        recover route itself (with `priority`); the archive is removed afterwards."""
+        body = {"location": "file://" + path, "priority": priority, "checksum": checksum}
+        try:
+            return self.call("PUT", "/collections/{collection_name}/snapshots/recover",
+                             {"collection_name": name}, {"wait": "true"}, body)
+        finally:
+            self.remove_file(path)
+
+    def remove_file(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        self.catalog.close()

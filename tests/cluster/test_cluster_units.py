@@ -1,0 +1,83 @@
+"""Pieces of api/cluster that need no Ray: the metadata's durable state, placement, id routing,
+write splitting and exact merges (against a sort of the union)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from api.cluster import merge
+from api.cluster.metadata import ClusterMetadata, metadata_path
+from api.cluster.placement import assign
+from api.cluster.split import shard_of, split_write
+from api.settings import load_settings
+
+
+def test_metadata_survives_a_restart(tmp_path: Path) -> None:
+    path = metadata_path(str(tmp_path))
+    meta = ClusterMetadata(path)
+    ids = meta.new_replica_ids(4)
+    entry = {"config": {"vectors": {"size": 2, "distance": "Dot"}}, "shard_number": 2,
+             "replication_factor": 2, "write_consistency_factor": 1,
+             "shards": {str(s): [{"replica_id": ids[2 * s + r], "node_id": "n", "state": "Active",
+                                  "actor": "a", "dir": "d"} for r in range(2)] for s in range(2)}}
+    meta.put_collection("c", entry)
+    meta.set_state("c", 1, ids[3], "Dead")
+    again = ClusterMetadata(path)  # a new actor on the same head-node storage
+    assert again.get() == meta.get()
+    assert again.get()["collections"]["c"]["shards"]["1"][1]["state"] == "Dead"
+    assert again.new_replica_ids(1) == [ids[-1] + 1]
+    assert again.drop_collection("c") and ClusterMetadata(path).get()["collections"] == {}
+
+
+def test_replicas_of_a_shard_on_distinct_nodes() -> None:
+    layout = assign(["a", "b", "c"], 4, 2)
+    assert all(len(set(reps)) == 2 for reps in layout)
+    assert {n for reps in layout for n in reps} == {"a", "b", "c"}
+
+
+def test_shard_of_is_stable_and_spreads() -> None:
+    ids = list(range(3000)) + [str(uuid.UUID(int=i * 7919 + 1)) for i in range(300)]
+    s = shard_of(ids, 3)
+    assert np.array_equal(s, shard_of(ids, 3))
+    assert shard_of([0, 1, 2, 2**63], 3).tolist() == shard_of([0, 1, 2, 2**63], 3).tolist()
+    counts = np.bincount(s, minlength=3)
+    assert counts.min() > 0.8 * len(ids) / 3
+
+
+def test_split_write_keeps_every_point_once() -> None:
+    pts = [{"id": i, "vector": [i, 0]} for i in range(50)]
+    parts = split_write("upsert", {"points": pts}, 3)
+    assert sorted(p["id"] for b in parts.values() for p in b["points"]) == list(range(50))
+    batch = {"batch": {"ids": list(range(10)), "vectors": [[i, 0] for i in range(10)],
+                       "payloads": [{"i": i} for i in range(10)]}}
+    for b in split_write("upsert", batch, 3).values():
+        assert [p["i"] for p in b["batch"]["payloads"]] == b["batch"]["ids"]
+        assert [v[0] for v in b["batch"]["vectors"]] == b["batch"]["ids"]
+    flt = {"filter": {"must": []}}
+    assert split_write("delete", flt, 3) == {0: flt, 1: flt, 2: flt}
+
+
+def test_merges_equal_a_sort_of_the_union() -> None:
+    rng = np.random.default_rng(3)
+    pts = [{"id": i, "score": float(s)} for i, s in enumerate(rng.integers(0, 20, 60))]
+    shards = [pts[k::3] for k in range(3)]
+    want = sorted(pts, key=lambda p: (-p["score"], p["id"]))[5:15]
+    per = [sorted(s, key=lambda p: (-p["score"], p["id"]))[:15] for s in shards]
+    assert merge.scored(per, 5, 10, ascending=False) == want
+    pages = [{"points": sorted(s, key=lambda p: p["id"])[:11]} for s in shards]
+    out = merge.scroll(pages, 10)
+    assert [p["id"] for p in out["points"]] == list(range(10)) and out["next_page_offset"] == 10
+    hits = [{"hits": [{"value": "a", "count": 2}, {"value": "b", "count": 1}]},
+            {"hits": [{"value": "b", "count": 3}]}]
+    assert merge.facet(hits, 5) == {"hits": [{"value": "b", "count": 4},
+                                             {"value": "a", "count": 2}]}
+
+
+def test_cluster_settings_from_the_environment() -> None:
+    s = load_settings(env={"QUIVER__CLUSTER__ENABLED": "true",
+                           "QUIVER__CLUSTER__RAY_ADDRESS": "ray://head:10001"})
+    assert s.cluster.enabled and s.cluster.ray_address == "ray://head:10001"
+    assert not load_settings(env={}).cluster.enabled
