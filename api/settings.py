@@ -258,6 +258,8 @@ class ClusterSettings:
     replica_storage_path: str | None = None  # default <storage_path>/cluster/replicas
     gpu_per_replica: bool | Literal["auto"] = field(default="auto",
                                                     metadata=_check(parse=_gpu_enabled))
+    # seconds a replica stays Dead before a new one is started and filled by a transfer
+    repair_after_s: float = field(default=30, metadata=_check(minimum=0))
 
 
 @dataclass(frozen=True)

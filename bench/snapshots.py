@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.snapshots [--mb 1024] [--dim 256] [--dir PATH]
     .venv/bin/python -m bench.snapshots --bulk [--n 400000] [--dim 768] [--profile OUT.json]
+    .venv/bin/python -m bench.snapshots --compare 4 [--n 200000] [--dim 768]
 
 In-process (engine + snapshot manager, no HTTP): builds a collection of about --mb MiB of
 vectors, then times (1) writing the same number of bytes with fsync (the disk's sequential
@@ -18,6 +19,9 @@ right after (same background indexing, no snapshot). The disk's write+fsync band
 measured in the same run, before the upload and after the snapshot (their mean is the peer).
 `--profile OUT` records the server with `py-spy --native` during the creation (speedscope).
 Writes bench/results/<date>-snapshot-bulk-<n/1000>k.json (or --out).
+
+`--compare REPS` isolates the archive writer, in process: the streamed layout (members hashed
+before the first byte) vs members-first (archive.write_archive), interleaved with disk probes.
 """
 
 from __future__ import annotations
@@ -237,6 +241,56 @@ def bulk_main(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def compare_writes(n: int, dim: int, reps: int, root: str) -> dict[str, Any]:
+    """In process, interleaved with disk probes of the same size: the streamed layout (every
+    member hashed before the first byte, as before issue 16) vs archive.write_archive (members
+    first, hashes beside the writes), on one collection whose segments carry no precomputed
+    digest (as right after a bulk load, while the indexer is still building HNSW)."""
+    from snapshots.archive import HashingWriter, write_archive, write_prepared
+
+    cat = Catalog(os.path.join(root, "storage"), wal_fsync=False)
+    cat.load()
+    coll = cat.create("c", {"vectors": {"size": dim, "distance": "Cosine"}})
+    rng = np.random.default_rng(1)
+    for s in range(0, n, 50_000):
+        m = min(50_000, n - s)
+        apply_body(coll, "upsert", {"batch": {"ids": list(range(s, s + m)),
+                               "vectors": rng.random((m, dim), dtype=np.float32),
+                               "payloads": [{"i": i} for i in range(s, s + m)]}})
+    mgr = SnapshotManager(cat, os.path.join(root, "snaps"), 1)
+    dest = os.path.join(root, "a.snapshot")
+
+    def streamed() -> int:
+        _, p = mgr._prepare_collection("c", hashed=True)
+        with open(dest, "wb") as f:
+            hw = HashingWriter(f)
+            write_prepared(hw, p)
+            hw.hexdigest()
+            f.flush()
+            os.fsync(f.fileno())
+        return p.size
+
+    def member_first() -> int:
+        _, p = mgr._prepare_collection("c", hashed=False)
+        with open(dest, "wb") as f:
+            write_archive(f, p)
+        return p.size
+
+    out: dict[str, list[float]] = {"streamed": [], "member_first": [], "disk": []}
+    for _ in range(reps):
+        for name, fn in (("streamed", streamed), ("member_first", member_first)):
+            t = time.perf_counter()
+            size = fn()
+            out[name].append(size / (time.perf_counter() - t))
+            os.unlink(dest)
+            out["disk"].append(disk_write(os.path.join(root, "probe.bin"), size))
+    cat.close()
+    med = {k: float(np.median(v)) for k, v in out.items()}
+    return {"n": n, "dim": dim, "reps": reps, "Bps": out, "median_Bps": med,
+            "streamed_vs_disk": med["streamed"] / med["disk"],
+            "member_first_vs_disk": med["member_first"] / med["disk"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=1024)
@@ -246,9 +300,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="--bulk: points (400000)")
     ap.add_argument("--profile", default=None, help="--bulk: py-spy output during creation")
     ap.add_argument("--out", default=None, help="--bulk: JSON result path")
+    ap.add_argument("--compare", type=int, default=0, metavar="REPS",
+                    help="in process: streamed vs member-first archive writes, REPS rounds")
     args = ap.parse_args()
     if args.bulk:
         bulk_main(args)
+        return
+    if args.compare:
+        root = tempfile.mkdtemp(prefix="quiver-snapcmp-", dir=args.dir)
+        try:
+            r = compare_writes(args.n or 200_000, args.dim or 768, args.compare, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        med = r["median_Bps"]
+        print(f"medians: streamed {med['streamed'] / 1e9:.3f} GB/s = "
+              f"{r['streamed_vs_disk']:.2f}x, member-first {med['member_first'] / 1e9:.3f} "
+              f"GB/s = {r['member_first_vs_disk']:.2f}x the disk's write+fsync "
+              f"{med['disk'] / 1e9:.3f} GB/s")
         return
     args.dim = args.dim or 256
     root = tempfile.mkdtemp(prefix="quiver-snapbench-", dir=args.dir)

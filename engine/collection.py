@@ -131,7 +131,7 @@ class Collection(CollectionState):
         data = read_segment(seg_dir, meta, self.config.vectors, self.sparse_names,
                             self.config.multivectors)
         seg = Segment.from_arrays(meta["id"], self.config.vectors, self.device, data,
-                                  bool(meta.get("sealed")))
+                                  bool(meta.get("sealed")), set(self.config.quantization))
         seg.flushed_n = seg.n
         seg.dirty = seg.payloads_dirty = False
         self._register(seg)
@@ -162,7 +162,7 @@ class Collection(CollectionState):
             task = coll._rehydration(sum(len(data["id_recs"]) for data, _ in segments))
             for data, sealed in segments:
                 seg = Segment.from_arrays(coll.next_segment_id, coll.config.vectors, coll.device,
-                                          data, sealed)
+                                          data, sealed, set(coll.config.quantization))
                 if task is not None:
                     task.advance(seg.n)
                 if seg.blob is not None:  # it stays in the archive until it changes
@@ -209,8 +209,11 @@ class Collection(CollectionState):
                     copy.deepcopy(self.payload_schema), [s.freeze() for s in self.segments])
 
     def _new_appendable(self) -> Segment:
+        # quantized vectors keep their float rows on the host from the start: only their
+        # codes take device memory (engine/indexing.py places them)
         seg = Segment(self.next_segment_id, self.config.vectors, self.device,
-                      sparse=self.sparse_names, multi=self.config.multivectors)
+                      sparse=self.sparse_names, multi=self.config.multivectors,
+                      host_vectors=set(self.config.quantization))
         self.next_segment_id += 1
         self.segments.append(seg)
         self.seg_by_id[seg.seg_id] = seg

@@ -373,8 +373,9 @@ def _quantization(top_raw: Any, raw_vectors: dict[str, Any], named: bool,
         own = parse_quantization(raw.get("quantization_config"),
                                  f"vectors.{name}.quantization_config" if named
                                  else "vectors.quantization_config", strict)
-        if own is not None or top is not None:
-            out[name] = own or top
+        chosen = own if own is not None else top
+        if chosen is not None:
+            out[name] = chosen
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -191,7 +191,7 @@ def _range_rows(key: str, bounds: dict[str, Any]) -> RowsFn:
         ilo, ihi, flo, fhi = 0, len(ints), 0, len(floats)
         for op, bound in bounds.items():
             lower = op in ("gt", "gte")
-            side = "right" if op in ("gt", "lte") else "left"
+            side: Literal["left", "right"] = "right" if op in ("gt", "lte") else "left"
             fb = float(bound)
             at = int(np.searchsorted(floats, fb, side))
             flo, fhi = (max(flo, at), fhi) if lower else (flo, min(fhi, at))

@@ -18,7 +18,15 @@ import numpy as np
 from engine import ann, ivf, quantization, tasks
 from engine.npy import npy_sha256
 from engine.segment import Segment
-from engine.segment_store import ids_fingerprint, read_graph, read_ivf, write_graph, write_ivf
+from engine.segment_store import (
+    ids_fingerprint,
+    read_codes,
+    read_graph,
+    read_ivf,
+    write_codes,
+    write_graph,
+    write_ivf,
+)
 from engine.state import CollectionState
 
 log = logging.getLogger("quiver.collection")
@@ -227,36 +235,98 @@ def quantize_pending(coll: CollectionState) -> bool:
     if coll.closed or not coll.config.quantization:
         return False
     for name in list(coll.config.quantization):
+        _float_rows_to_host(coll, name)
         q = _quantizer(coll, name)
         if q is None:
             continue
         for seg in list(coll.segments):
             n = seg.n
             rec = seg.quantized.get(name)
+            if rec is None and (rec := _stored_codes(coll, seg, name, q)) is not None:
+                rec = seg.place_codes(name, rec)  # persisted next to the segment: adopted
+                with coll.write_lock:
+                    if coll.seg_by_id.get(seg.seg_id) is not seg or coll.closed:
+                        return True
+                    if seg.quantized.get(name) is None:
+                        seg.quantized = {**seg.quantized, name: rec}
+                    rec = seg.quantized[name]
             base = rec if rec is not None and rec.quantizer is q else None
             if rec is not None and base is None and quantization.same_codebook(rec.quantizer, q):
                 base = dataclasses.replace(rec, quantizer=q)  # a snapshot's codes: kept
                 with coll.write_lock:
                     if seg.quantized.get(name) is rec:
                         seg.quantized = {**seg.quantized, name: base}
+                _write_codes(coll, seg, name, base)  # a restart adopts them too
             if base is not None and n - base.rows < max(QUANTIZE_MIN_ROWS, base.rows // 4):
                 continue
             if n == 0:
                 continue
-            xp = seg.device.array_module() if seg.on_device else np
             with tasks.registry.run("quantize", coll.name, total=n - (base.rows if base else 0),
                                     unit="rows") as progress:
                 progress.set_phase(f"segment {seg.seg_id}, vector {name!r}")
-                codes = quantization.encode_rows(q, seg.host_rows(name, n), xp, base)
+                codes = quantization.encode_rows(q, seg.host_rows(name, n), np, base)
                 progress.advance(n - (base.rows if base else 0))
+            codes = seg.place_codes(name, codes)  # on the device when the budget fits them
             with coll.write_lock:
                 if coll.seg_by_id.get(seg.seg_id) is not seg or coll.closed:
                     return True
                 if coll.config.quantization.get(name) != q.config:
                     return True  # the config changed meanwhile: the next round redoes it
                 seg.quantized = {**seg.quantized, name: codes}
+            _write_codes(coll, seg, name, codes)
             return True
     return False
+
+
+def _write_codes(coll: CollectionState, seg: Segment, name: str,
+                 rec: quantization.QuantizedRows) -> None:
+    q = rec.quantizer
+    write_codes(segment_dir(coll, seg.seg_id), name, rec.host_codes(), seg.id_recs[: rec.rows],
+                repr(q.config.train_key()), q.arrays())
+
+
+def _stored_codes(coll: CollectionState, seg: Segment, name: str,
+                  q: quantization.Quantizer) -> quantization.QuantizedRows | None:
+    """A segment's persisted codes of `name`, if they are codes of `q` for its leading rows
+    (by id fingerprint); None otherwise (they are then encoded again)."""
+    seg_dir = segment_dir(coll, seg.seg_id)
+    try:
+        stored = read_codes(seg_dir, name)
+        if stored is None:
+            return None
+        if str(stored["key"]) != repr(q.config.train_key()) or any(
+                not np.array_equal(stored[f"q-{k}"], v) for k, v in q.arrays().items()):
+            return None  # codes of an earlier quantization config: replaced, not damaged
+        codes = stored["codes"]
+        rows = len(codes)
+        if rows > seg.n or not np.array_equal(stored["ids_sha"],
+                                              ids_fingerprint(seg.id_recs[:rows])):
+            raise ValueError("they describe other rows")
+        return quantization.from_codes(q, codes)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("collection %s: ignoring quantized codes in %s (%s); they will be "
+                    "encoded again", coll.name, seg_dir, exc)
+        return None
+
+
+def _float_rows_to_host(coll: CollectionState, name: str) -> None:
+    """A quantized vector's float rows live in host memory on device segments (only their
+    codes take device memory: 4x more vectors per GPU for int8, 32x for one-bit binary)."""
+    segs = [seg for seg in list(coll.segments)
+            if seg.device_home and name not in seg.host_vectors]
+    if segs:
+        with coll.write_lock:
+            for seg in segs:
+                seg.keep_on_host(name)
+
+
+def memory_bytes(coll: CollectionState) -> dict[str, int]:
+    """Device and host bytes of the collection's dense rows and codes (telemetry)."""
+    dev = host = 0
+    for seg in coll.segments:
+        d, h = seg.memory_bytes()
+        dev, host = dev + d, host + h
+    return {"device_bytes": dev, "host_bytes": host}
 
 
 def quantized_bytes(coll: CollectionState) -> dict[str, int]:

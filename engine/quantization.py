@@ -23,7 +23,7 @@ import io
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -189,6 +189,16 @@ class Quantizer:
         """Bytes of codes per vector."""
         raise NotImplementedError  # pragma: no cover
 
+    def host_index(self, codes: np.ndarray) -> tuple[Any, np.ndarray] | None:
+        """A faiss index owning a copy of host `codes` and a numpy view of that copy (which
+        then replaces `codes`), where faiss scans this kind; None: numpy scans them."""
+        return None
+
+    def scan_index(self, index: Any, queries: np.ndarray, k: int, mask: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """`scan` through the faiss index of all the codes; None where it does not apply."""
+        return None
+
 
 class ScalarQuantizer(Quantizer):
     kind = "scalar"
@@ -230,6 +240,13 @@ class ScalarQuantizer(Quantizer):
     def scan(self, codes: Any, norms: Any, queries: np.ndarray, k: int,
              mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         return qk.int8_topk(codes, queries, k, self.metric, self.scale, self.offset, mask, norms)
+
+    def host_index(self, codes: np.ndarray) -> tuple[Any, np.ndarray] | None:
+        return qk.faiss_int8(codes, self.scale, self.offset, self.metric)
+
+    def scan_index(self, index: Any, queries: np.ndarray, k: int, mask: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        return qk.faiss_int8_topk(index, queries, k, self.metric, self.scale, mask)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"range": np.array([self.offset, self.offset + 255.0 * self.scale], np.float64)}
@@ -316,6 +333,16 @@ class BinaryQuantizer(Quantizer):
                                   self.dim, k, self.metric, mask)
         return qk.binary_topk(codes, self.encode(queries), self.bits, k, self.metric, mask)
 
+    def host_index(self, codes: np.ndarray) -> tuple[Any, np.ndarray] | None:
+        return qk.faiss_binary(codes)
+
+    def scan_index(self, index: Any, queries: np.ndarray, k: int, mask: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.config.query_encoding in ("scalar4bits", "scalar8bits"):
+            return None  # float queries against the codes' levels: numpy
+        return qk.faiss_binary_topk(index, self.encode(queries), self.bits, k, self.metric,
+                                    mask)
+
     def _query_levels(self, queries: np.ndarray, levels: int) -> np.ndarray:
         """The query standardised around the thresholds, then quantized to `levels` steps
         (Qdrant's asymmetric query encodings)."""
@@ -382,6 +409,15 @@ class ProductQuantizer(Quantizer):
         if cent is None:
             cent = self._placed[xp] = xp.asarray(self.centroids)
         return qk.pq_topk(codes, queries, cent, k, self.metric, mask)
+
+    def host_index(self, codes: np.ndarray) -> tuple[Any, np.ndarray] | None:
+        return qk.faiss_pq(codes, self.centroids, self.metric)
+
+    def scan_index(self, index: Any, queries: np.ndarray, k: int, mask: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        if mask is not None:
+            return None  # IndexPQ takes no IDSelector: numpy scans the codes it holds
+        return qk.faiss_pq_topk(index, queries, k, self.metric)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"centroids": self.centroids}
@@ -474,11 +510,18 @@ class QuantizedRows:
     codes: Any  # (rows, code bytes) uint8, host or device
     norms: Any  # (rows,) float32 squared norms of decoded rows, or None
     rows: int
+    on_device: bool = False  # the codes were placed with a device's array module
+    # host codes: the faiss index that owns them (`codes` is a view of its bytes), or None
+    index: Any = field(default=None, compare=False, repr=False)
 
     def scan(self, queries: np.ndarray, k: int, n: int, mask: np.ndarray | None
              ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k over rows [0, min(rows, n)); `mask` covers those rows."""
         m = min(self.rows, n)
+        if self.index is not None and m == self.rows:
+            hit = self.quantizer.scan_index(self.index, queries, k, mask)
+            if hit is not None:
+                return hit
         norms = None if self.norms is None else self.norms[:m]
         return self.quantizer.scan(self.codes[:m], norms, queries, k, mask)
 
@@ -487,6 +530,27 @@ class QuantizedRows:
 
     def host_codes(self) -> np.ndarray:
         return to_host(self.codes)
+
+    def placed(self, xp: Any) -> QuantizedRows:
+        """The same codes where `xp` keeps arrays (numpy: host memory)."""
+        if xp is np and not self.on_device:
+            return self
+        norms = None if self.norms is None else to_host(self.norms)
+        return _rows(self.quantizer, self.host_codes(), norms, self.rows, xp)
+
+
+def _rows(quantizer: Quantizer, codes: np.ndarray, norms: np.ndarray | None, rows: int,
+          xp: Any) -> QuantizedRows:
+    """Host codes (and norms) as QuantizedRows where `xp` keeps arrays; on the host, held by
+    a faiss index where faiss scans that kind (gpu/quantized.py)."""
+    if xp is not np:
+        return QuantizedRows(quantizer, xp.asarray(codes),
+                             None if norms is None else xp.asarray(norms), rows, True)
+    made = quantizer.host_index(codes)
+    if made is None:
+        return QuantizedRows(quantizer, codes, norms, rows)
+    index, view = made
+    return QuantizedRows(quantizer, view, norms, rows, False, index)
 
 
 def encode_rows(quantizer: Quantizer, rows: np.ndarray, xp: Any = np,
@@ -505,8 +569,7 @@ def encode_rows(quantizer: Quantizer, rows: np.ndarray, xp: Any = np,
     norms = new_norms
     if new_norms is not None and old_norms is not None:
         norms = np.concatenate([old_norms, new_norms])
-    return QuantizedRows(quantizer, xp.asarray(codes),
-                         None if norms is None else xp.asarray(norms), len(rows))
+    return _rows(quantizer, codes, norms, len(rows), xp)
 
 
 def from_codes(quantizer: Quantizer, codes: np.ndarray, xp: Any = np) -> QuantizedRows:
@@ -517,9 +580,7 @@ def from_codes(quantizer: Quantizer, codes: np.ndarray, xp: Any = np) -> Quantiz
         raise ValueError("quantized codes do not fit their quantizer")
     if isinstance(quantizer, ProductQuantizer) and len(codes) and int(codes.max()) >= quantizer.k:
         raise ValueError("product codes out of range")
-    norms = quantizer.row_norms(codes)
-    return QuantizedRows(quantizer, xp.asarray(codes),
-                         None if norms is None else xp.asarray(norms), len(codes))
+    return _rows(quantizer, codes, quantizer.row_norms(codes), len(codes), xp)
 
 
 # ---- storage: one small .npz per quantized vector in the collection directory ---------------
@@ -531,7 +592,8 @@ def store_path(coll_path: str, name: str) -> str:
 
 def save(coll_path: str, name: str, quantizer: Quantizer) -> None:
     buf = io.BytesIO()
-    np.savez(buf, key=np.array(repr(quantizer.config.train_key())), **quantizer.arrays())
+    np.savez(buf, key=np.array(repr(quantizer.config.train_key())),
+             **quantizer.arrays())  # type: ignore[arg-type]  # numpy's stub: allow_pickle
     write_atomic(store_path(coll_path, name), buf.getvalue())
 
 

@@ -13,7 +13,7 @@ to host memory after a device failure are the matrices' business (gpu/), not thi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from engine.multivector import MultiBatch, MultiStore, empty_batch
 from engine.payload import raw_values_at
 from engine.sparse import SparseBatch, SparseStore
 from gpu.budget import now
-from gpu.device import HOST, Device, placement
+from gpu.device import HOST, Device, DeviceFailure, placement
 from gpu.matrix import DeviceMatrix
 
 CHANGE_LOG_LIMIT = 256
@@ -82,17 +82,29 @@ class _Arrays(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
+class _CodesSlot:
+    """What holds a vector's device codes in the budget (one per segment and vector: its
+    reservation is resized as the codes grow, and dropped with the segment)."""
+
+
 class Segment:
     def __init__(self, seg_id: int, specs: dict[str, VectorSpec], device: Any = None,
                  capacity: int = 1024, sparse: tuple[str, ...] = (),
-                 multi: dict[str, VectorSpec] | None = None) -> None:
+                 multi: dict[str, VectorSpec] | None = None,
+                 host_vectors: Iterable[str] = ()) -> None:
         """`device`: a gpu.device.Device (default: the process default device). The numpy
         module (host memory) or cupy (the default device) are accepted too. `sparse`: the
         collection's sparse vector names (their rows live on the host, engine/sparse.py);
-        `multi`: its multivectors (token rows on the host, engine/multivector.py)."""
+        `multi`: its multivectors (token rows on the host, engine/multivector.py).
+        `host_vectors`: quantized vectors, whose float rows stay in host memory while their
+        codes go to the device (see `place_codes`)."""
         self.seg_id = seg_id
         self.specs = specs
         self.device: Device = placement(device)
+        # the device is this segment's home until it moves to host memory (codes follow it)
+        self.device_home = self.device.array_module() is not np
+        self.host_vectors: set[str] = set(host_vectors) & set(specs)
+        self._code_slots: dict[str, _CodesSlot] = {}
         self.last_used = now()
         self.capacity = 0
         self.n = 0
@@ -100,8 +112,9 @@ class Segment:
         self.ids: list[PointId] = []
         self.id_recs = np.zeros(0, ID_DTYPE)
         self.matrices: dict[str, DeviceMatrix] = {
-            name: DeviceMatrix(self.device, spec.size, STORAGE_DTYPES[spec.datatype],
-                               l2=spec.distance.metric == "l2", owner=self)
+            name: DeviceMatrix(HOST if name in self.host_vectors else self.device, spec.size,
+                               STORAGE_DTYPES[spec.datatype], l2=spec.distance.metric == "l2",
+                               owner=self)
             for name, spec in specs.items()}
         self.vectors: Mapping[str, Any] = _Arrays(self.matrices)  # name → storage array
         self.sq_norms: Mapping[str, Any] = _Arrays(self.matrices, norms=True)
@@ -137,10 +150,42 @@ class Segment:
 
     @property
     def on_device(self) -> bool:
+        """Searched on the device: some rows are there, or its quantized vectors' codes are
+        (their float rows live in host memory: only rescoring candidates come from there)."""
         for m in self.matrices.values():  # no generator: this runs on every search
             if m.on_device:
                 return True
-        return False
+        return self.device_home and bool(self.host_vectors)
+
+    def keep_on_host(self, name: str) -> None:
+        """A quantized vector: its float rows live in host memory from now on (releasing their
+        device memory); its codes take their place (`place_codes`). Caller holds the
+        collection write lock (no write may land in the device array being replaced)."""
+        if name in self.host_vectors or name not in self.matrices:
+            return
+        self.host_vectors.add(name)
+        self.matrices[name].move_to_host()
+
+    def place_codes(self, name: str, rec: Any) -> Any:
+        """`rec` (engine.quantization.QuantizedRows) where this segment lives: on its device
+        when the budget fits the codes' bytes (reserved under this vector's slot; cold sealed
+        segments may be evicted), else in host memory, and then, if nothing else of this
+        segment is on the device, the whole segment is a host segment."""
+        if not self.device_home:
+            return rec.placed(np)
+        slot = self._code_slots.setdefault(name, _CodesSlot())
+        if self.device.budget.reserve(self, rec.nbytes(), holder=slot):
+            try:
+                with self.device.guard("placing quantized codes"):
+                    return rec.placed(self.device.array_module())
+            except DeviceFailure:
+                self.device.budget.release(slot)
+                self.move_to_host()
+                return rec.placed(np)
+        self.device.budget.release(slot)
+        if not any(m.on_device for m in self.matrices.values()):
+            self.move_to_host()
+        return rec.placed(np)
 
     def touch(self) -> None:
         self.last_used = now()
@@ -186,11 +231,29 @@ class Segment:
         self.capacity = cap
 
     def move_to_host(self) -> None:
-        """Copy device-resident vectors to host memory and search this segment on the CPU.
-        Readers holding the old device arrays keep using them until they finish."""
+        """Copy device-resident vectors (and codes) to host memory and search this segment on
+        the CPU. Readers holding the old device arrays keep using them until they finish."""
+        self.device_home = False
         for m in self.matrices.values():
             m.move_to_host()
+        if any(rec.on_device for rec in self.quantized.values()):
+            self.quantized = {name: rec.placed(np) for name, rec in self.quantized.items()}
         self.device.budget.release(self)
+
+    def memory_bytes(self) -> tuple[int, int]:
+        """(device, host) bytes of this segment's dense rows, norms and quantized codes."""
+        dev = host = 0
+        for m in self.matrices.values():
+            if m.on_device:
+                dev += m.nbytes()
+            else:
+                host += m.nbytes()
+        for rec in self.quantized.values():
+            if rec.on_device:
+                dev += rec.nbytes()
+            else:
+                host += rec.nbytes()
+        return dev, host
 
     # ---- writes (caller holds the collection write lock) --------------------------------------
 
@@ -367,15 +430,18 @@ class Segment:
 
     @classmethod
     def from_arrays(cls, seg_id: int, specs: dict[str, VectorSpec], device: Any,
-                    data: dict[str, Any], sealed: bool) -> Segment:
+                    data: dict[str, Any], sealed: bool, host_vectors: Iterable[str] = ()
+                    ) -> Segment:
         """A segment from host arrays (from disk or a snapshot). A sealed segment on the host
         keeps memory-mapped vectors as they are (its rows never change: the page cache serves
         them, nothing is copied); otherwise one large copy per array, to the device if any."""
         n = len(data["id_recs"])
         sparse: dict[str, SparseBatch] = data.get("sparse") or {}
         multi: dict[str, tuple[VectorSpec, MultiBatch]] = data.get("multi") or {}
+        quantized = dict(data.get("quantized") or {})  # a snapshot's codes: floats stay host
         seg = cls(seg_id, specs, device, capacity=max(n, 16), sparse=tuple(sparse),
-                  multi={name: spec for name, (spec, _) in multi.items()})
+                  multi={name: spec for name, (spec, _) in multi.items()},
+                  host_vectors={*host_vectors, *quantized})
         seg.sealed = sealed
         for name, (spec, mbatch) in multi.items():
             seg.multi[name] = MultiStore.load(mbatch, spec.size, seg.capacity)
@@ -398,7 +464,7 @@ class Segment:
         seg.digests = {name: (n, d) for name, d in (data.get("digests") or {}).items()}
         for name, index in (data.get("ann") or {}).items():
             seg.adopt_index(name, index)
-        seg.quantized = dict(data.get("quantized") or {})  # a snapshot's codes
+        seg.quantized = {name: seg.place_codes(name, rec) for name, rec in quantized.items()}
         return seg
 
     @classmethod
@@ -408,7 +474,8 @@ class Segment:
         live = np.flatnonzero(~src.deleted[:n])
         m = len(live)
         seg = cls(seg_id, src.specs, src.device if src.on_device else HOST,
-                  capacity=max(m, 16), sparse=tuple(src.sparse), multi=src.multi_specs)
+                  capacity=max(m, 16), sparse=tuple(src.sparse), multi=src.multi_specs,
+                  host_vectors=src.host_vectors)
         for name, mstore in src.multi.items():
             seg.multi[name] = MultiStore.load(mstore.rows(live), mstore.dim, seg.capacity)
             seg.present[name][:m] = src.present[name][:n][live]

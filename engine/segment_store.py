@@ -15,6 +15,10 @@
                                            if it covers more rows than were committed
     segments/<id>/ivf-<hexname>.npz        a FAISS IVF/CAGRA index (engine/ivf.py), serialised
                                            CPU form + the fingerprint of the rows it covers
+    segments/<id>/quant-<hexname>.npz      quantized codes of the leading rows, their
+                                           quantizer's arrays and the rows' fingerprint
+                                           (engine/quantization.py); re-encoded if they
+                                           no longer fit on load
     blobs/<uuid>.snapshot                  a recovered snapshot archive (hard-linked, never
                                            copied): segments whose state.json entry has a
                                            `blob` map their ids and vectors from it at the
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -313,13 +318,48 @@ def read_ivf(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in ("blob", "ids_sha")}
 
 
+def codes_file(name: str) -> str:
+    return f"quant-{name.encode().hex()}.npz"
+
+
+def write_codes(seg_dir: str, name: str, codes: np.ndarray, id_recs: np.ndarray,
+                train_key: str, quantizer: dict[str, np.ndarray]) -> None:
+    """Persist a segment's quantized codes atomically (a restart adopts them, no re-encoding),
+    with the quantizer they were made by (`train_key` and its arrays, as `q-<key>`)."""
+    try:
+        os.makedirs(seg_dir, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, ids_sha=ids_fingerprint(id_recs), codes=np.asarray(codes),
+                 key=np.array(train_key),
+                 **{f"q-{k}": v for k, v in quantizer.items()})  # type: ignore[arg-type]
+        with atomic_writer(os.path.join(seg_dir, codes_file(name))) as f:
+            f.write(buf.getvalue())
+        fsync_dir(seg_dir)
+    except OSError as exc:
+        raise io_error(exc, "writing quantized codes") from exc
+
+
+def read_codes(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
+    """The stored codes record (codes, ids_sha, key, q-<key>...), or None: none stored.
+    A damaged file raises ValueError (the caller re-encodes)."""
+    path = os.path.join(seg_dir, codes_file(name))
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"unreadable codes file ({exc})") from exc
+
+
 def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) -> None:
     """Remove mask/payload files of older generations and stray temp files."""
     if not os.path.isdir(seg_dir):
         return  # a recovered segment still entirely in its archive
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
     for name in os.listdir(seg_dir):
-        if name in keep or name.startswith(("vec-", "hnsw-", "ivf-", "sparse-", "multi-")):
+        if name in keep or name.startswith(("vec-", "hnsw-", "ivf-", "sparse-", "multi-",
+                                            "quant-")):
             continue
         if name.startswith(("masks.", "payloads.", ".tmp-")):
             try:

@@ -7,7 +7,7 @@ repeated filter are cached per segment state (see `segment_mask_count`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -188,7 +188,8 @@ def searched_segments(view: View, pred: Predicate | None, vector: str, cache_key
                       ) -> Iterator[tuple[Segment, int, np.ndarray, int]]:
     """(segment, rows, mask, allowed): `selected_segments` with every selection a mask."""
     for seg, n, mask, listed, allowed in selected_segments(view, pred, vector, cache_key):
-        yield seg, n, rows_mask(listed, n) if mask is None else mask, allowed
+        full = mask if mask is not None else rows_mask(cast(np.ndarray, listed), n)
+        yield seg, n, full, allowed
 
 
 def filtered_ids(view: View, pred: Predicate | None) -> list[PointId]:

@@ -50,7 +50,7 @@ KEEP_FINISHED_YOUNG_S = 600.0
 MAX_FINISHED = 5000
 # Every kind of long operation (fixed, so per-kind metrics have bounded cardinality)
 KINDS = ("snapshot_create", "snapshot_create_full", "snapshot_recover", "s3_upload",
-         "s3_download", "url_download", "index_build", "device_rehydrate")
+         "s3_download", "url_download", "index_build", "device_rehydrate", "quantize")
 OUTCOMES = (OK, FAILED, CANCELLED)
 
 

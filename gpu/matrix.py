@@ -74,6 +74,11 @@ class DeviceMatrix:
         """Stored bytes per row of the vector (norms not counted)."""
         return self.dtype.itemsize * self.dim
 
+    def nbytes(self) -> int:
+        """Bytes this matrix holds where its rows live (storage + norms, all capacity)."""
+        s = self._s
+        return int(s.array.nbytes) + (0 if s.norms is None else int(s.norms.nbytes))
+
     def _device_bytes(self, cap: int) -> int:
         return cap * (self.row_bytes + (4 if self.l2 else 0))
 

@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import faiss
+except ImportError:  # pragma: no cover - the bare GPU image: numpy scans on the host
+    faiss = None
+
 from gpu.select import select_topk
 from gpu.topk import NEG_INF, topk
 from gpu.xp import guard, to_host, xp_of
@@ -194,3 +199,131 @@ def pq_topk(codes: Any, queries: np.ndarray, centroids: Any, k: int, metric: str
         tables = pq_tables(q, centroids, metric).astype(xp.float32)
         return chunked_topk(lambda s, e: pq_scores(codes[s:e], tables, metric), xp,
                             codes.shape[0], len(q), k, mask, codes.shape[1] + 1)
+
+
+# ---- host: faiss owns the codes and scans them (SIMD kernels) ---------------------------------
+#
+# On the host, int8 and binary codes are held by a faiss index (IndexScalarQuantizer with
+# QT_8bit_uniform, IndexBinaryFlat) and the QuantizedRows' `codes` array is a numpy view of the
+# index's own code bytes (held once, exported as they are to snapshots and devices). faiss
+# scans them with its SIMD kernels (~5x a cast + BLAS GEMM per chunk); masks are an
+# IDSelectorBitmap. The numpy code above stays the fallback, and cupy's on a device.
+
+
+class _CodesView:
+    """Exposes a faiss index's code bytes to numpy; the array's base keeps the index alive."""
+
+    def __init__(self, index: Any, addr: int, shape: tuple[int, int]) -> None:
+        self.index = index
+        self.__array_interface__ = {"data": (addr, False), "shape": shape, "typestr": "|u1",
+                                    "version": 3}
+
+
+def _own_codes(index: Any, codes: np.ndarray) -> np.ndarray:
+    """Copy `codes` into the index (its ntotal rows) and return a numpy view of its copy."""
+    n, width = codes.shape
+    store = index.xb if isinstance(index, faiss.IndexBinaryFlat) else index.codes
+    if n:
+        faiss.copy_array_to_vector(np.ascontiguousarray(codes).ravel(), store)
+    index.ntotal = n
+    if not n:
+        return np.empty((0, width), np.uint8)
+    addr = faiss.rev_swig_ptr(store.data(), n * width).__array_interface__["data"][0]
+    return np.asarray(_CodesView(index, addr, (n, width)))
+
+
+def faiss_int8(codes: np.ndarray, scale: float, offset: float, metric: str
+               ) -> tuple[Any, np.ndarray] | None:
+    """(index, its codes as numpy) for host int8 codes, or None where faiss does not apply
+    (no faiss, L1). faiss decodes code c as offset + (c + 0.5)·scale: half a step above ours,
+    which `faiss_int8_topk` undoes exactly."""
+    if faiss is None or metric not in ("ip", "l2"):
+        return None
+    index = faiss.IndexScalarQuantizer(codes.shape[1], faiss.ScalarQuantizer.QT_8bit_uniform,
+                                       faiss.METRIC_L2 if metric == "l2" else
+                                       faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(np.array([offset, 255.0 * scale], np.float32), index.sq.trained)
+    index.is_trained = True
+    return index, _own_codes(index, codes)
+
+
+def faiss_binary(codes: np.ndarray) -> tuple[Any, np.ndarray] | None:
+    """(IndexBinaryFlat, its codes as numpy) for host packed binary codes."""
+    if faiss is None:
+        return None
+    index = faiss.IndexBinaryFlat(8 * codes.shape[1])
+    return index, _own_codes(index, codes)
+
+
+def _search(index: Any, q: np.ndarray, k: int, mask: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    if mask is None:
+        return index.search(q, k)
+    bits = np.packbits(mask, bitorder="little")  # alive for the whole search
+    sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+    return index.search(q, k, params=faiss.SearchParameters(sel=sel))
+
+
+def _finish(vals: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bad = rows < 0
+    return (np.where(bad, NEG_INF, vals).astype(np.float32),
+            np.where(bad, -1, rows).astype(np.int64))
+
+
+def faiss_int8_topk(index: Any, queries: np.ndarray, k: int, metric: str, scale: float,
+                    mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """int8_topk's result through the faiss index (same units: dot, or -L2 distance)."""
+    n = index.ntotal
+    k = min(k, n)
+    if k <= 0:
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    half = np.float32(0.5 * scale)  # faiss' rows sit half a step above ours
+    if metric == "l2":  # |(q + h) - (x + h)| = |q - x|
+        d2, rows = _search(index, q + half, k, mask)
+        return _finish(-np.sqrt(np.maximum(d2, 0.0)), rows)
+    dots, rows = _search(index, q, k, mask)  # q·(x + h) = q·x + h·Σq
+    return _finish(dots - half * q.sum(axis=1, keepdims=True), rows)
+
+
+def faiss_binary_topk(index: Any, qcodes: np.ndarray, bits: int, k: int, metric: str,
+                      mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """binary_topk's result through IndexBinaryFlat (Hamming distances, then our units)."""
+    n = index.ntotal
+    k = min(k, n)
+    if k <= 0:
+        return np.empty((len(qcodes), 0), np.float32), np.empty((len(qcodes), 0), np.int64)
+    h, rows = _search(index, np.ascontiguousarray(qcodes, dtype=np.uint8), k, mask)
+    hf = h.astype(np.float32)
+    if metric == "ip":
+        vals = np.float32(bits) - 2.0 * hf
+    elif metric == "l2":
+        vals = -2.0 * np.sqrt(hf)
+    else:
+        vals = -2.0 * hf
+    return _finish(vals, rows)
+
+
+def faiss_pq(codes: np.ndarray, centroids: np.ndarray, metric: str
+             ) -> tuple[Any, np.ndarray] | None:
+    """(IndexPQ, its codes as numpy) for host product codes of 256-centroid sub-quantizers
+    (one byte each, as faiss packs 8-bit codes); None otherwise (numpy scans them)."""
+    m, kk, dsub = centroids.shape
+    if faiss is None or kk != 256 or metric not in ("ip", "l2"):
+        return None
+    index = faiss.IndexPQ(m * dsub, m, 8, faiss.METRIC_L2 if metric == "l2" else
+                          faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(np.ascontiguousarray(centroids, np.float32).ravel(),
+                               index.pq.centroids)
+    index.is_trained = True
+    return index, _own_codes(index, codes)
+
+
+def faiss_pq_topk(index: Any, queries: np.ndarray, k: int, metric: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """pq_topk's result (unmasked: IndexPQ takes no IDSelector) through the faiss index."""
+    k = min(k, index.ntotal)
+    if k <= 0:
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    vals, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return _finish(-np.sqrt(np.maximum(vals, 0.0)) if metric == "l2" else vals, rows)

@@ -137,9 +137,10 @@ class SnapshotManager:
 
     def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
         """Freeze one collection and write its archive to `dest` (fsynced).
-        Returns (collection name, sha256, size). Members are hashed while they are written
-        and the whole archive while fsync runs (archive.write_archive): hashing a collection
-        that is still growing (right after a bulk load) no longer delays the first byte."""
+        Returns (collection name, sha256, size). Members are hashed while they are written,
+        then the whole archive, from memory and ahead of the disk (archive.write_archive):
+        hashing what is not pre-hashed (right after a bulk load) no longer delays the first
+        byte."""
         tasks.set_phase("preparing")
         real, prepared = self._prepare_collection(collection, hashed=False)
         tasks.begin("writing", prepared.size)

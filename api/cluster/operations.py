@@ -333,7 +333,7 @@ def _groups_direct(rt: ClusterRouter, name: str, args: tuple[dict[str, str], dic
     if kind in ("none", "order_by", "sample"):
         raise unsupported("a grouped search without a vector query" if kind == "none" else
                           f"a grouped search by `{kind}`")
-    if plans.prefetches(b) or plans._mmr(b) is not None:
+    if plans.prefetches(b) or plans.mmr_of(b) is not None:
         raise unsupported("`mmr` in a grouped search without `prefetch`")
     asc = plans.ascending(rt, name, b)
     first = merge.groups(rt.read_all(name, "POST", plans.GROUPS, *args, b), limit, size, asc)

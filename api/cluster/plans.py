@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 C = "/collections/{collection_name}"
 P = C + "/points"
 QUERY, QUERY_BATCH, GROUPS = P + "/query", P + "/query/batch", P + "/query/groups"
-_ASCENDING = ("Euclid", "Manhattan")  # distances: smaller scores rank first
 Args = tuple[dict[str, str], dict[str, str]]
 
 
@@ -74,14 +73,14 @@ def _is_id(x: Any) -> bool:
     return isinstance(x, int | str) and not isinstance(x, bool)
 
 
-def _mmr(node: dict[str, Any]) -> Any:
+def mmr_of(node: dict[str, Any]) -> Any:
     q = node.get("query")
     return q.get("mmr") if isinstance(q, dict) and "nearest" in q else None
 
 
 def is_direct(node: dict[str, Any]) -> bool:
     """Whether the shards answer this (resolved) plan alone, merged by merge.py."""
-    return not prefetches(node) and _mmr(node) is None and \
+    return not prefetches(node) and mmr_of(node) is None and \
         kind_of(node.get("query")) not in ("fusion", "formula", "unknown")
 
 
@@ -101,7 +100,7 @@ def ascending(rt: ClusterRouter, name: str, node: dict[str, Any]) -> bool:
     if not isinstance(using, str | None) or cfg.is_sparse(using):
         return False
     spec = cfg.multivectors[using or ""] if cfg.is_multi(using) else cfg.vector(using)
-    return str(getattr(spec.distance, "value", spec.distance)) in _ASCENDING
+    return not spec.distance.higher_is_better
 
 
 def check_exact(rt: ClusterRouter, name: str, node: dict[str, Any]) -> None:
@@ -313,7 +312,7 @@ def _leaves(node: dict[str, Any], parent_filter: Any, scale: int, out: list[_Lea
     limit = common.limit(node.get("limit")) * scale
     body: dict[str, Any] = {k: node[k] for k in ("query", "using", "params",
                                                    "score_threshold") if k in node}
-    mmr = _mmr(node)
+    mmr = mmr_of(node)
     if mmr is not None:  # its candidates; MMR picks among them centrally
         body["query"] = {"nearest": node["query"]["nearest"]}
         cand = mmr.get("candidates_limit") if isinstance(mmr, dict) else None

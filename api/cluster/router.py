@@ -36,9 +36,6 @@ P = C + "/points"
 CALL_TIMEOUT_S = 300.0
 WATCH_INTERVAL_S = 1.0  # how often replicas and nodes are checked (and repairs started)
 PING_TIMEOUT_S = 5.0
-# A Dead replica is replaced after this long (a transient loss is not worth a full copy);
-# QUIVER_CLUSTER_REPAIR_AFTER_S overrides it (tests), until ClusterSettings carries it
-REPAIR_AFTER_S = float(os.environ.get("QUIVER_CLUSTER_REPAIR_AFTER_S", "30"))
 
 
 class ClusterRouter:
@@ -444,6 +441,12 @@ class ClusterRouter:
         with self.shard_lock(name, sid):  # from here on every write of the shard is logged
             with self.lock:
                 entry = self._entry(name)
+                busy = [x for x in self.transfers.values()
+                        if x.name == name and x.shard_id == sid]
+                if busy:  # a concurrent request won: one transfer per shard at a time
+                    self.ray.kill(actor)
+                    raise BadRequest(f"Shard {sid} is already involved in transfer "
+                                     f"{busy[0].from_peer} -> {busy[0].to_peer}")
                 self.actors[rep["actor"]] = actor
                 entry["shards"][str(sid)] = entry["shards"][str(sid)] + [rep]
                 self.transfers[t.key()] = t
@@ -516,7 +519,7 @@ class ClusterRouter:
                     self._mark_dead(name, sid, r)
 
     def _repair(self) -> None:
-        """Each shard with a replica Dead for REPAIR_AFTER_S gets a new one on a live node
+        """Each shard with a replica Dead for cluster.repair_after_s gets a new one on a live node
         that holds none of that shard (the least loaded), filled from an Active replica."""
         now = time.monotonic()
         nodes = [n["NodeID"] for n in alive_nodes(self.ray)]
@@ -531,7 +534,8 @@ class ClusterRouter:
                        for t in list(self.transfers.values())):
                     continue
                 dead = [r for r in reps if r["state"] == "Dead"
-                        and now - self.dead_since.get(r["replica_id"], now) >= REPAIR_AFTER_S]
+                        and now - self.dead_since.get(r["replica_id"], now)
+                        >= self.cfg.repair_after_s]
                 active = [r for r in reps if r["state"] == "Active"]
                 if not dead or not active:
                     continue

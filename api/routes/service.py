@@ -63,7 +63,9 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
         collections.append({"id": name, "points": coll.points_count(),
                             "segments": len(coll.segments), **coll.device_info(),
                             # bytes of quantized codes per vector name (engine/quantization.py)
-                            "quantized_bytes": indexing.quantized_bytes(coll)})
+                            "quantized_bytes": indexing.quantized_bytes(coll),
+                            # device vs host bytes of rows and codes (quantized floats: host)
+                            **indexing.memory_bytes(coll)})
     return {
         "id": str(request.app.state.node_id),
         "app": {"name": "quiver", "version": QUIVER_VERSION,

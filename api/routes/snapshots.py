@@ -144,12 +144,22 @@ class _ClosingStream(StreamingResponse):
             self.chunks.close()  # no thread reads it now: run_sync waits out a cancelled read
 
 
-def _download(locate: Any):
+def _not_in_cluster(request: Request) -> None:
+    """These routes bypass `endpoint()` (and so the cluster router): in cluster mode the
+    front end's catalog is empty, so say what is not served rather than 404."""
+    if getattr(request.app.state, "cluster", None) is not None:
+        raise BadRequest(f"{request.method} {request.url.path}: collection and full snapshots "
+                         "are not supported in cluster mode yet (shard snapshots are)")
+
+
+def _download(locate: Any, clustered: bool = False):
     """Send an archive, resumably: a local file (FileResponse: Range, 206, 416, If-Range) or
     a ranged read from object storage with the same rules (snapshots.storage)."""
     async def run(request: Request) -> Response:
         started = time.perf_counter()
         try:
+            if not clustered:  # shard snapshots (api/routes/cluster.py) are served
+                _not_in_cluster(request)
             dl = await run_in_threadpool(locate, request)
             if dl.path is not None:
                 return FileResponse(dl.path, media_type="application/octet-stream",
@@ -226,6 +236,7 @@ async def upload(request: Request) -> Response:
     started = time.perf_counter()
     tmp = None
     try:
+        _not_in_cluster(request)
         wait = _wait(request)
         # validated; on a single node every priority replaces the data with the snapshot's
         check_priority(request.query_params.get("priority"))

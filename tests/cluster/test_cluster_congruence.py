@@ -140,10 +140,10 @@ def test_bad_input_and_unbuilt_features_are_400(cluster_server: Any,
         r = h.put(f"/collections/{NAME}/points?wait=true", json={"points": [
             {"id": 900, "vector": [0.1] * DIM}, {"id": 901, "vector": [0.1] * (DIM + 1)}]})
         assert r.status_code == 400
-        r = h.post(f"/collections/{NAME}/points/query",
-                   json={"prefetch": [{"query": [0.1] * DIM}], "query": {"fusion": "rrf"}})
+        r = h.post(f"/collections/{NAME}/points/query/groups", json={"group_by": "color"})
         assert r.status_code == 400 and "cluster mode" in r.json()["status"]["error"]
-        r = h.post("/collections/aliases", json={"actions": []})
+        r = h.put("/collections/custom", json={"vectors": {"size": 2, "distance": "Dot"},
+                                                "sharding_method": "custom"})
         assert r.status_code == 400 and "cluster mode" in r.json()["status"]["error"]
     assert remote.count(NAME).count == before  # nothing stored on any shard
 

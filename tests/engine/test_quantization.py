@@ -203,3 +203,131 @@ def test_stored_bad_config_is_dropped_not_fatal() -> None:
     cfg = from_state({"vectors": {"size": 4, "distance": "Dot"},
                       "quantization_config": {"product": {"compression": "x3"}}})
     assert cfg.quantization == {}
+
+
+# ---- host scans through faiss (gpu/quantized.py) against the numpy scans -----------------
+
+
+def _points(vals: np.ndarray, rows: np.ndarray) -> list[Any]:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(id=int(r), score=float(v)) for v, r in zip(vals, rows, strict=True)
+            if r >= 0]
+
+
+_TRAINED: dict[tuple[str, str], Q.Quantizer] = {}
+
+
+@pytest.mark.parametrize(("raw", "metric"), [
+    ({"scalar": {"type": "int8"}}, "ip"), ({"scalar": {"type": "int8", "quantile": 0.95}}, "l2"),
+    ({"binary": {}}, "ip"), ({"binary": {"encoding": "two_bits"}}, "l2"),
+    ({"binary": {"encoding": "one_and_half_bits"}}, "l1"),
+    ({"product": {"compression": "x16"}}, "l2"), ({"product": {"compression": "x8"}}, "ip")])
+@pytest.mark.parametrize("masked", [False, True])
+def test_faiss_host_scan_matches_the_numpy_scan(raw: dict[str, Any], metric: str,
+                                                masked: bool) -> None:
+    from tests.ranking import assert_same_ranking
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((12000, 48)).astype(np.float32)  # 256 PQ centroids: ≥ 9984 rows
+    q = rng.standard_normal((6, 48)).astype(np.float32)
+    mask = rng.random(len(x)) < 0.2 if masked else None
+    key = (repr(raw), metric)
+    if key not in _TRAINED:  # one training per config (PQ's 256 centroids take seconds)
+        _TRAINED[key] = Q.train(Q.parse_config(raw), x, metric)
+    quantizer = _TRAINED[key]
+    rec = Q.encode_rows(quantizer, x)
+    assert rec.index is not None  # faiss holds the codes; `codes` is a view of its bytes
+    np.testing.assert_array_equal(rec.codes, quantizer.encode(x))
+    got = rec.scan(q, 30, len(x), mask)
+    want = quantizer.scan(np.array(rec.codes), rec.norms, q, 30, mask)  # numpy
+    assert got[1].shape == want[1].shape == (6, 30)
+    if mask is not None:
+        assert mask[got[1][got[1] >= 0]].all()
+    for gv, gr, wv, wr in zip(*got, *want, strict=True):
+        assert_same_ranking(_points(gv, gr)[:-1], _points(wv, wr)[:-1], rel=1e-4, abs=1e-3)
+
+
+def test_faiss_held_codes_outlive_their_rows_record() -> None:
+    x = np.random.default_rng(13).standard_normal((2000, 16)).astype(np.float32)
+    quantizer = Q.train(Q.parse_config({"scalar": {"type": "int8"}}), x, "ip")
+    rec = Q.encode_rows(quantizer, x)
+    codes = rec.codes[:100]
+    del rec  # the view's base keeps the faiss index (and its bytes) alive
+    import gc
+
+    gc.collect()
+    np.testing.assert_array_equal(codes, quantizer.encode(x[:100]))
+
+
+# ---- codes persisted next to their segment ---------------------------------------------------
+
+
+def _quantized_collection(path: Any, x: np.ndarray) -> Any:
+    from api.parse.writes import apply_body
+    from engine.collection import Collection
+
+    coll = Collection.create("c", str(path), {"vectors": {"size": x.shape[1],
+                                                          "distance": "Euclid"},
+                                              "quantization_config": {"scalar": {"type": "int8"}}})
+    apply_body(coll, "upsert", {"batch": {"ids": list(range(len(x))), "vectors": x}})
+    while coll.quantize_pending():
+        pass
+    return coll
+
+
+def test_a_restart_adopts_persisted_codes_without_encoding(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.collection import Collection
+
+    x = np.random.default_rng(14).standard_normal((1500, 16)).astype(np.float32)
+    coll = _quantized_collection(tmp_path / "c", x)
+    before = coll.segments[0].quantized[""].host_codes().copy()
+    coll.close()
+
+    def no_encoding(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("the codes were encoded again")
+
+    trained = Q.trainings()
+    monkeypatch.setattr(Q, "encode_rows", no_encoding)
+    again = Collection.load("c", str(tmp_path / "c"))
+    while again.quantize_pending():
+        pass
+    rec = again.segments[0].quantized[""]
+    assert rec.rows == 1500 and Q.trainings() == trained
+    np.testing.assert_array_equal(rec.host_codes(), before)
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "narrow", "other_rows"])
+def test_persisted_codes_that_do_not_fit_are_encoded_again(tmp_path: Any, damage: str) -> None:
+    from engine.collection import Collection
+    from engine.indexing import segment_dir
+    from engine.segment_store import codes_file
+
+    x = np.random.default_rng(15).standard_normal((1500, 16)).astype(np.float32)
+    coll = _quantized_collection(tmp_path / "c", x)
+    seg = coll.segments[0]
+    want = seg.quantized[""].host_codes().copy()
+    path = f"{segment_dir(coll, seg.seg_id)}/{codes_file('')}"
+    coll.close()
+    if damage == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    else:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        if damage == "narrow":
+            arrays["codes"] = arrays["codes"][:, :8]  # a wrong size
+        else:
+            arrays["ids_sha"] = np.zeros_like(arrays["ids_sha"])
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    again = Collection.load("c", str(tmp_path / "c"))
+    while again.quantize_pending():
+        pass
+    rec = again.segments[0].quantized[""]
+    np.testing.assert_array_equal(rec.host_codes(), want)  # re-encoded with the same quantizer
+    with np.load(path) as z:  # and written back whole
+        np.testing.assert_array_equal(z["codes"], want)
+    again.close()
