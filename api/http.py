@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import PayloadTooLarge, from_exception, ok
 from engine import QUIVER_VERSION
 from engine.errors import BadRequest, EngineError, ServiceError
+from engine.view import INLINE, WouldBlock
 
 log = logging.getLogger("quiver.http")
 QDRANT_API_VERSION = "1.19.0"
@@ -45,7 +46,10 @@ def parse_json(raw: bytes) -> Any:
 # keeps a decaying maximum of its handler's recent durations, and a read runs inline only when
 # that is under INLINE_BUDGET_S, no other handler is in the pool (a write holding the
 # collection's lock would stall the loop), the collection's write lock is free at that instant
-# and none of its segments is on the device (its searches coalesce across threads).
+# and none of its segments is on the device (its searches coalesce across threads). A writer
+# the gate cannot see (gRPC, the indexer, the flusher) may still take the lock before the read
+# takes its view: inline, the view never waits (engine.view.INLINE) and the read reruns in the
+# pool.
 INLINE_BUDGET_S = 0.001
 # after one 10 ms read (or a preempted one: durations are wall time), ~4 reads go to the pool
 INLINE_DECAY = 0.5
@@ -92,6 +96,19 @@ def _timed(fn: Handler, request: Request, body: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
+def _inline(fn: Handler, request: Request, body: Any) -> tuple[Any, float] | None:
+    """Run fn on the loop, never waiting for a collection's write lock (the gate saw it free,
+    but a writer it cannot see may take it meanwhile): None when the read would have waited.
+    Nothing happened before the view was refused, so the caller reruns it in the pool."""
+    token = INLINE.set(True)
+    try:
+        return _timed(fn, request, body)
+    except WouldBlock:
+        return None
+    finally:
+        INLINE.reset(token)
+
+
 def clustered(fn: Handler) -> Handler:
     """Cluster mode: `app.state.cluster` (api/cluster/router.py) answers for its collections.
     Both transports run this (REST below, gRPC through `run.handler`)."""
@@ -117,9 +134,10 @@ def endpoint(fn: Handler, read_body: bool = True,
         try:
             body = parse_json(await request.body()) if read_body else None
             key = gate.allows(request) if gate is not None else None
-            if key is not None:
-                result, took = _timed(fn, request, body)
-                gate.note(key, took)  # type: ignore[union-attr]
+            inline_result = _inline(fn, request, body) if key is not None else None
+            if inline_result is not None:
+                result, took = inline_result
+                gate.note(key, took)  # type: ignore[union-attr,arg-type]
             elif gate is not None:
                 _pool_busy += 1
                 try:

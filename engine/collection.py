@@ -53,7 +53,7 @@ from engine.segment_store import read_segment
 from engine.sparse import concat
 from engine.state import CollectionState
 from engine.tables import filtered_ids, segment_mask
-from engine.view import View
+from engine.view import INLINE, View, WouldBlock
 from gpu.device import HOST, default_device
 
 log = logging.getLogger("quiver.collection")
@@ -244,11 +244,17 @@ class Collection(CollectionState):
 
     def view(self, ids: list[PointId] | None = None) -> View:
         """The segments and row counts at this instant (and where `ids` live, looked up in the
-        same instant), for a read that then runs without the lock."""
-        with self.write_lock:
+        same instant), for a read that then runs without the lock. On the API's event loop
+        (INLINE) it never waits for the lock: WouldBlock, and the read reruns in a thread."""
+        lock = self.write_lock
+        if not lock.acquire(blocking=not INLINE.get()):
+            raise WouldBlock(f"collection {self.name}: write lock held")
+        try:
             return View([(s, s.n) for s in self.segments], dict(self.seg_by_id), self.seg_by_id,
-                         self.ids, self.config, self.payload_schema, self.fall_back_to_cpu,
-                         self.ids.handles(ids) if ids else [])
+                        self.ids, self.config, self.payload_schema, self.fall_back_to_cpu,
+                        self.ids.handles(ids) if ids else [])
+        finally:
+            lock.release()
 
     def search(self, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
         """Searches of one request: on a device-resident collection concurrent requests are

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ def _attach_ivf(coll: CollectionState, seg: Segment, name: str, metric: str,
                                        keep_source=not seg.on_device)
         if not np.array_equal(rec["ids_sha"], ids_fingerprint(seg.id_recs[: index.rows])):
             raise ValueError("it describes other rows")
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("collection %s: ignoring IVF index in %s (%s); it will be rebuilt",
                     coll.name, seg_dir, exc)
         return False
@@ -206,8 +207,7 @@ def _quantizer(coll: CollectionState, name: str) -> quantization.Quantizer | Non
             return None
         with tasks.registry.run("quantize", coll.name, total=1, unit="quantizers") as progress:
             progress.set_phase(f"training {qcfg.kind} quantization of vector {name!r}")
-            rows = np.concatenate([seg.host_rows(name, n)[seg.present[name][:n]]
-                                   for seg, n in segs]).astype(np.float32, copy=False)
+            rows = _training_sample(segs, name)
             q = quantization.train(qcfg, rows, spec.distance.metric)
             progress.advance(1)
         quantization.save(coll.path, name, q)
@@ -215,6 +215,28 @@ def _quantizer(coll: CollectionState, name: str) -> quantization.Quantizer | Non
                  qcfg.kind, name, len(rows))
     have[name] = q
     return q
+
+
+def _training_sample(segs: list[tuple[Segment, int]], name: str) -> np.ndarray:
+    """float32 copies of at most SAMPLE_ROWS present rows of `name` across the segments: the
+    rows train() would pick from all of them concatenated (deterministic), gathered without
+    copying every row (peak memory: the sample, not the collection's vectors)."""
+    masks = [seg.present[name][:n].copy() for seg, n in segs]  # one consistent instant
+    ends = np.cumsum([np.count_nonzero(m) for m in masks])
+    total = int(ends[-1])
+    pick = np.sort(np.random.default_rng(0).choice(
+        total, min(total, quantization.SAMPLE_ROWS), replace=False))
+    bounds = np.searchsorted(pick, ends)  # picks [bounds[i-1], bounds[i]) fall in segment i
+    parts = []
+    for i, (seg, _) in enumerate(segs):
+        lo, hi = (int(bounds[i - 1]) if i else 0), int(bounds[i])
+        if hi > lo:
+            first = int(ends[i - 1]) if i else 0
+            rows = np.flatnonzero(masks[i])[pick[lo:hi] - first]
+            parts.append(seg.vectors_of(name, rows))
+    if not parts:
+        return segs[0][0].vectors_of(name, np.empty(0, np.int64))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def drop_stale_codes(coll: CollectionState) -> None:

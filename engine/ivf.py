@@ -10,10 +10,11 @@ Where faiss exposes GPUs (`faiss.get_num_gpus() > 0`, and gpu.enabled is not fal
 index is trained and searched on the GPU (IVF through index_cpu_to_gpu, CAGRA through faiss's
 cuVS integration, GPU only); otherwise IVF-Flat / IVF-PQ run on the host with faiss-cpu (the
 path CI tests). Training runs once per build: an index is extended by new rows without
-retraining until the segment doubles. The serialised form is the CPU index
-(`index_gpu_to_cpu`; CAGRA's is IndexHNSWCagra) as a uint8 array: segment files and
-snapshot archives carry it, and it is rehydrated (`index_cpu_to_gpu`) without retraining,
-after validation, since archives are untrusted.
+retraining until the segment doubles. The node's own segment files carry the CPU index
+(`index_gpu_to_cpu`; CAGRA's is IndexHNSWCagra) serialised as a uint8 array, rehydrated
+(`index_cpu_to_gpu`) without retraining. Snapshot archives are untrusted, and faiss's reader
+is not hardened: they carry plain arrays instead (`arrays()`: coarse and PQ centroids),
+checked and re-filled with the segment's own rows on recovery (`from_arrays`), untrained.
 
 Scores: IVF-Flat and CAGRA return exact distances; IVF-PQ's are approximate, so its
 candidates (oversampled) are re-scored exactly against the segment's rows.
@@ -42,6 +43,7 @@ except ImportError:  # pragma: no cover - the bare GPU image has no faiss: exact
 log = logging.getLogger("quiver.collection")
 
 KINDS = ("ivf_flat", "ivf_pq", "cagra")
+_ARCHIVE_KINDS = ("ivf_flat", "ivf_pq")  # IvfIndex.arrays()' kind codes (their order is format)
 CHOICES = ("none", *KINDS)
 PQ_OVERSAMPLE = 4  # IVF-PQ candidates per result, re-scored exactly
 GPU_MAX_K = 2048  # faiss GPU IVF's largest k
@@ -207,18 +209,13 @@ class IvfIndex:
         frac = 1.0 if allowed is None else max(float(allowed.mean()), 1e-6)
         faiss.omp_set_num_threads(_CORES if len(q) >= 8 else 1)
         if self.on_gpu:
-            if allowed is not None:  # GPU indexes take no IDSelector: over-fetch, then filter
-                fetch = min(self.rows, GPU_MAX_K, math.ceil(fetch / frac * 2))
-            dist, idx = self.index.search(q, fetch, params=self._gpu_params(ef, fetch))
-            if allowed is not None:
-                idx = np.where((idx >= 0) & allowed[np.maximum(idx, 0)], idx, -1)
+            dist, idx = self._gpu_search(q, fetch, ef, allowed, frac)
+            if allowed is not None and _short(idx, min(want, int(allowed.sum()))):
+                # the capped over-fetch lost allowed rows: the host form filters exactly
+                dist, idx = _cpu_search(self._host_index(), q, fetch,
+                                        self._cpu_params(ef, frac), allowed)
         else:
-            params = self._cpu_params(ef, frac)
-            bits = None
-            if allowed is not None:
-                bits = np.packbits(allowed, bitorder="little")
-                params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
-            dist, idx = self.index.search(q, fetch, params=params)  # `bits` alive here
+            dist, idx = _cpu_search(self.index, q, fetch, self._cpu_params(ef, frac), allowed)
         if self.kind == "ivf_pq" and self.source is not None:
             sim = self._exact(q, idx)
         elif self.metric == "ip":
@@ -232,6 +229,25 @@ class IvfIndex:
             idx = np.take_along_axis(idx, order, 1)
         idx = np.where(np.isfinite(sim), idx, -1).astype(np.int64, copy=False)
         return sim, idx
+
+    def _gpu_search(self, q: np.ndarray, fetch: int, ef: int, allowed: np.ndarray | None,
+                    frac: float) -> tuple[np.ndarray, np.ndarray]:
+        """GPU indexes take no IDSelector: over-fetch (at most GPU_MAX_K), then filter."""
+        if allowed is not None:
+            fetch = min(self.rows, GPU_MAX_K, math.ceil(fetch / frac * 2))
+        dist, idx = self.index.search(q, fetch, params=self._gpu_params(ef, fetch))
+        if allowed is not None:
+            idx = np.where((idx >= 0) & allowed[np.maximum(idx, 0)], idx, -1)
+        return dist, idx
+
+    def _host_index(self) -> Any:
+        """The CPU form of a GPU index (kept once made: selective filters search it)."""
+        with _res_lock:
+            host = self.__dict__.get("_host")
+            if host is None:
+                host = self.cpu_index()
+                object.__setattr__(self, "_host", host)
+            return host
 
     def _cpu_params(self, ef: int, frac: float) -> Any:
         if self.kind == "cagra":  # a recovered CAGRA graph without a GPU: an HNSW walk
@@ -300,6 +316,78 @@ class IvfIndex:
         if not 0 < rows <= nvec or not cpu.is_trained:
             raise IvfError(f"IVF index covers {rows} rows, the segment has {nvec}")
         nlist = _check_contents(cpu, kind, rows)
+        return cls._adopt(cpu, kind, nlist, rows, vectors, metric, spec, keep_source)
+
+    # ---- archive form: plain arrays, never a faiss blob ----------------------------------------
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What snapshot archives carry: `meta` (int64: kind code, nlist, rows, pq m, pq
+        nbits), the coarse centroids (nlist×d float32) and, for IVF-PQ, the PQ codebook
+        (m×ksub×dsub float32). Recovery re-adds the segment's own rows to them (no
+        training, no faiss reader on untrusted bytes). CAGRA has none: {} (rebuilt)."""
+        if self.kind not in _ARCHIVE_KINDS:
+            return {}
+        cpu = self.cpu_index()
+        coarse = cpu.quantizer.reconstruct_n(0, self.nlist)
+        out = {"coarse": np.ascontiguousarray(coarse, dtype=np.float32)}
+        m = nbits = 0
+        if self.kind == "ivf_pq":
+            pq = cpu.pq
+            m, nbits = int(pq.M), int(pq.nbits)
+            out["pq"] = faiss.vector_to_array(pq.centroids).astype(np.float32).reshape(
+                m, int(pq.ksub), int(pq.dsub))
+        out["meta"] = np.array([_ARCHIVE_KINDS.index(self.kind), self.nlist, self.rows, m,
+                                nbits], np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vectors: np.ndarray, metric: str,
+                    spec: IvfSpec | None, keep_source: bool = True) -> IvfIndex:
+        """Rebuild an index from `arrays()` over the segment `vectors` (its leading rows):
+        shapes, dtypes and values are checked first (IvfError), then the centroids are set
+        into a fresh index, which is marked trained and given the rows: no training."""
+        if metric not in ("ip", "l2"):
+            raise IvfError(f"IVF indexes do not serve the {metric} metric")
+        meta = arrays.get("meta")
+        if (not isinstance(meta, np.ndarray) or meta.dtype != np.int64 or meta.shape != (5,)):
+            raise IvfError("IVF meta must be 5 int64 values")
+        code, nlist, rows, m, nbits = (int(v) for v in meta)
+        nvec, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
+        if not 0 <= code < len(_ARCHIVE_KINDS):
+            raise IvfError(f"unknown IVF index kind {code}")
+        kind = _ARCHIVE_KINDS[code]
+        if not 0 < rows <= nvec or dim <= 0:
+            raise IvfError(f"IVF index covers {rows} rows, the segment has {nvec}")
+        if not 0 < nlist <= rows:
+            raise IvfError(f"IVF index has {nlist} lists for {rows} rows")
+        coarse = _checked(arrays.get("coarse"), (nlist, dim), "coarse centroids")
+        if kind == "ivf_pq":
+            if not (0 < m <= dim and dim % m == 0 and 1 <= nbits <= 8):
+                raise IvfError(f"bad IVF-PQ layout m={m} nbits={nbits} for dimension {dim}")
+            pq = _checked(arrays.get("pq"), (m, 1 << nbits, dim // m), "PQ centroids")
+            desc = f"IVF{nlist},PQ{m}x{nbits}np"
+        else:
+            if "pq" in arrays or m or nbits:
+                raise IvfError("IVF-Flat index with PQ parts")
+            desc = f"IVF{nlist},Flat"
+        x = np.ascontiguousarray(vectors[:rows], dtype=np.float32)
+        try:
+            cpu = faiss.index_factory(dim, desc, _metric(metric))  # typed, owns its parts
+            faiss.downcast_index(cpu.quantizer).add(coarse)
+            if kind == "ivf_pq":
+                faiss.copy_array_to_vector(pq.ravel(), cpu.pq.centroids)
+                cpu.precompute_table()
+            cpu.is_trained = True
+            for a in range(0, rows, ADD_BATCH):
+                cpu.add(x[a : a + ADD_BATCH])
+        except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError on bad input
+            raise IvfError(f"IVF index cannot be rebuilt ({type(exc).__name__})") from None
+        return cls._adopt(cpu, kind, nlist, rows, vectors, metric, spec, keep_source)
+
+    @classmethod
+    def _adopt(cls, cpu: Any, kind: str, nlist: int, rows: int, vectors: np.ndarray,
+               metric: str, spec: IvfSpec | None, keep_source: bool) -> IvfIndex:
+        """A checked CPU index, moved to the GPU where faiss has one."""
         nprobe = spec.nprobe if spec is not None else 32
         gpu = spec is not None and spec.gpu
         x = np.ascontiguousarray(vectors[:rows], dtype=np.float32)
@@ -314,6 +402,32 @@ class IvfIndex:
             index = cpu  # IndexHNSWCagra searches on the CPU as an HNSW graph
         keep = keep_source or kind == "ivf_pq"
         return cls(index, rows, metric, kind, nprobe, nlist, gpu, x if keep else None, rows)
+
+
+def _checked(arr: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """An archive's float32 array of exactly `shape`, all finite."""
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != shape:
+        raise IvfError(f"IVF {what} must be float32 of shape {shape}")
+    arr = np.ascontiguousarray(arr)
+    if not np.isfinite(arr).all():
+        raise IvfError(f"IVF {what} hold NaN or infinity")
+    return arr
+
+
+def _short(idx: np.ndarray, need: int) -> bool:
+    """Whether some query got fewer than `need` results."""
+    return bool(((idx >= 0).sum(axis=1) < need).any())
+
+
+def _cpu_search(index: Any, q: np.ndarray, fetch: int, params: Any,
+                allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A host faiss search, `allowed` applied inside faiss through an IDSelectorBitmap."""
+    bits = None
+    if allowed is not None:
+        bits = np.packbits(allowed, bitorder="little")
+        params.sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # n is in bytes
+    dist, idx = index.search(q, fetch, params=params)  # `bits` alive here
+    return dist, idx
 
 
 def _kind_of(cpu: Any) -> str:

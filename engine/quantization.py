@@ -49,6 +49,7 @@ _KEYS = {"scalar": {"type", "quantile"} | _COMMON_KEYS,
          "binary": {"encoding", "query_encoding"} | _COMMON_KEYS}
 DISABLED = "Disabled"
 SAMPLE_ROWS = 1 << 16  # training sample: enough for 256 centroids x 256 points
+ENCODE_CHUNK = 1 << 15  # rows encoded per step: bounds the float temporaries of encode()
 TRAIN_MIN_ROWS = 256  # a vector is trained once the collection holds this many rows
 PQ_POINTS_PER_CENTROID = 39  # fewer centroids (down from 256) for small training sets
 TWO_BIT_Z = 0.4307  # thresholds at mean ± z·std: three equally likely levels for normal data
@@ -222,8 +223,12 @@ class ScalarQuantizer(Quantizer):
         return cls(config, sample.shape[1], metric, lo, hi)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        c = np.rint((x.astype(np.float32, copy=False) - self.offset) / self.scale)
-        return np.clip(c, 0, 255).astype(np.uint8)
+        out = np.empty(x.shape, np.uint8)
+        for s in range(0, len(x), ENCODE_CHUNK):  # bounded float temporaries
+            sub = x[s : s + ENCODE_CHUNK].astype(np.float32, copy=False)
+            c = np.rint((sub - self.offset) / self.scale)
+            out[s : s + len(sub)] = np.clip(c, 0, 255)
+        return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
@@ -293,8 +298,12 @@ class BinaryQuantizer(Quantizer):
         return cls(config, dim, metric, t)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        bits = x.astype(np.float32, copy=False)[:, self.dims] > self.thresholds[None, :]
-        return np.packbits(bits, axis=1)
+        out = np.empty((len(x), (self.bits + 7) // 8), np.uint8)
+        for s in range(0, len(x), ENCODE_CHUNK):  # bounded float and bit temporaries
+            sub = x[s : s + ENCODE_CHUNK].astype(np.float32, copy=False)
+            out[s : s + len(sub)] = np.packbits(sub[:, self.dims] > self.thresholds[None, :],
+                                                axis=1)
+        return out
 
     def _levels(self, codes: Any) -> Any:
         """(c, d) float32 levels of packed codes: each bit counts ±1/2 on its dimension (one
@@ -393,11 +402,11 @@ class ProductQuantizer(Quantizer):
         return cls(config, dim, metric, cent)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32, copy=False)
         out = np.empty((len(x), self.m), np.uint8)
         cn = (self.centroids * self.centroids).sum(axis=2)  # (M, K)
-        for s in range(0, len(x), 1 << 15):
-            sub = x[s : s + (1 << 15)].reshape(-1, self.m, self.dsub)
+        for s in range(0, len(x), ENCODE_CHUNK):
+            sub = x[s : s + ENCODE_CHUNK].astype(np.float32, copy=False)
+            sub = sub.reshape(-1, self.m, self.dsub)
             d2 = cn[None] - 2.0 * np.einsum("nmd,mkd->nmk", sub, self.centroids)
             out[s : s + len(sub)] = d2.argmin(axis=2)
         return out

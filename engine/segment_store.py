@@ -311,11 +311,16 @@ def write_ivf(seg_dir: str, name: str, blob: np.ndarray, id_recs: np.ndarray) ->
 
 
 def read_ivf(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
+    """The stored IVF record (blob, ids_sha), or None: none stored. A damaged file raises
+    ValueError (the caller rebuilds the index in the background)."""
     path = os.path.join(seg_dir, ivf_file(name))
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in ("blob", "ids_sha")}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("blob", "ids_sha")}
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"unreadable IVF file ({exc})") from exc
 
 
 def codes_file(name: str) -> str:

@@ -8,12 +8,23 @@ point into. `live` is the collection's current segment table (read, never writte
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.config import CollectionConfig
 from engine.id_tracker import IdTracker
 from engine.segment import Segment
+
+# Set while a read runs inline on the API's event loop (api/http.py): taking a view then must
+# not wait for the write lock (a stalled loop stalls every request, /healthz included), so
+# Collection.view() raises WouldBlock instead and the API reruns the read in its thread pool.
+INLINE: ContextVar[bool] = ContextVar("quiver_inline_read", default=False)
+
+
+class WouldBlock(Exception):  # noqa: N818 - a signal to retry elsewhere, not an error
+    """An inline read would have waited for a lock: rerun it where waiting is fine. Never an
+    EngineError: it must not reach a client (the API catches it before the envelope)."""
 
 
 @dataclass(slots=True)

@@ -19,9 +19,12 @@
                                            offsets, neighbors, entry): recovery rebuilds the
                                            index from these and the vectors, never re-running
                                            construction; bounds-checked before faiss sees them
-    segments/<i>/ivf-<hexname>.npy         instead of hnsw-*: a FAISS IVF/CAGRA index (extension,
-                                           engine/ivf.py), its serialised CPU form (uint8);
-                                           recovery rehydrates it after validation, untrained
+    segments/<i>/ivf-<hexname>-<part>.npy  instead of hnsw-*: a FAISS IVF index (extension,
+                                           engine/ivf.py) as plain arrays: `meta` (int64 kind,
+                                           nlist, rows, pq m, pq nbits), `coarse` centroids,
+                                           `pq` centroids (IVF-PQ); recovery checks them and
+                                           re-adds the segment's rows, untrained (faiss never
+                                           reads archive bytes); CAGRA graphs are not carried
     segments/<i>/quant-<hexname>-<part>.npy  quantized codes of the segment's leading rows
                                            (`codes`, uint8) and their quantizer (`range`,
                                            `thresholds` or `centroids`): recovery never trains
@@ -71,7 +74,8 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 100_000
 MEMBER_RE = re.compile(r"^segments/(\d{1,9})/(ids|deleted|versions|payloads|vectors-[0-9a-f]*|"
-                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry)|ivf-[0-9a-f]*|"
+                        r"present-[0-9a-f]*|hnsw-[0-9a-f]*-(?:levels|offsets|neighbors|entry)|"
+                        r"ivf-[0-9a-f]*-(?:meta|coarse|pq)|"
                         r"sparse-[0-9a-f]*-(?:ends|indices|values)|"
                         r"multi-[0-9a-f]*-(?:ends|tokens)|"
                         r"quant-[0-9a-f]*-(?:codes|range|thresholds|centroids))"
@@ -122,8 +126,9 @@ def segment_members(index: int, fz: FrozenSegment) -> list[Member]:
     out.append(Member(base + "payloads.json", [jsonio.dumps(fz.payloads)]))
     for name, hnsw in fz.ann.items():  # the graph only: its vectors are the segment's own
         hx = name.encode().hex()
-        if isinstance(hnsw, IvfIndex):  # a FAISS index: its serialised CPU form
-            out.append(Member(base + f"ivf-{hx}.npy", npy_parts(hnsw.blob())))
+        if isinstance(hnsw, IvfIndex):  # a FAISS index: its centroids as plain arrays
+            for key, arr in hnsw.arrays().items():
+                out.append(Member(base + f"ivf-{hx}-{key}.npy", npy_parts(arr)))
             continue
         for key, arr in hnsw.graph().items():
             out.append(Member(base + f"hnsw-{hx}-{key}.npy", npy_parts(arr)))

@@ -53,6 +53,8 @@ from engine.sparse import SparseBatch
 from snapshots.archive import CHUNK, SnapshotFormatError
 from snapshots.scan import Scanned, Verifier, all_finite, read_headers
 
+IVF_PARTS = ("meta", "coarse", "pq")  # ivf-<hex>-<part>.npy members (engine/ivf.py arrays())
+
 PRIORITIES = ("replica", "snapshot", "no_sync")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -387,12 +389,16 @@ class Recovery:
         ef = int(cfg.hnsw_config.get("ef_construct") or 100)
         for name, spec in cfg.vectors.items():
             hx = name.encode().hex()
-            if scanned.has(f"{base}ivf-{hx}.npy"):  # a FAISS IVF/CAGRA index: never retrained
+            parts = {key: f"{base}ivf-{hx}-{key}.npy" for key in IVF_PARTS}
+            if any(scanned.has(member) for member in parts.values()):
+                # a FAISS IVF index as plain arrays: checked, re-filled, never retrained
                 if ann.available():
                     try:
-                        out[name] = ivf.IvfIndex.from_blob(
-                            scanned.array(f"{base}ivf-{hx}.npy"), vectors[name],
-                            spec.distance.metric, ivf.configured())
+                        arrays = {key: scanned.array(member) for key, member in parts.items()
+                                  if scanned.has(member)}
+                        out[name] = ivf.IvfIndex.from_arrays(arrays, vectors[name],
+                                                             spec.distance.metric,
+                                                             ivf.configured())
                     except (ValueError, TypeError) as exc:  # ivf.IvfError included
                         raise SnapshotFormatError(f"Invalid snapshot: IVF index for {name!r}: "
                                                   f"{exc}") from None

@@ -17,17 +17,19 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from api.cluster.metadata import ACTOR_NAME, ClusterMetadata, metadata_path
 from api.cluster.placement import actor_options, assign
-from api.cluster.runtime import alive_nodes, connect, is_actor_gone
+from api.cluster.runtime import alive_nodes, connect, is_actor_gone, is_timeout
 from api.cluster.shard import ShardReplica, raise_relayed
 from api.cluster.split import unsupported
 from api.cluster.transfer import Transfer
 from engine.catalog import validate_name
 from engine.config import CollectionConfig, parse_create
 from engine.errors import AlreadyExists, BadRequest, NotFound, ServiceError
+from engine.ids import parse_id
 
 log = logging.getLogger("quiver.cluster")
 
@@ -36,6 +38,10 @@ P = C + "/points"
 CALL_TIMEOUT_S = 300.0
 WATCH_INTERVAL_S = 1.0  # how often replicas and nodes are checked (and repairs started)
 PING_TIMEOUT_S = 5.0
+# the request being handled, (template, body): a write split by shard names its first missing
+# id in the request's order, as one node does
+_REQUEST: ContextVar[tuple[str, Any] | None] = ContextVar("quiver_cluster_request",
+                                                          default=None)
 
 
 class ClusterRouter:
@@ -153,7 +159,8 @@ class ClusterRouter:
     def read(self, name: str, calls: dict[int, tuple[str, str, Any]],
              params: dict[str, str], query: dict[str, str]) -> dict[int, Any]:
         """One call per shard ({shard: (method, template, body)}) on one live replica each
-        (rotating); a replica found gone is marked Dead and the next one asked."""
+        (rotating); a replica found gone is marked Dead and the next one asked. One that only
+        ran past the call timeout is slow, not gone: the next one is asked, nothing marked."""
         pending = {sid: list(self._live(name, sid)) for sid in calls}
         self.rr += 1
         for sid, reps in pending.items():
@@ -171,10 +178,15 @@ class ClusterRouter:
                 try:
                     got = self.ray.get(ref, timeout=CALL_TIMEOUT_S)
                 except Exception as exc:
-                    if not is_actor_gone(exc):
+                    slow = is_timeout(exc)
+                    if not (slow or is_actor_gone(exc)):
                         raise
-                    self._mark_dead(name, sid, r)
+                    if not slow:
+                        self._mark_dead(name, sid, r)
                     rest = pending[sid][1:]
+                    if not rest and slow:
+                        raise ServiceError(f"shard {sid} of `{name}`: no replica answered "
+                                           f"within {CALL_TIMEOUT_S:g} s") from None
                     if not rest:
                         raise ServiceError(f"No active replica of shard {sid} of collection "
                                            f"`{name}`") from None
@@ -196,33 +208,47 @@ class ClusterRouter:
               params: dict[str, str], query: dict[str, str]) -> Any:
         """Apply to every live replica of each shard in `bodies`; per shard, writes are
         serialised (replicas apply them in one order). Acknowledged once
-        write_consistency_factor replicas of every shard have it."""
+        write_consistency_factor replicas of every shard have it. A write by ids that needs
+        them all to exist (set_payload, update_vectors, ...) is checked first on every shard:
+        one missing id is a 404 and no shard gets the write, as on one node."""
         entry = self._entry(name)
         sids = sorted(bodies)
         locks = [self.shard_lock(name, s) for s in sids]
         for lk in locks:
             lk.acquire()
         try:
+            self._check_existing(name, bodies, method, template, params)
             refs = [(s, r, self._submit(r, method, template, params, query, bodies[s]))
                     for s in sids for r in self._live(name, s)]
             acks: dict[int, int] = {}
-            result, error = None, None
+            result = None
+            refused: dict[int, list[tuple[dict[str, Any], Any]]] = {}  # shard → (replica, error)
             answers: dict[int, Any] = {}  # replica id → its result
             for s, r, ref in refs:
                 try:
                     got = self.ray.get(ref, timeout=CALL_TIMEOUT_S)
                 except Exception as exc:
-                    if not is_actor_gone(exc):
+                    # a write that timed out may or may not be applied there: not trusted
+                    if not (is_actor_gone(exc) or is_timeout(exc)):
                         raise
                     self._mark_dead(name, s, r)
                     continue
                 if "error" in got:
-                    error = got
+                    refused.setdefault(s, []).append((r, got))
                     continue
                 answers[r["replica_id"]] = got["result"]
                 acks[s] = acks.get(s, 0) + 1
                 if result is None or _seq(got["result"]) > _seq(result):
                     result = got["result"]
+            error = None
+            for s, bad in refused.items():
+                if not acks.get(s):
+                    error = error or bad[0][1]  # every replica refused it: the client's error
+                    continue
+                for r, got in bad:  # its peers applied it: it diverged, repair rebuilds it
+                    log.warning("replica %s of %s/%s refused a write its peers applied: %s",
+                                r["replica_id"], name, s, got["error"])
+                    self._mark_dead(name, s, r)
             self._log_for_transfers(name, sids, answers, method, template, params, query,
                                     bodies)
         finally:
@@ -236,6 +262,42 @@ class ClusterRouter:
                 raise ServiceError(f"shard {s} of `{name}`: {acks.get(s, 0)} of {need} "
                                    "replicas acknowledged the write")
         return result
+
+    def _check_existing(self, name: str, bodies: dict[int, Any], method: str, template: str,
+                        params: dict[str, str]) -> None:
+        """Under the shards' write locks, before any replica sees the write: for a write by
+        explicit ids that needs them to exist (engine Operation.requires_existing), ask one
+        replica per shard which of its ids it holds; any missing → NotFound naming the first
+        in the request's order, the message Collection.write gives."""
+        from api.cluster.operations import WRITE_ROUTES  # noqa: PLC0415 - it imports here
+        from api.parse.writes import WRITES  # noqa: PLC0415
+
+        kind = next((k for k, route in WRITE_ROUTES.items() if route == (method, template)),
+                    None)
+        if kind is None:
+            return
+        cfg = self.configs[name]
+        wanted: dict[int, list[Any]] = {}
+        for s, b in bodies.items():
+            op = WRITES[kind](cfg, b)
+            if op.requires_existing and op.filter is None and op.ids:
+                wanted[s] = list(op.ids)
+        if not wanted:
+            return
+        calls = {s: ("POST", P, {"ids": ids, "with_payload": False, "with_vector": False})
+                 for s, ids in wanted.items()}
+        got = self.read(name, calls, {"collection_name": params["collection_name"]}, {})
+        held = {parse_id(p["id"]) for points in got.values() for p in points}
+        missing = [i for s in sorted(wanted) for i in wanted[s] if i not in held]
+        if not missing:
+            return
+        first = missing[0]
+        req = _REQUEST.get()
+        if req is not None and req[0] == template and len(missing) > 1:
+            order = WRITES[kind](cfg, req[1]).ids  # the whole request, before the split
+            pos = {pid: k for k, pid in enumerate(order)}
+            first = min(missing, key=lambda i: pos.get(i, len(pos)))
+        raise NotFound(f"No point with id {first} found")
 
     def _log_for_transfers(self, name: str, sids: list[int], answers: dict[int, Any],
                            method: str, template: str, params: dict[str, str],
@@ -273,7 +335,11 @@ class ClusterRouter:
         op = OPS.get((request.method, template))
         if op is None:
             raise unsupported(f"{request.method} {template}")
-        return op(self, request, template, body)
+        token = _REQUEST.set((template, body))
+        try:
+            return op(self, request, template, body)
+        finally:
+            _REQUEST.reset(token)
 
     # ---------------------------------------------------------------- collections
 
@@ -565,7 +631,8 @@ class ClusterRouter:
                             raise ServiceError("no actor")
                         self.ray.get(actor.ping.remote(), timeout=30)
                     except Exception as exc:  # noqa: BLE001 - any failure: it is gone
-                        if isinstance(exc, ServiceError) or is_actor_gone(exc):
+                        if isinstance(exc, ServiceError) or is_actor_gone(exc) \
+                                or is_timeout(exc):
                             self._mark_dead(name, int(sid), r)
 
 

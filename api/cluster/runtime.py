@@ -38,6 +38,13 @@ def alive_nodes(ray: Any) -> list[dict[str, Any]]:
 
 
 def is_actor_gone(exc: BaseException) -> bool:
-    """Whether a Ray call failed because its actor (or the actor's node) is gone."""
-    from ray.exceptions import GetTimeoutError, RayActorError  # noqa: PLC0415
-    return isinstance(exc, RayActorError | GetTimeoutError)
+    """Whether a Ray call failed because its actor (or the actor's node) is gone. A timeout is
+    not: a slow replica is alive (see `is_timeout`)."""
+    from ray.exceptions import RayActorError  # noqa: PLC0415
+    return isinstance(exc, RayActorError)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a Ray call only ran past its `timeout` (the actor may still be working)."""
+    from ray.exceptions import GetTimeoutError  # noqa: PLC0415
+    return isinstance(exc, GetTimeoutError)

@@ -269,6 +269,67 @@ def test_inline_errors_answer_in_the_envelope() -> None:
         "status"]["error"]
 
 
+def test_an_inline_read_never_waits_for_the_write_lock(app_client: TestClient,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer the gate cannot see (gRPC, the indexer, the flusher) takes the collection's
+    write lock between the gate's check and the read's view: the read moves to the pool and
+    waits there, the loop keeps serving (/healthz), and the read answers once the lock is free,
+    as it would have without the writer."""
+    monkeypatch.setattr(H, "INLINE_BUDGET_S", 0.05)  # far above a busy machine's noise
+    rng = np.random.default_rng(17)
+    assert app_client.put("/collections/w", json={
+        "vectors": {"size": DIM, "distance": "Dot"}}).status_code == 200
+    pts = [{"id": i, "vector": rng.standard_normal(DIM).tolist()} for i in range(30)]
+    assert app_client.put("/collections/w/points?wait=true",
+                          json={"points": pts}).status_code == 200
+    body = {"query": rng.standard_normal(DIM).tolist(), "limit": 5}
+    expected = [app_client.post("/collections/w/points/query", json=body).json()["result"]
+                for _ in range(3)][-1]  # the gate now knows the read is cheap
+    lock = app_client.app.state.catalog.get("w").write_lock  # type: ignore[attr-defined]
+    taken, release, done = threading.Event(), threading.Event(), threading.Event()
+    inline_tries: list[str] = []
+
+    def writer() -> None:
+        with lock:
+            taken.set()
+            release.wait(30)
+
+    allows = H.InlineGate.allows
+
+    def racing_allows(self: H.InlineGate, request: Request) -> str | None:
+        key = allows(self, request)
+        if key == "w" and not inline_tries:  # the writer slips in right after the check
+            inline_tries.append(key)
+            threading.Thread(target=writer, daemon=True).start()
+            assert taken.wait(10)
+        return key
+
+    monkeypatch.setattr(H.InlineGate, "allows", racing_allows)
+    answer: dict[str, Any] = {}
+
+    def read() -> None:
+        answer["r"] = app_client.post("/collections/w/points/query", json=body)
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        reader.start()
+        assert taken.wait(10) and inline_tries == ["w"]
+        health: dict[str, Any] = {}
+        probe = threading.Thread(target=lambda: health.update(r=app_client.get("/healthz")),
+                                 daemon=True)
+        probe.start()
+        probe.join(5)  # the loop is not stuck behind the lock (a stuck one: fails, not hangs)
+        assert "r" in health and health["r"].status_code == 200
+        assert not done.is_set()  # the read waits in the pool for the writer
+    finally:
+        release.set()
+    reader.join(30)
+    r = answer["r"]
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["result"] == expected
+
+
 def test_log_quoting_is_json_quoting() -> None:
     rng = np.random.default_rng(3)
     samples = ["", "/collections/a/points", 'a"b', "a\\b", "x\ny", "\x7f", "é", "/c/\u2028",

@@ -4,10 +4,12 @@ reattaches the index without retraining (each training logs a "trained" line).""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hostile_archives as H
 import httpx
 import numpy as np
 import pytest
@@ -58,6 +60,39 @@ def _recall(got: list[list[int]], want: list[list[int]]) -> float:
                                                                        strict=True)]))
 
 
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _hostile_ivf(valid: bytes) -> dict[str, bytes]:
+    """Internally consistent archives (manifest sizes/sha256 updated) whose IVF arrays lie."""
+    entries = H.parse(valid)
+    meta = np.load(io.BytesIO(entries[H.find(entries, "-meta.npy")].data))
+    coarse = np.load(io.BytesIO(entries[H.find(entries, "-coarse.npy")].data))
+    nan = coarse.copy()
+    nan[0, 0] = np.nan
+    huge = meta.copy()
+    huge[1] = 1 << 40  # nlist: would size a huge allocation if trusted
+    pq_layout = meta.copy()
+    pq_layout[0], pq_layout[3], pq_layout[4] = 1, 4, 30  # IVF-PQ with 2^30 codewords
+    blob = np.frombuffer(b"IwFl" + bytes(200), np.uint8)  # a faiss blob is not accepted
+    return {
+        "nan centroids": H.serialise(H.replace_data(entries, "-coarse.npy", _npy(nan))),
+        "int centroids": H.serialise(H.replace_data(entries, "-coarse.npy",
+                                                    _npy(coarse.astype(np.int32)))),
+        "short centroids": H.serialise(H.replace_data(entries, "-coarse.npy",
+                                                      _npy(coarse[:-1]))),
+        "faiss blob": H.serialise(H.replace_data(entries, "-coarse.npy", _npy(blob))),
+        "huge nlist": H.serialise(H.replace_data(entries, "-meta.npy", _npy(huge))),
+        "unknown kind": H.serialise(H.replace_data(
+            entries, "-meta.npy", _npy(np.array([7, *meta[1:]], np.int64)))),
+        "pq layout": H.serialise(H.replace_data(entries, "-meta.npy", _npy(pq_layout))),
+        "short meta": H.serialise(H.replace_data(entries, "-meta.npy", _npy(meta[:3]))),
+    }
+
+
 def test_ivf_segments_search_snapshot_recover_and_restart(ivf_server: QuiverServer) -> None:
     srv = ivf_server
     rng = np.random.default_rng(3)
@@ -93,6 +128,20 @@ def test_ivf_segments_search_snapshot_recover_and_restart(ivf_server: QuiverServ
         assert info["indexed_vectors_count"] == N
         assert _search(http, "restored", q, exact=False) == _search(http, "ivf", q, exact=False)
         assert _trainings(srv) == trained  # recovered as it was archived: no retraining
+
+        # hostile IVF arrays: a clear 400, nothing created, the server unharmed
+        valid = (srv.tmp / "snaps" / "ivf" / snap).read_bytes()
+        assert b"-coarse.npy" in valid and b"ivf-" in valid
+        for label, data in _hostile_ivf(valid).items():
+            path = srv.tmp / "snaps" / "ivf" / "hostile.snapshot"
+            path.write_bytes(data)
+            r = http.put("/collections/hostile/snapshots/recover",
+                         json={"location": f"file://{path}"})
+            assert r.status_code == 400, (label, r.text)
+            assert "IVF index" in r.json()["status"]["error"], (label, r.text)
+            assert http.get("/collections/hostile").status_code == 404, label
+        path.unlink()
+        assert _search(http, "restored", q, exact=False) == _search(http, "ivf", q, exact=False)
 
     srv.restart()
     with ValidatingClient(base_url=srv.url, timeout=60) as http:

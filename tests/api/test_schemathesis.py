@@ -108,6 +108,14 @@ OPERATIONS: list[tuple[str, str]] = [
     ("POST", "/snapshots"),
     ("PUT", "/collections/{collection_name}/snapshots/recover"),
     ("POST", "/collections/{collection_name}/snapshots/upload"),
+    # cluster operations and shard snapshots (api/routes/cluster.py): 400 on a single node
+    ("POST", "/collections/{collection_name}/cluster"),
+    ("POST", "/collections/{collection_name}/shards/{shard_id}/snapshots"),
+    ("GET", "/collections/{collection_name}/shards/{shard_id}/snapshots"),
+    ("PUT", "/collections/{collection_name}/shards/{shard_id}/snapshots/recover"),
+    ("POST", "/collections/{collection_name}/shards/{shard_id}/snapshots/upload"),
+    ("GET", "/collections/{collection_name}/shards/{shard_id}/snapshots/{snapshot_name}"),
+    ("DELETE", "/collections/{collection_name}/shards/{shard_id}/snapshots/{snapshot_name}"),
     # destructive: last
     ("POST", "/collections/{collection_name}/points/delete"),
     ("DELETE", "/collections/{collection_name}/index/{field_name}"),

@@ -131,6 +131,51 @@ def test_writes_by_id_and_by_filter(clients: tuple[QdrantClient, QdrantClient]) 
                         local.query_points(NAME, query=q, limit=20).points)
 
 
+def test_write_naming_a_missing_id_on_another_shard_stores_nothing(
+        clients: tuple[QdrantClient, QdrantClient], cluster_server: Any, server: Any) -> None:
+    """set_payload by ids, one (or two) of them missing and held by other shards than the
+    existing ones: 404 with the single node's message (the first missing id in request order),
+    and no shard's replica applied its part (every point as in the oracle, which is not sent
+    the failing write)."""
+    from api.cluster.split import shard_of
+
+    remote, local = clients
+    held_ids = [p.id for p in local.scroll(NAME, limit=N)[0] if isinstance(p.id, int)][:40]
+    held_shards = shard_of(held_ids, 3).tolist()
+    a = held_shards[0]
+    on_a = [i for i, s in zip(held_ids, held_shards, strict=True) if s == a][:3]
+    absent = [10_000 + k for k in range(200)]
+    absent_shards = shard_of(absent, 3).tolist()
+    by_shard = {s: [i for i, t in zip(absent, absent_shards, strict=True) if t == s]
+                for s in range(3)}
+    b, c = (s for s in range(3) if s != a)
+    # request order puts shard c's missing id before shard b's: the split must not reorder
+    bodies = [{"payload": {"tag": "never"}, "points": [*on_a, by_shard[b][0]]},
+              {"payload": {"tag": "never"}, "points": [on_a[0], by_shard[c][0], on_a[1],
+                                                       by_shard[b][0]]}]
+    single = "c_missing_on_another_shard"
+    with httpx.Client(base_url=server.url, timeout=60) as one, \
+            httpx.Client(base_url=cluster_server.url, timeout=60) as many:
+        one.delete(f"/collections/{single}")
+        assert one.put(f"/collections/{single}", json={
+            "vectors": {"size": DIM, "distance": "Cosine"}}).status_code == 200
+        assert one.put(f"/collections/{single}/points?wait=true", json={"points": [
+            {"id": i, "vector": [0.5] * DIM} for i in on_a]}).status_code == 200
+        for body in bodies:
+            for route in ("POST", "PUT"):  # set_payload and overwrite_payload
+                want = one.request(route, f"/collections/{single}/points/payload?wait=true",
+                                   json=body)
+                got = many.request(route, f"/collections/{NAME}/points/payload?wait=true",
+                                   json=body)
+                assert want.status_code == got.status_code == 404
+                assert got.json()["status"]["error"] == want.json()["status"]["error"]
+        one.delete(f"/collections/{single}")
+    for _ in range(2):  # reads rotate over the replicas: every one of them unchanged
+        _same_points(remote.scroll(NAME, limit=N + 50)[0], local.scroll(NAME, limit=N + 50)[0])
+    ci = httpx.get(f"{cluster_server.url}/collections/{NAME}/cluster").json()["result"]
+    assert {r["state"] for r in ci["remote_shards"]} == {"Active"}  # no replica diverged
+
+
 def test_bad_input_and_unbuilt_features_are_400(cluster_server: Any,
                                                 clients: tuple[QdrantClient, QdrantClient]
                                                 ) -> None:

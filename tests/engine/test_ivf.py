@@ -136,6 +136,98 @@ def test_hostile_or_mismatched_blobs_are_refused(data) -> None:
         ivf.IvfIndex.from_blob(hnsw, x, "l2", spec)
 
 
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_archive_arrays_rebuild_without_training(data, kind: str, metric: str) -> None:
+    x, q = data
+    spec = ivf.IvfSpec(kind, nprobe=16)
+    index = ivf.IvfIndex.build(x, metric, spec)
+    arrays = index.arrays()
+    assert set(arrays) == ({"meta", "coarse", "pq"} if kind == "ivf_pq" else {"meta", "coarse"})
+    assert arrays["coarse"].dtype == np.float32 and arrays["coarse"].shape == (index.nlist, 16)
+    before = ivf.trainings()
+    back = ivf.IvfIndex.from_arrays(arrays, x, metric, spec)
+    assert ivf.trainings() == before
+    assert (back.kind, back.rows, back.nlist) == (kind, index.rows, index.nlist)
+    mask = np.random.default_rng(2).random(len(x)) < 0.05
+    for m in (None, mask):
+        s1, r1 = index.search(q, 10, 64, m)
+        s2, r2 = back.search(q, 10, 64, m)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_allclose(s1, s2)
+
+
+def test_hostile_archive_arrays_are_refused(data) -> None:
+    x, _ = data
+    spec = ivf.IvfSpec("ivf_pq")
+    good = ivf.IvfIndex.build(x, "l2", spec).arrays()
+    meta, coarse, pq = good["meta"], good["coarse"], good["pq"]
+
+    def with_(**parts: np.ndarray) -> dict[str, np.ndarray]:
+        return {**good, **parts}
+
+    def meta_(i: int, v: int) -> np.ndarray:
+        out = meta.copy()
+        out[i] = v
+        return out
+
+    nan = coarse.copy()
+    nan[1, 2] = np.inf
+    bad_pq = pq.copy()
+    bad_pq[0, 0, 0] = np.nan
+    bad = {
+        "no meta": {k: v for k, v in good.items() if k != "meta"},
+        "meta dtype": with_(meta=meta.astype(np.int32)),
+        "meta shape": with_(meta=meta[:4]),
+        "kind": with_(meta=meta_(0, 9)),
+        "huge nlist": with_(meta=meta_(1, 1 << 40)),
+        "zero nlist": with_(meta=meta_(1, 0)),
+        "rows past the segment": with_(meta=meta_(2, len(x) + 1)),
+        "pq m": with_(meta=meta_(3, 5)),
+        "pq nbits": with_(meta=meta_(4, 30)),
+        "no coarse": {k: v for k, v in good.items() if k != "coarse"},
+        "coarse dtype": with_(coarse=coarse.astype(np.float64)),
+        "coarse shape": with_(coarse=coarse[:-1]),
+        "coarse inf": with_(coarse=nan),
+        "a faiss blob": with_(coarse=ivf.IvfIndex.build(x, "l2", spec).blob()),
+        "no pq": {k: v for k, v in good.items() if k != "pq"},
+        "pq shape": with_(pq=pq[:, :-1]),
+        "pq nan": with_(pq=bad_pq),
+        "flat with pq parts": with_(meta=meta_(0, 0)),
+    }
+    for label, arrays in bad.items():
+        with pytest.raises(ivf.IvfError):
+            ivf.IvfIndex.from_arrays(arrays, x, "l2", spec)
+            pytest.fail(label)
+    with pytest.raises(ivf.IvfError, match="rows"):
+        ivf.IvfIndex.from_arrays(good, x[:100], "l2", spec)
+    with pytest.raises(ivf.IvfError):
+        ivf.IvfIndex.from_arrays(good, np.zeros((len(x), 8), np.float32), "l2", spec)
+    with pytest.raises(ivf.IvfError, match="metric"):
+        ivf.IvfIndex.from_arrays(good, x, "l1", spec)
+
+
+def test_gpu_filter_overfetch_shortfall_falls_back_to_the_host(data, monkeypatch) -> None:
+    """A GPU index over-fetches at most GPU_MAX_K before filtering; when a selective filter
+    leaves too few hits, the host form (IDSelectorBitmap) answers. Emulated on faiss-cpu."""
+    x, q = data
+    index = ivf.IvfIndex.build(x, "l2", ivf.IvfSpec("ivf_flat", nprobe=64))
+    mask = np.zeros(len(x), bool)
+    mask[np.random.default_rng(4).choice(len(x), 40, replace=False)] = True
+    want = np.argsort(-_exact(x, q, "l2", mask), axis=1, kind="stable")[:, :10]
+    monkeypatch.setattr(ivf, "GPU_MAX_K", 16)  # the cap bites: 16 of 3000 rows fetched
+    gpu = ivf.IvfIndex(index.index, index.rows, "l2", "ivf_flat", 64, index.nlist, True,
+                       index.source, index.rows)
+    monkeypatch.setattr(ivf.faiss, "index_gpu_to_cpu", lambda i: i, raising=False)
+    monkeypatch.setattr(ivf.IvfIndex, "_gpu_params",
+                        lambda self, ef, k: ivf.IvfIndex._cpu_params(self, ef, 1.0))
+    _, over = gpu._gpu_search(q, 10, 64, mask, float(mask.mean()))
+    assert ivf._short(over, 10)  # the capped over-fetch alone falls short
+    sims, rows = gpu.search(q, 10, 64, mask)
+    assert (rows >= 0).all() and mask[rows].all()
+    assert _recall(rows, want) >= 0.95
+
+
 def test_manhattan_is_not_served() -> None:
     assert not ivf.supports(ivf.IvfSpec("ivf_flat"), "l1")
     assert ivf.supports(ivf.IvfSpec("ivf_flat"), "ip") and not ivf.supports(None, "ip")
@@ -176,3 +268,15 @@ def test_configured_follows_the_default_device(monkeypatch) -> None:
     assert ivf.configured() is None  # CAGRA needs a faiss GPU: HNSW as ever
     monkeypatch.setattr(device, "_default", device.Device(GpuConfig(enabled="false")))
     assert ivf.configured() is None
+
+
+def test_damaged_local_ivf_file_reads_as_value_error(tmp_path) -> None:
+    """engine.indexing._attach_ivf catches ValueError and rebuilds in the background."""
+    from engine.segment_store import ivf_file, read_ivf
+
+    (tmp_path / ivf_file("v")).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="unreadable IVF file"):
+        read_ivf(str(tmp_path), "v")
+    (tmp_path / ivf_file("v")).write_bytes(b"")
+    with pytest.raises(ValueError):
+        read_ivf(str(tmp_path), "v")
