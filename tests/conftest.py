@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from server import QuiverServer  # noqa: E402
+from validating_http import ValidatingClient  # noqa: E402
 
 os.environ.setdefault("QUIVER__GPU__ENABLED", "false")
 
@@ -18,6 +19,13 @@ os.environ.setdefault("QUIVER__GPU__ENABLED", "false")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from gpu.xp import configure, device_available
 
+    # `slow` tests run only when asked for (`pytest -m slow` or QUIVER_SLOW=1), as tests/slow.py
+    expr = (config.getoption("markexpr") or "").replace(" ", "")
+    if not (os.environ.get("QUIVER_SLOW") or ("slow" in expr and "notslow" not in expr)):
+        later = pytest.mark.skip(reason="slow: run with `pytest -m slow` (or QUIVER_SLOW=1)")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(later)
     configure("auto")
     if device_available():
         return
@@ -44,20 +52,6 @@ def fresh_server(tmp_path: Path) -> Iterator[QuiverServer]:
                        env={"QUIVER__STORAGE__SNAPSHOTS_PATH": str(tmp_path / "snaps")}).start()
     yield srv
     srv.stop()
-
-
-class ValidatingClient(httpx.Client):
-    """httpx client whose every JSON response is checked against Qdrant's OpenAPI schema."""
-
-    def request(self, method: str, url, *args, **kwargs):  # type: ignore[override]
-        from openapi_contract import validate_response  # jsonschema: only where validating
-
-        resp = super().request(method, url, *args, **kwargs)
-        body = None
-        if resp.headers.get("content-type", "").startswith("application/json"):
-            body = resp.json()
-        validate_response(method, resp.request.url.path, resp.status_code, body)
-        return resp
 
 
 @pytest.fixture

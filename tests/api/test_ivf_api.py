@@ -13,8 +13,8 @@ import hostile_archives as H
 import httpx
 import numpy as np
 import pytest
-from conftest import ValidatingClient
 from server import QuiverServer
+from validating_http import ValidatingClient
 
 from engine import ivf
 
