@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 TARGET_TEXT = {
-    "ann": "ANN: Quiver QPS ≥ 0.8× hnswlib at recall@10 0.95",
+    "ann": "ANN: Quiver QPS ≥ 0.8× hnswlib single-query, ≥ 1.0× batch, at recall@10 0.95",
     "exact": "Exact search within 1.5× faiss IndexFlat",
     "ingest": "REST ingest ≥ 20,000 points/s",
     "snapshot": "Snapshot create ≥ 80% of disk write bandwidth",
@@ -76,13 +76,17 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         b = _get(r, "batch_vs_hnswlib", "interp")
         q = _get(ds, "engines", "quiver", "at_recall")
         h = _get(ds, "engines", "hnswlib", "at_recall")
-        met = None if s is None or b is None else (s >= t["ann_vs_hnswlib"]
-                                                   and b >= t["ann_vs_hnswlib"])
+        # single and batch have their own targets (batch must at least match hnswlib);
+        # results written before the split carry only `ann_vs_hnswlib`
+        ts = t.get("ann_single_vs_hnswlib", t.get("ann_vs_hnswlib", 0.8))
+        tb = t.get("ann_batch_vs_hnswlib", t.get("ann_vs_hnswlib", 0.8))
+        met = None if s is None or b is None else (s >= ts and b >= tb)
         short = ""
         if met is False:
-            worst = "single-query" if s < b else "batch"
-            short = (f"Quiver reaches {min(s, b):.2f}× hnswlib's QPS in {worst} mode on {name} "
-                     f"(target {t['ann_vs_hnswlib']}×)")
+            misses = [f"{mode} {v:.2f}× (target {want}×)"
+                      for mode, v, want in (("single-query", s, ts), ("batch", b, tb))
+                      if v < want]
+            short = f"Quiver vs hnswlib's QPS on {name}: " + ", ".join(misses)
         rows.append({"key": f"ann/{name}", "target": f"{TARGET_TEXT['ann']} ({name})",
                      "value": f"single {_f(s)}×, batch {_f(b)}×",
                      "peer": (f"hnswlib {_f(_get(h, 'single', 'interp_qps'), ',.0f')} / "

@@ -29,6 +29,13 @@ try:
 except ImportError:  # pragma: no cover - the bare GPU image has no faiss: exact search only
     faiss = None
 
+# The C entry points behind faiss's Python wrappers: search_one calls them directly (each
+# wrapper frame is a measurable share of a short single-query walk).
+_swig = getattr(faiss, "_swigfaiss", None)
+_swig_ptr: Any = getattr(_swig, "swig_ptr", None) or getattr(faiss, "swig_ptr", None)
+_search_c: Any = getattr(_swig, "IndexHNSW_search", None) or (
+    (lambda index, *args: index.search_c(*args)) if faiss is not None else None)
+
 FAISS_METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2", "l1": "METRIC_L1"}
 # A filter keeping less than this fraction of a segment is searched exactly as well: faiss
 # walks the whole graph and drops excluded nodes, so tiny fractions would starve the beam.
@@ -121,10 +128,10 @@ class HnswIndex:
         call: copy or convert them before searching again."""
         k = min(k, self.rows)
         ef = int(min(max(ef, k), MAX_EF))
-        dist, idx = _buffers(k)
-        faiss.omp_set_num_threads(1)
-        self.index.search_c(1, faiss.swig_ptr(query), k, faiss.swig_ptr(dist),
-                            faiss.swig_ptr(idx), _shared_params(ef))
+        dist, idx, dptr, iptr = _buffers(k)
+        # no omp_set_num_threads: faiss opens its parallel region only for n > 1, and the
+        # setter alone costs as much as the rest of this wrapper (py-spy)
+        _search_c(self.index, 1, _swig_ptr(query), k, dptr, iptr, _shared_params(ef))
         if self.metric == "ip":
             sim = dist
         elif self.metric == "l2":
@@ -194,11 +201,13 @@ _PARAMS: dict[int, Any] = {}
 _local = threading.local()
 
 
-def _buffers(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """This thread's (k,) distance and label buffers for search_one, kept between calls."""
+def _buffers(k: int) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """This thread's (k,) distance and label buffers for search_one and their faiss
+    pointers, kept between calls."""
     bufs = getattr(_local, "bufs", None)
     if bufs is None or len(bufs[0]) != k:
-        bufs = _local.bufs = (np.empty(k, np.float32), np.empty(k, np.int64))
+        dist, idx = np.empty(k, np.float32), np.empty(k, np.int64)
+        bufs = _local.bufs = (dist, idx, _swig_ptr(dist), _swig_ptr(idx))
     return bufs
 
 

@@ -193,13 +193,17 @@ def _range_rows(key: str, bounds: dict[str, Any]) -> RowsFn:
             lower = op in ("gt", "gte")
             side: Literal["left", "right"] = "right" if op in ("gt", "lte") else "left"
             fb = float(bound)
-            at = int(np.searchsorted(floats, fb, side))
-            flo, fhi = (max(flo, at), fhi) if lower else (flo, min(fhi, at))
+            if fhi:  # no float entries (an integer field): nothing to search
+                # the array method: np.searchsorted's dispatch wrapper costs as much (cProfile)
+                at = int(floats.searchsorted(fb, side))
+                flo, fhi = (max(flo, at), fhi) if lower else (flo, min(fhi, at))
             if math.isfinite(fb):
-                at = int(np.searchsorted(ints, _int_bound(op, bound), side))
+                at = int(ints.searchsorted(_int_bound(op, bound), side))
             else:  # -inf lies below every integer, +inf above
                 at = 0 if fb < 0 else len(ints)
             ilo, ihi = (max(ilo, at), ihi) if lower else (ilo, min(ihi, at))
+        if flo >= fhi:  # one kind matched (the usual case): its slice, no concatenation
+            return irows[ilo:max(ilo, ihi)]
         return np.concatenate([irows[ilo:max(ilo, ihi)], frows[flo:max(flo, fhi)]])
 
     return rows

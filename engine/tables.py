@@ -148,7 +148,8 @@ def index_rows(view: View, seg: Segment, n: int, pred: Predicate | None,
     rows = np.sort(cand)  # ascending, each once (array payloads repeat rows)
     if len(rows) > 1 and not (rows[1:] != rows[:-1]).all():
         rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
-    rows = rows[: int(np.searchsorted(rows, n))]  # the column may run ahead of this view
+    if len(rows) and rows[-1] >= n:  # the column may run ahead of this view
+        rows = rows[: int(rows.searchsorted(n))]
     live, allowed = seg.live_mask(n, vector)
     if allowed < n:
         rows = rows[live[rows]]

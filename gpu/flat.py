@@ -131,6 +131,10 @@ def search(
 
 def _finish(vals: np.ndarray, idx: np.ndarray, rows_map: np.ndarray | None
             ) -> tuple[np.ndarray, np.ndarray]:
+    if not idx.size or (idx.min() >= 0 and np.isfinite(vals).all()):
+        # every entry a match (the usual case): no masking passes (a selective filtered
+        # search is a few hundred rows; these were a fifth of its time, cProfile)
+        return vals, idx if rows_map is None else rows_map[idx]
     bad = ~np.isfinite(vals) | (idx < 0)
     if rows_map is not None:
         idx = np.where(bad, -1, rows_map[np.clip(idx, 0, None)])

@@ -195,6 +195,46 @@ def test_single_query_path_matches_the_batch_path(tmp_path: Path, distance: str,
     coll.close()
 
 
+@pytest.mark.parametrize("distance", ["Cosine", "Euclid"])
+def test_one_segment_batch_matches_the_general_loop(tmp_path: Path, distance: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose hits all lie in one segment is rendered for the whole matrix at once
+    (engine/search._one_segment_batch); the per-query loop gives the same records."""
+    coll = _indexed_collection(tmp_path, 1500, distance)
+    rng = np.random.default_rng(12)
+    kws: list[dict[str, Any]] = [{}, {"offset": 2, "limit": 5}, {"hnsw_ef": 16},
+                                 {"with_payload": True}, {"with_vector": True},
+                                 {"offset": 1498, "limit": 10}, {"limit": 1}]
+    calls = {"fast": 0}
+    real = search_mod._one_segment_batch
+
+    def counting(*args: Any) -> Any:
+        out = real(*args)
+        calls["fast"] += out is not None
+        return out
+
+    for batch in (kws[:3], kws, [kws[0]] * 4, [kws[3], kws[4]]):
+        specs = [_spec(rng.standard_normal(16).astype(np.float32), **kw) for kw in batch]
+        monkeypatch.setattr(search_mod, "_one_segment_batch", counting)
+        before = calls["fast"]
+        fast = query.search_batch(coll, specs)
+        assert calls["fast"] > before  # (one call per group of equal hnsw_ef)
+        monkeypatch.setattr(search_mod, "_one_segment_batch", lambda *a: None)
+        general = query.search_batch(coll, specs)
+        assert fast == general
+        for s, res in zip(specs, fast, strict=True):  # each alone: the same records
+            alone = query.search_batch(coll, [s])[0]
+            assert [p["id"] for p in alone] == [p["id"] for p in res]
+    # a score threshold (hits dropped) is left to the general loop
+    monkeypatch.setattr(search_mod, "_one_segment_batch", counting)
+    before = calls["fast"]
+    v = rng.standard_normal(16).astype(np.float32)
+    thr = 0.999 if distance == "Cosine" else 0.001  # drops hits either way
+    query.search_batch(coll, [_spec(v, score_threshold=thr), _spec(v)])
+    assert calls["fast"] == before
+    coll.close()
+
+
 def test_single_query_path_checks_input(tmp_path: Path) -> None:
     coll = _indexed_collection(tmp_path, 300, "Cosine")
     from engine.errors import BadInput
