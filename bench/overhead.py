@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.overhead                 # 2000 rounds (~1 min)
     .venv/bin/python -m bench.overhead --rounds 300    # a short run while developing
     .venv/bin/python -m bench.overhead --json out.json # default: bench/results/<date>-overhead.json
+    .venv/bin/python -m bench.overhead --rows healthz,query  # a subset of the rows
 
 Two servers on loopback, each a subprocess: `quiver serve` (bench.server.Server: default
 configuration, access log on, WAL fsync on) and the bare app below, run by `uvicorn.run` with
@@ -155,8 +156,9 @@ def stats(ns: list[int]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
 
 
-def measure(ports: dict[str, int], rounds: int, warmup: int) -> dict[str, Any]:
-    reqs = requests()
+def measure(ports: dict[str, int], rounds: int, warmup: int,
+            only: list[str] | None = None) -> dict[str, Any]:
+    reqs = {r: v for r, v in requests().items() if not only or r in only}
     conns = {s: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for s, p in ports.items()}
     order = [(s, r) for r in reqs for s in conns]
     times: dict[str, dict[str, list[int]]] = {r: {s: [] for s in conns} for r in reqs}
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--json", help="where to write the figures (default bench/results/...)")
+    ap.add_argument("--rows", help="comma-separated subset of the rows (default: all): "
+                    "healthz, query, upsert100")
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for quiver serve")
     ap.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "cpus": os.cpu_count()}
     with Server(env=env) as srv, Bare() as bare:
         setup(srv.url)
-        res["rows"] = measure({"bare": bare.port, "quiver": srv.port}, args.rounds, args.warmup)
+        res["rows"] = measure({"bare": bare.port, "quiver": srv.port}, args.rounds, args.warmup,
+                              args.rows.split(",") if args.rows else None)
     res["load_after"] = os.getloadavg()[0]
     print(table(res))
     path = Path(args.json) if args.json else RESULTS / f"{date.today()}-overhead.json"

@@ -15,10 +15,11 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Container
 from typing import Any
 
 from engine import flush as flushing
-from engine import jsonio
+from engine import indexing, jsonio
 from engine.collection import Collection
 from engine.durable import fsync_dir, write_atomic
 from engine.errors import AlreadyExists, BadRequest, NotFound, StorageError
@@ -126,15 +127,17 @@ class Catalog:
         self._indexer.start()
 
     def _index_loop(self) -> None:
-        """The optimizer: builds HNSW indexes one at a time, off every request's path."""
+        """The optimizer: builds HNSW indexes one at a time, off every request's path, at a
+        lower CPU priority; sealed segments are hashed first (snapshots then hash less)."""
+        indexing.lower_priority()
         while not self._stop.is_set():
             built = False
             for coll in list(self.collections.values()):
                 if self._stop.is_set():
                     return
                 try:
-                    built = (coll.build_pending_index() or coll.quantize_pending()
-                             or coll.digest_sealed() or built)
+                    built = (coll.digest_sealed() or coll.build_pending_index()
+                             or coll.quantize_pending() or built)
                 except Exception:  # noqa: BLE001 - searches stay exact meanwhile
                     log.exception("building an index for %s failed", coll.name)
             if not built:
@@ -292,42 +295,51 @@ class Catalog:
         write_atomic(os.path.join(self.root, "aliases.json"), jsonio.dumps(self.aliases))
 
     def update_aliases(self, actions: Any) -> None:
-        if not isinstance(actions, list):
-            raise BadRequest("`actions` must be a list")
         with self.lock:
-            new = dict(self.aliases)
-            for action in actions:
-                if not isinstance(action, dict) or len(action) != 1:
-                    raise BadRequest(f"invalid alias action: {action!r}")
-                (kind, body), = action.items()
-                if not isinstance(body, dict):
-                    raise BadRequest(f"invalid alias action: {action!r}")
-                if kind == "create_alias":
-                    coll = body.get("collection_name")
-                    alias = validate_name(body.get("alias_name"), "alias")
-                    if coll not in self.collections:
-                        raise not_found(str(coll))
-                    if alias in self.collections:
-                        raise AlreadyExists(f"Alias `{alias}` clashes with a collection name")
-                    new[alias] = coll  # re-pointing an existing alias is allowed, as in Qdrant
-                elif kind == "delete_alias":
-                    gone = body.get("alias_name")
-                    if gone not in new:
-                        raise NotFound(f"Alias {gone} does not exists!")
-                    del new[gone]
-                elif kind == "rename_alias":
-                    old, to = body.get("old_alias_name"), body.get("new_alias_name")
-                    if old not in new:
-                        raise NotFound(f"Alias {old} does not exists!")
-                    to = validate_name(to, "alias")
-                    if to in self.collections:
-                        raise AlreadyExists(f"Alias `{to}` clashes with a collection name")
-                    new[to] = new.pop(old)
-                else:
-                    raise BadRequest(f"unknown alias action {kind!r}")
-            self.aliases = new
+            self.aliases = applied_aliases(self.collections, self.aliases, actions)
             self._save_aliases()
 
     def list_aliases(self, collection: str | None = None) -> list[dict[str, str]]:
         return [{"alias_name": a, "collection_name": c} for a, c in self.aliases.items()
                 if collection is None or c == collection]
+
+
+def applied_aliases(collections: Container[str], old: dict[str, str], actions: Any
+                    ) -> dict[str, str]:
+    """The alias table (alias → collection) after Qdrant's alias `actions`, all or nothing:
+    an error raises and `old` is unchanged. An alias may not take a collection's name;
+    re-pointing an existing alias is allowed, as in Qdrant. (The cluster's aliases apply
+    the same rules: api/cluster/aliases.py.)"""
+    if not isinstance(actions, list):
+        raise BadRequest("`actions` must be a list")
+    new = dict(old)
+    for action in actions:
+        if not isinstance(action, dict) or len(action) != 1:
+            raise BadRequest(f"invalid alias action: {action!r}")
+        (kind, body), = action.items()
+        if not isinstance(body, dict):
+            raise BadRequest(f"invalid alias action: {action!r}")
+        if kind == "create_alias":
+            coll = body.get("collection_name")
+            alias = validate_name(body.get("alias_name"), "alias")
+            if coll not in collections:
+                raise not_found(str(coll))
+            if alias in collections:
+                raise AlreadyExists(f"Alias `{alias}` clashes with a collection name")
+            new[alias] = str(coll)  # a key of `collections`
+        elif kind == "delete_alias":
+            gone = body.get("alias_name")
+            if gone not in new:
+                raise NotFound(f"Alias {gone} does not exists!")
+            del new[gone]
+        elif kind == "rename_alias":
+            was, to = body.get("old_alias_name"), body.get("new_alias_name")
+            if was not in new:
+                raise NotFound(f"Alias {was} does not exists!")
+            target = validate_name(to, "alias")
+            if target in collections:
+                raise AlreadyExists(f"Alias `{target}` clashes with a collection name")
+            new[target] = new.pop(was)
+        else:
+            raise BadRequest(f"unknown alias action {kind!r}")
+    return new

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import BadRequest
+from gpu.flat import Metric
 
 
 @dataclass(frozen=True)
 class Distance:
     name: str
-    metric: str  # "ip" | "l2" | "l1" for gpu.flat
+    metric: Metric  # gpu.flat's name for the ranking
     normalise: bool
     higher_is_better: bool
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -127,6 +127,8 @@ def _all_rows(conds: list[Predicate]) -> RowsFn:
     fns = [getattr(c, "rows", None) for c in conds]
     if any(f is None for f in fns):
         return lambda t: None
+    if len(fns) == 1:  # one condition (the usual filter): its own rows, no extra frame
+        return cast(RowsFn, fns[0])
 
     def rows(t: FilterTable) -> np.ndarray | None:
         out: np.ndarray | None = None

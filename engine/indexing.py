@@ -1,17 +1,27 @@
 """Background work on sealed rows: HNSW index building and snapshot digests.
 
-The catalog's indexer thread calls `build_pending_index` and `digest_sealed` per collection.
+The catalog's indexer thread calls `digest_sealed` (first: segments are hashed as they seal)
+and `build_pending_index` per collection.
 Index builds are tasks (engine.tasks, kind index_build, counted in rows; not cancellable).
 Both read rows that never change (rows below a segment's count are immutable), work outside
 every lock, and swap their result in with one assignment, so writes and reads never wait.
+
+Background work yields to snapshots: while an archive is being written (`snapshot_gate`) no
+build, encoding or digest starts, and a running build pauses between its batches. The thread
+running it (the catalog's indexer) runs at a lower CPU priority (`lower_priority`), so the
+batch in flight loses the cores to requests and to a snapshot's writer and hashing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
+import threading
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +42,56 @@ from engine.state import CollectionState
 
 log = logging.getLogger("quiver.collection")
 QUANTIZE_MIN_ROWS = 256  # a segment's unquantized tail is encoded past this many rows
+BACKGROUND_NICE = 10  # added to the indexer thread's nice value (its CPU weight: ~1/10)
+
+
+class SnapshotGate:
+    """How many snapshot archives are being written in this process. Background work waits
+    while any is: on a small machine an HNSW build (faiss on every core) took the cores the
+    archive's writer and hashing need (py-spy, bench.snapshots --bulk), and an archive
+    carries unindexed rows as they are, so nothing built meanwhile would be in it."""
+
+    def __init__(self) -> None:
+        self._writing = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold background work back for the duration (snapshot creation)."""
+        with self._cond:
+            self._writing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
+
+    def busy(self) -> bool:
+        """Whether a snapshot is being written now."""
+        return self._writing > 0
+
+    def wait(self, coll: CollectionState) -> None:
+        """Return once no snapshot is being written (or the collection closed)."""
+        with self._cond:
+            while self._writing and not coll.closed:
+                self._cond.wait(0.5)
+
+
+snapshot_gate = SnapshotGate()
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's CPU priority by BACKGROUND_NICE (Linux: nice is per thread;
+    the OpenMP workers faiss starts from this thread inherit it). For the background indexer
+    only: it uses the cores nobody else wants and gives them up at once when requests or a
+    snapshot need them. Irreversible without privileges; Linux only, best effort."""
+    if sys.platform != "linux":  # elsewhere PRIO_PROCESS takes a process id, not a thread's
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
 
 
 def hnsw_params(coll: CollectionState) -> tuple[int, int]:
@@ -144,7 +204,9 @@ def _same_kind(index: Any, want: ivf.IvfSpec | None) -> Any:
 
 def build_pending_index(coll: CollectionState) -> bool:
     """Build (or extend) one index outside every lock (rows below `n` never change), then
-    swap it in. Returns False when nothing was pending."""
+    swap it in. Returns False when nothing was pending. Waits while a snapshot is being
+    written, before starting and between batches."""
+    snapshot_gate.wait(coll)
     task = pending_index(coll)
     if task is None:
         return False
@@ -157,16 +219,21 @@ def build_pending_index(coll: CollectionState) -> bool:
     with tasks.registry.run("index_build", coll.name, total=n - (base.rows if base else 0),
                             unit="rows") as progress:
         progress.set_phase(f"segment {seg.seg_id}, vector {name!r}")
+
+        def advance(rows: int) -> None:
+            progress.advance(rows)
+            snapshot_gate.wait(coll)  # between batches: the snapshot gets the cores
+
         vectors = seg.host_rows(name, n).astype(np.float32, copy=False)
         trained = ivf.trainings()
         index: ann.HnswIndex | ivf.IvfIndex
         if want is not None:
             index = ivf.IvfIndex.build(vectors, spec.distance.metric, want, base=base,
                                        keep_source=not seg.on_device,
-                                       progress=progress.advance)
+                                       progress=advance)
         else:
             index = ann.HnswIndex.build(vectors, spec.distance.metric, *hnsw_params(coll),
-                                        base=base, progress=progress.advance)
+                                        base=base, progress=advance)
     with coll.write_lock:
         if coll.seg_by_id.get(seg.seg_id) is not seg or coll.closed:
             return True  # vacuumed or dropped meanwhile: the new segment gets its own
@@ -256,6 +323,7 @@ def quantize_pending(coll: CollectionState) -> bool:
     are encoded once the tail reaches a quarter of the codes (amortised O(rows))."""
     if coll.closed or not coll.config.quantization:
         return False
+    snapshot_gate.wait(coll)
     for name in list(coll.config.quantization):
         _float_rows_to_host(coll, name)
         q = _quantizer(coll, name)
@@ -362,7 +430,9 @@ def quantized_bytes(coll: CollectionState) -> dict[str, int]:
 
 def digest_sealed(coll: CollectionState) -> bool:
     """Hash one sealed segment's vectors member ahead of any snapshot (they never change
-    again), so snapshot creation only hashes what is still growing. False: none left."""
+    again), so snapshot creation only hashes what is still growing. False: none left.
+    The indexer runs this before any index build, so segments are hashed as they seal."""
+    snapshot_gate.wait(coll)  # a digest taken now would not be in the archive being written
     for seg in list(coll.segments):
         if not seg.sealed or coll.closed:
             continue

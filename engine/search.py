@@ -23,8 +23,9 @@ from engine.render import render, render_handles
 from engine.segment import Segment
 from engine.sparse import SparseVector
 from engine.sparse_search import search_sparse
-from engine.tables import rows_mask, selected_segments
+from engine.tables import index_rows, rows_mask, selected_segments
 from engine.view import View
+from gpu import flat
 from gpu.device import DeviceFailure
 from gpu.topk import merge
 
@@ -33,6 +34,8 @@ def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any
     """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
     if len(specs) == 1:
         one = _search_one(view, specs[0])
+        if one is None:
+            one = _exact_one(view, specs[0])
         if one is not None:
             return [one]
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)
@@ -161,8 +164,11 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     without deleted rows. None: the general path decides (same results, more Python: view
     scans, masks, merge and per-query lists cost as much as a small graph walk, py-spy)."""
     v = s.vector
-    if type(v) is not np.ndarray or v.ndim != 1 or s.pred is not None or s.exact \
-            or s.exclude_ids:
+    if type(v) is not np.ndarray or v.ndim != 1 or s.exclude_ids:
+        return None
+    if s.pred is not None:
+        return _listed_one(view, s, v)
+    if s.exact:
         return None
     seg: Segment | None = None
     n = 0
@@ -196,6 +202,47 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     # float32 -> Python float is exact (as via float64); tolist copies out of the buffers
     scores = (sims if dist.higher_is_better else -sims).tolist()
     return render(view, seg, rows, s.with_payload, s.with_vector, scores)
+
+
+def _listed_one(view: View, s: SearchSpec, v: np.ndarray) -> list[dict[str, Any]] | None:
+    """One dense query whose filter every host segment answers from its payload indexes
+    with a selection small enough to scan exactly (engine/tables.index_rows; what
+    qdrant-edge does below its full-scan threshold): gather, one GEMV, a 1-D top-k. The
+    same records as `_search_group`, without its 2-D set-up, masks and per-batch passes
+    (those numpy calls were most of a 0.1 % filtered query, py-spy). None: the general
+    path decides (device or quantized segments, a filter the indexes cannot list, one
+    the graph should serve)."""
+    k = s.limit + s.offset
+    if k <= 0:
+        return None
+    vspec = view.config.vector(s.using)
+    name, dist = vspec.name, vspec.distance
+    q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever matches
+    full_scan: int | None = None
+    found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
+    for seg, n in view.segments:
+        if not n:
+            continue
+        if seg.on_device or quantized_search.applies(seg, name, [s]) is not None:
+            return None
+        rows = index_rows(view, seg, n, s.pred, name)
+        if rows is None:
+            return None
+        if not len(rows):
+            continue
+        index = seg.ann.get(name)
+        if index is not None:
+            if full_scan is None:
+                full_scan = ann.full_scan_rows(view.config.hnsw_config, seg.row_bytes(name))
+            if ann.use_index(index, s.exact, len(rows), n, full_scan):
+                return None
+        seg.touch()
+        mat = seg.matrices[name]
+        norms = mat.norms
+        sims, hits = flat.search_one(mat.array[:n], q, k, dist.metric, rows,
+                                     None if norms is None else norms[:n])
+        found.append((seg, sims, hits))
+    return _rendered_one(view, s, dist, found)
 
 
 def _prepared_one(v: np.ndarray, dim: int, dist: Any) -> np.ndarray:
@@ -257,3 +304,93 @@ def _index_search(seg: Segment, n: int, name: str, queries: np.ndarray, k: int, 
         tr = np.where(tr >= 0, tr + covered, -1)
         vals, rows = merge([(vals, rows), (tv, tr)], k)
     return vals, rows
+
+
+def _exact_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
+    """One unfiltered dense query over host segments that no index serves (a small or fresh
+    collection): per segment one GEMV and a 1-D top-k (gpu.flat.search_one, the selection
+    gpu.flat.search makes), merged as gpu.topk.merge merges. The records `_search_group`
+    gives, without its batch set-up: on a 10-point collection its 2-D top-k, masks, merge
+    and per-batch passes were ~60 % of the query handler (cProfile, bench/overhead.py).
+    None: the general path decides (filters, exclusions, L1 (faiss scans it unmasked),
+    device, quantized or indexed segments, deletions it would mask rather than gather)."""
+    v = s.vector
+    k = s.limit + s.offset
+    if type(v) is not np.ndarray or v.ndim != 1 or s.pred is not None or s.exclude_ids \
+            or k <= 0:
+        return None
+    vspec = view.config.vector(s.using)
+    name, dist = vspec.name, vspec.distance
+    if dist.metric == "l1":
+        return None
+    chosen: list[tuple[Segment, int, np.ndarray | None]] = []
+    full_scan: int | None = None
+    for seg, n in view.segments:
+        if not n:
+            continue
+        if seg.on_device or quantized_search.applies(seg, name, [s]) is not None:
+            return None
+        mask, allowed = seg.live_mask(n, name)
+        if not allowed:
+            continue
+        index = seg.ann.get(name)
+        if index is not None:
+            if full_scan is None:
+                full_scan = ann.full_scan_rows(view.config.hnsw_config, seg.row_bytes(name))
+            if ann.use_index(index, s.exact, allowed, n, full_scan):
+                return None
+        rows = None
+        if allowed < n:  # gpu.flat.search gathers the live rows below this, masks above
+            if allowed >= n * flat.GATHER_FRACTION:
+                return None
+            rows = np.flatnonzero(mask)
+        chosen.append((seg, n, rows))
+    q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever is stored
+    found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
+    for seg, n, rows in chosen:
+        seg.touch()
+        mat = seg.matrices[name]
+        norms = mat.norms
+        sims, hits = flat.search_one(mat.array[:n], q, k, dist.metric, rows,
+                                     None if norms is None else norms[:n])
+        found.append((seg, sims, hits))
+    return _rendered_one(view, s, dist, found)
+
+
+def _rendered_one(view: View, s: SearchSpec, dist: Any,
+                  found: list[tuple[Segment, np.ndarray, np.ndarray]]
+                  ) -> list[dict[str, Any]]:
+    """Per-segment 1-D (sims, rows) results of one query merged as gpu.topk.merge merges
+    (segments in view order, a stable sort, the first k), thresholded, paged and rendered.
+    The finishing passes work on at most k Python floats: numpy's per-call set-up is most
+    of their cost at this size; float32 -> Python float is exact, as via float64."""
+    k = s.limit + s.offset
+    if not found:
+        return []
+    which: list[int] | None = None
+    if len(found) == 1:
+        seg, sims, hits = found[0]
+    else:
+        # non-finite scores rank last, as gpu.flat._finish leaves them, then are dropped
+        parts = [np.where(np.isfinite(f[1]), f[1], flat.NEG_INF) for f in found]
+        all_sims = np.concatenate(parts)
+        order = np.argsort(-all_sims, kind="stable")[:k]
+        sims = all_sims[order]
+        hits = np.concatenate([f[2] for f in found])[order]
+        which = np.repeat(np.arange(len(found)), [len(p) for p in parts])[order].tolist()
+    sims_l = sims.tolist()
+    keep = [math.isfinite(x) for x in sims_l]  # overflowing vectors: not matches
+    if s.score_threshold is not None:
+        limit = dist.threshold_to_sim(s.score_threshold)
+        keep = [ok and x > limit for ok, x in zip(keep, sims_l, strict=True)]  # strict
+    if not all(keep):
+        sel = [i for i, ok in enumerate(keep) if ok]
+        hits, sims_l = hits[np.asarray(sel, np.int64)], [sims_l[i] for i in sel]
+        which = None if which is None else [which[i] for i in sel]
+    hits, sims_l = hits[s.offset : k], sims_l[s.offset : k]
+    scores = sims_l if dist.higher_is_better else [-x for x in sims_l]
+    if which is None:
+        return render(view, seg, hits, s.with_payload, s.with_vector, scores)
+    handles = [(found[w][0].seg_id << ROW_BITS) | r
+               for w, r in zip(which[s.offset : k], hits.tolist(), strict=True)]
+    return render_handles(view, handles, s.with_payload, s.with_vector, scores)

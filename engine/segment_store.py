@@ -269,20 +269,27 @@ def ids_fingerprint(id_recs: np.ndarray) -> np.ndarray:
                          dtype=np.uint8)
 
 
-def write_graph(seg_dir: str, name: str, graph: dict[str, np.ndarray],
-                id_recs: np.ndarray) -> None:
-    """Persist an index's graph atomically (temp file → rename → directory fsync)."""
+def _write_npz(seg_dir: str, file: str, what: str, id_recs: np.ndarray,
+               arrays: dict[str, Any]) -> None:
+    """Persist `arrays` plus the covered rows' `ids_sha` as one .npz next to its segment,
+    atomically: temp file → fsync → rename → directory fsync (engine.durable.atomic_writer),
+    then the directory once more. An OSError becomes the engine's error for `what`."""
     try:
         os.makedirs(seg_dir, exist_ok=True)
         buf = io.BytesIO()
-        # numpy's stub lets **kwds fill `allow_pickle: bool`; GRAPH_KEYS never do
-        np.savez(buf, ids_sha=ids_fingerprint(id_recs),
-                 **{k: graph[k] for k in GRAPH_KEYS})  # type: ignore[arg-type]
-        with atomic_writer(os.path.join(seg_dir, graph_file(name))) as f:
+        np.savez(buf, ids_sha=ids_fingerprint(id_recs), **arrays)
+        with atomic_writer(os.path.join(seg_dir, file)) as f:
             f.write(buf.getvalue())
         fsync_dir(seg_dir)
     except OSError as exc:
-        raise io_error(exc, "writing an HNSW graph") from exc
+        raise io_error(exc, f"writing {what}") from exc
+
+
+def write_graph(seg_dir: str, name: str, graph: dict[str, np.ndarray],
+                id_recs: np.ndarray) -> None:
+    """Persist an index's graph atomically (temp file → rename → directory fsync)."""
+    _write_npz(seg_dir, graph_file(name), "an HNSW graph", id_recs,
+               {k: graph[k] for k in GRAPH_KEYS})
 
 
 def read_graph(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
@@ -299,15 +306,7 @@ def ivf_file(name: str) -> str:
 
 def write_ivf(seg_dir: str, name: str, blob: np.ndarray, id_recs: np.ndarray) -> None:
     """Persist a FAISS IVF/CAGRA index (its serialised CPU form, engine/ivf.py) atomically."""
-    try:
-        os.makedirs(seg_dir, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, ids_sha=ids_fingerprint(id_recs), blob=blob)
-        with atomic_writer(os.path.join(seg_dir, ivf_file(name))) as f:
-            f.write(buf.getvalue())
-        fsync_dir(seg_dir)
-    except OSError as exc:
-        raise io_error(exc, "writing an IVF index") from exc
+    _write_npz(seg_dir, ivf_file(name), "an IVF index", id_recs, {"blob": blob})
 
 
 def read_ivf(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
@@ -331,17 +330,9 @@ def write_codes(seg_dir: str, name: str, codes: np.ndarray, id_recs: np.ndarray,
                 train_key: str, quantizer: dict[str, np.ndarray]) -> None:
     """Persist a segment's quantized codes atomically (a restart adopts them, no re-encoding),
     with the quantizer they were made by (`train_key` and its arrays, as `q-<key>`)."""
-    try:
-        os.makedirs(seg_dir, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, ids_sha=ids_fingerprint(id_recs), codes=np.asarray(codes),
-                 key=np.array(train_key),
-                 **{f"q-{k}": v for k, v in quantizer.items()})  # type: ignore[arg-type]
-        with atomic_writer(os.path.join(seg_dir, codes_file(name))) as f:
-            f.write(buf.getvalue())
-        fsync_dir(seg_dir)
-    except OSError as exc:
-        raise io_error(exc, "writing quantized codes") from exc
+    _write_npz(seg_dir, codes_file(name), "quantized codes", id_recs,
+               {"codes": np.asarray(codes), "key": np.array(train_key),
+                **{f"q-{k}": v for k, v in quantizer.items()}})
 
 
 def read_codes(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:

@@ -145,7 +145,8 @@ def index_rows(view: View, seg: Segment, n: int, pred: Predicate | None,
     cand = candidate_rows(pred, SegmentTable(view, seg, n))
     if cand is None or len(cand) > n * INDEX_ROWS_FRACTION:
         return None
-    rows = np.sort(cand)  # ascending, each once (array payloads repeat rows)
+    rows = cand.copy()  # ascending, each once (array payloads repeat rows); the array
+    rows.sort()  # methods: numpy's function dispatch costs as much as a ~100-row sort
     if len(rows) > 1 and not (rows[1:] != rows[:-1]).all():
         rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
     if len(rows) and rows[-1] >= n:  # the column may run ahead of this view

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gpu.select import select_topk
-from gpu.topk import NEG_INF, topk
+from gpu.topk import NEG_INF, topk, topk_one
 from gpu.xp import guard, is_device_array, to_host, xp_of
 
 Metric = Literal["ip", "l2", "l1"]
@@ -104,9 +104,10 @@ def search(
         if listed or allowed < n * GATHER_FRACTION or (allowed < n and not use_faiss):
             rows_map = mask if listed else np.flatnonzero(mask)
             xp = xp_of(vectors)
-            vectors = vectors[xp.asarray(rows_map)]
+            at = xp.asarray(rows_map)
+            vectors = vectors.take(at, axis=0)  # (numpy: half the time of fancy indexing)
             if sq_norms is not None:
-                sq_norms = sq_norms[xp.asarray(rows_map)]
+                sq_norms = sq_norms.take(at)
             mask = None
             n = allowed
     kk = min(k, n)
@@ -127,6 +128,30 @@ def search(
             scores[:, ~xp.asarray(mask)] = NEG_INF
         vals, idx = topk(scores, kk)
     return _finish(np.asarray(vals, dtype=np.float32), np.asarray(idx, dtype=np.int64), rows_map)
+
+
+def search_one(vectors: np.ndarray, query: np.ndarray, k: int, metric: Metric,
+               rows: np.ndarray | None = None, sq_norms: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One query ((d,) float32) over host rows — all of them, or the ascending `rows` listed
+    — answered exactly as `search(vectors, query[None], k, metric, rows)` answers it, minus
+    the batch set-up (a selective filtered search is ~100 rows: numpy's per-call costs, not
+    the scan, were its time, py-spy). Returns 1-D (sims, rows), best first; a non-finite
+    score (an overflowing vector) is left for the caller to check."""
+    if metric == "l1" and HAVE_FAISS:  # the batch path's faiss scan, for the same sums
+        vals, idx = search(vectors, query[None], k, metric, rows, sq_norms)
+        return vals[0], idx[0]
+    if rows is not None:
+        vectors = vectors.take(rows, axis=0)  # half the time of fancy indexing, same rows
+        if sq_norms is not None:
+            sq_norms = sq_norms.take(rows)
+    sims = similarity(vectors, query[None], metric, sq_norms)[0]
+    n = len(sims)
+    k = min(k, n)
+    if k <= 0:
+        return np.empty(0, np.float32), np.empty(0, np.int64)
+    vals, idx = topk_one(sims, k)  # the selection topk() makes for one query, step for step
+    return vals, idx if rows is None else rows[idx]
 
 
 def _finish(vals: np.ndarray, idx: np.ndarray, rows_map: np.ndarray | None

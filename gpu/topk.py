@@ -26,8 +26,11 @@ def topk(scores: Any, k: int) -> tuple[Any, Any]:
     k = min(k, n)
     if k <= 0:
         return xp.empty((b, 0), dtype=xp.float32), xp.empty((b, 0), dtype=xp.int64)
-    if b == 1 and k < n:  # one query (the common request): 1-D selection, no axis helpers
+    if b == 1:  # one query (the common request): 1-D selection, no axis helpers
         row = scores[0]
+        if k == n:  # every row (a small segment): the stable sort alone, as below
+            order = xp.argsort(-row, kind="stable")
+            return row[order][None, :], order[None, :]
         part = xp.argpartition(-row, k - 1)[:k]
         vals = row[part]
         order = xp.argsort(-vals, kind="stable")
@@ -39,6 +42,19 @@ def topk(scores: Any, k: int) -> tuple[Any, Any]:
     vals = xp.take_along_axis(scores, part, axis=1)
     order = xp.argsort(-vals, axis=1, kind="stable")
     return xp.take_along_axis(vals, order, axis=1), xp.take_along_axis(part, order, axis=1)
+
+
+def topk_one(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`topk(sims[None], k)` for one query's 1-D host scores, step for step (ties resolve
+    alike), without the 2-D views: (values, indices), best first. k >= 1, len(sims) >= 1."""
+    n = len(sims)
+    if k < n:
+        part = (-sims).argpartition(k - 1)[:k]
+        vals = sims[part]
+        order = (-vals).argsort(kind="stable")
+        return vals[order], part[order]
+    order = (-sims).argsort(kind="stable")  # every row: the stable sort alone
+    return sims[order], order
 
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from engine import jsonio, tasks
 from engine.catalog import Catalog, validate_name
 from engine.durable import io_error
 from engine.errors import BadRequest
+from engine.indexing import snapshot_gate
 from snapshots.archive import (
     HashingWriter,
     PreparedArchive,
@@ -140,12 +141,15 @@ class SnapshotManager:
         Returns (collection name, sha256, size). Members are hashed while they are written,
         then the whole archive, from memory and ahead of the disk (archive.write_archive):
         hashing what is not pre-hashed (right after a bulk load) no longer delays the first
-        byte."""
-        tasks.set_phase("preparing")
-        real, prepared = self._prepare_collection(collection, hashed=False)
-        tasks.begin("writing", prepared.size)
-        with open(dest, "wb") as f:
-            checksum = write_archive(f, prepared, tasks.advance)
+        byte. Background index builds, encodings and digests hold back meanwhile
+        (engine.indexing.snapshot_gate): they would take the cores the writer and the hashes
+        need, and nothing they produce now would be in this archive."""
+        with snapshot_gate.writing():
+            tasks.set_phase("preparing")
+            real, prepared = self._prepare_collection(collection, hashed=False)
+            tasks.begin("writing", prepared.size)
+            with open(dest, "wb") as f:
+                checksum = write_archive(f, prepared, tasks.advance)
         return real, checksum, prepared.size
 
     def create(self, collection: str) -> SnapshotInfo:
@@ -193,34 +197,40 @@ class SnapshotManager:
             name = self._reserve_name("full-snapshot", "")
             tmp = os.path.join(self.tmp, uuid.uuid4().hex) + ".part"
             try:
-                # every collection frozen first (one moment for all of them), then streamed
-                task.set_phase("preparing")
-                prepared = {}
-                for coll in sorted(self.catalog.names()):
-                    prepared[coll] = self._prepare_collection(coll)[1]
-                    task.checkpoint()
-                mapping = {coll: f"{coll}.snapshot" for coll in prepared}
-                aliases = {a["alias_name"]: a["collection_name"]
-                           for a in self.catalog.list_aliases()
-                           if a["collection_name"] in mapping}
-                config = jsonio.dumps({"collections_mapping": mapping,
-                                       "collections_aliases": aliases}, indent=True)
-                archives = {member: prepared[coll] for coll, member in mapping.items()}
-                tasks.begin("writing", bundle_size((FULL_CONFIG, config), archives))
-                with open(tmp, "wb") as f:
-                    hw = HashingWriter(f, task.advance)
-                    try:
-                        write_bundle(hw, (FULL_CONFIG, config), archives)
-                    finally:
-                        digest = hw.hexdigest()
-                    f.flush()
-                    os.fsync(f.fileno())
+                with snapshot_gate.writing():  # background work holds back (see above)
+                    digest = self._write_full(task, tmp)
                 self._publishing(task)
                 return self.store.publish(tmp, "", name, digest)
             except OSError as exc:
                 raise io_error(exc, "creating full snapshot") from exc
             finally:
                 self._release(name, tmp)
+
+    def _write_full(self, task: tasks.Task, tmp: str) -> str:
+        """Freeze every collection (one moment for all of them), then stream their archives
+        into `tmp` (fsynced); returns its sha256."""
+        task.set_phase("preparing")
+        prepared = {}
+        for coll in sorted(self.catalog.names()):
+            prepared[coll] = self._prepare_collection(coll)[1]
+            task.checkpoint()
+        mapping = {coll: f"{coll}.snapshot" for coll in prepared}
+        aliases = {a["alias_name"]: a["collection_name"]
+                   for a in self.catalog.list_aliases()
+                   if a["collection_name"] in mapping}
+        config = jsonio.dumps({"collections_mapping": mapping,
+                               "collections_aliases": aliases}, indent=True)
+        archives = {member: prepared[coll] for coll, member in mapping.items()}
+        tasks.begin("writing", bundle_size((FULL_CONFIG, config), archives))
+        with open(tmp, "wb") as f:
+            hw = HashingWriter(f, task.advance)
+            try:
+                write_bundle(hw, (FULL_CONFIG, config), archives)
+            finally:
+                digest = hw.hexdigest()
+            f.flush()
+            os.fsync(f.fileno())
+        return digest
 
     def list_full(self) -> list[SnapshotInfo]:
         return self.store.list("")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -13,10 +14,16 @@ from api.parse.common import collection, lookup
 from engine import query
 
 
+def _lookup(request: Request) -> Callable[[str], Any]:
+    """`lookup(request)`, resolved when a body names another collection (`lookup_from`):
+    most queries never do, and reading the request's state costs more than the call."""
+    return lambda name: lookup(request)(name)
+
+
 def query_points(request: Request, body: Any) -> dict[str, Any]:
     coll = collection(request)
     b = body_dict(body)
-    req = reads.query_request(coll, b, lookup(request))
+    req = reads.query_request(coll, b, _lookup(request))
     strict.check(request, coll, b, 10)
     return {"points": query.query_points(coll, [req])[0]}
 
@@ -24,7 +31,7 @@ def query_points(request: Request, body: Any) -> dict[str, Any]:
 def query_batch(request: Request, body: Any) -> list[dict[str, Any]]:
     items = reads.searches(body_dict(body))
     coll = collection(request)
-    by_name = lookup(request)
+    by_name = _lookup(request)
     reqs = [reads.query_request(coll, body_dict(b), by_name) for b in items]
     for b in items:
         strict.check(request, coll, b, 10, batch=len(items))

@@ -284,3 +284,69 @@ def test_selective_filters_rank_as_qdrant(server: Any, collection_name: str) -> 
     remote.contract.assert_ok()
     remote.close()
     local.close()
+
+
+@pytest.mark.parametrize("distance", ["Cosine", "Dot", "Euclid", "Manhattan"])
+def test_listed_single_query_matches_the_batch_path(tmp_path: Path, distance: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single query whose filter the payload indexes list (engine/search._listed_one:
+    gather, GEMV, 1-D top-k per segment, merged) returns the general batch path's records,
+    over several segments (some indexed, deleted rows), and falls back where it must."""
+    rng = np.random.default_rng(17)
+    coll = Collection.create("s", str(tmp_path / distance), {
+        "vectors": {"size": 16, "distance": distance},
+        "hnsw_config": {"m": 8, "ef_construct": 32, "full_scan_threshold": 10},
+        "optimizers_config": {"indexing_threshold": 1, "max_segment_size": 40}})
+    coll.create_index("r", "integer")
+    coll.create_index("g", "keyword")
+    n = 2400
+    for start in range(0, n, 600):  # several segments, the last ones not yet indexed
+        x = rng.standard_normal((600, 16)).astype(np.float32)
+        apply_body(coll, "upsert", {"batch": {
+            "ids": list(range(start, start + 600)), "vectors": x,
+            "payloads": [{"r": int(i * 7919 % n), "g": f"g{i % 40}"}
+                         for i in range(start, start + 600)]}})
+        if start < 1200:
+            while coll.build_pending_index():
+                pass
+    apply_body(coll, "delete", {"points": list(range(0, n, 37))})
+    assert sum(1 for _, m in coll.view().segments if m) > 1
+    calls = {"direct": 0}
+    real = search_mod._listed_one
+
+    def counting(*args: Any) -> Any:
+        out = real(*args)
+        calls["direct"] += out is not None
+        return out
+
+    monkeypatch.setattr(search_mod, "_listed_one", counting)
+    for kw in ({}, {"offset": 2, "limit": 5}, {"score_threshold": 0.1}, {"limit": 500},
+               {"with_payload": True, "with_vector": True}, {"exact": True}):
+        for i in range(4):
+            v = rng.standard_normal(16).astype(np.float32)
+            a = int(rng.integers(0, n - 30))
+            flt = [{"must": [{"key": "r", "range": {"gte": a, "lt": a + 24}}]},
+                   {"must": [{"key": "g", "match": {"value": f"g{i}"}}]},
+                   {"must": [{"key": "r", "range": {"gte": a, "lt": a + 24}},
+                             {"key": "g", "match": {"any": ["g1", "g2", "g3"]}}]},
+                   {"must": [{"key": "r", "match": {"value": a}}]}][i]
+            monkeypatch.setattr(search_mod, "_listed_one", counting)
+            one = query.search_batch(coll, [_spec(v, flt, **kw)])[0]
+            monkeypatch.setattr(search_mod, "_listed_one", lambda *a: None)
+            general = query.search_batch(coll, [_spec(v, flt, **kw)])[0]
+            assert one == general, (kw, flt)  # bit-identical: the same similarity call
+            pair = query.search_batch(coll, [_spec(v, flt, **kw), _spec(v, flt, **kw)])[0]
+            assert [p["id"] for p in one] == [p["id"] for p in pair]  # (a GEMM: last bits)
+    assert calls["direct"] == 24
+    monkeypatch.setattr(search_mod, "_listed_one", counting)
+    # a filter the indexes cannot list, and a wide one the graph serves: the general path
+    calls["direct"] = 0
+    v = rng.standard_normal(16).astype(np.float32)
+    for flt in ({"must_not": [{"key": "r", "range": {"lt": 10}}]},
+                {"must": [{"key": "r", "range": {"gte": 0}}]}):
+        query.search_batch(coll, [_spec(v, flt, limit=20)])
+    assert calls["direct"] == 0
+    with pytest.raises(Exception, match="dimension"):  # refused even when nothing matches
+        query.search_batch(coll, [_spec(np.ones(5, np.float32),
+                                        {"must": [{"key": "r", "match": {"value": -1}}]})])
+    coll.close()

@@ -1,0 +1,140 @@
+"""The direct path for one unfiltered query over unindexed host segments
+(engine/search._exact_one) gives the general batch path's records, bit for bit: one segment
+or several (merged), deleted rows (gathered, or left to the general path), ties (vectors on
+a small integer grid), overflowing vectors, offsets, thresholds, selectors, limits past the
+collection; and it steps aside where it must (Manhattan, filters, exclusions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from api.parse.writes import apply_body
+from engine import query
+from engine import search as search_mod
+from engine.collection import Collection
+from engine.filters import parse_filter
+
+KWS: list[dict[str, Any]] = [{}, {"limit": 1}, {"limit": 3}, {"offset": 2, "limit": 5},
+                             {"score_threshold": 0.5}, {"limit": 500}, {"offset": 200},
+                             {"with_payload": True, "with_vector": True},
+                             {"offset": 1, "limit": 4, "with_payload": ["n"]}]
+
+
+_REAL = search_mod._exact_one  # the tests below patch the module's name
+
+
+def _spec(v: np.ndarray, **kw: Any) -> query.SearchSpec:
+    base: dict[str, Any] = {"limit": 10, "offset": 0, "score_threshold": None,
+                            "with_payload": False, "with_vector": False}
+    flt = kw.pop("filter", None)
+    base.update(kw)
+    return query.SearchSpec(vector=v, using="", pred=parse_filter(flt),
+                            filter_key=repr(flt) if flt else "", **base)
+
+
+def _collection(tmp_path: Path, distance: str, n: int, segment_kb: int | None) -> Collection:
+    rng = np.random.default_rng(7)
+    cfg: dict[str, Any] = {"vectors": {"size": 8, "distance": distance}}
+    if segment_kb:
+        cfg["optimizers_config"] = {"max_segment_size": segment_kb}
+    coll = Collection.create("e", str(tmp_path / f"{distance}{n}{segment_kb}"), cfg)
+    step = 25
+    for start in range(0, n, step):  # batches: each may seal a small segment
+        x = rng.integers(-2, 3, (step, 8)).astype(np.float32)  # a coarse grid: many ties
+        if start == 0:
+            x[3] = 1e30  # overflows Dot and Euclid scores: never a match
+        apply_body(coll, "upsert", {"batch": {"ids": list(range(start, start + step)),
+                                              "vectors": x,
+                                              "payloads": [{"n": i} for i in
+                                                           range(start, start + step)]}})
+    return coll
+
+
+def _compare(coll: Collection, monkeypatch: pytest.MonkeyPatch, seed: int) -> int:
+    """Every KWS search both ways; returns how many the direct path answered."""
+    rng = np.random.default_rng(seed)
+    real = _REAL
+    direct = 0
+    for kw in KWS:
+        for grid in (True, False):
+            v = (rng.integers(-2, 3, 8) if grid else rng.standard_normal(8)).astype(np.float32)
+            monkeypatch.setattr(search_mod, "_exact_one", real)
+            answered = real(coll.view(), _spec(v, **kw)) is not None
+            direct += answered
+            one = query.search_batch(coll, [_spec(v, **kw)])[0]
+            monkeypatch.setattr(search_mod, "_exact_one", lambda *a: None)
+            general = query.search_batch(coll, [_spec(v, **kw)])[0]
+            assert one == general, (kw, v)
+    return direct
+
+
+@pytest.mark.parametrize("distance", ["Cosine", "Dot", "Euclid", "Manhattan"])
+def test_one_segment_matches_the_general_path(tmp_path: Path, distance: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = _collection(tmp_path, distance, 25, None)
+    assert sum(1 for _, m in coll.view().segments if m) == 1
+    direct = _compare(coll, monkeypatch, 1)
+    # Manhattan: gpu.flat.search scans it with faiss, the general path's answer
+    assert direct == (0 if distance == "Manhattan" else 2 * len(KWS))
+    coll.close()
+
+
+@pytest.mark.parametrize("distance", ["Cosine", "Dot", "Euclid"])
+def test_segments_and_deletions_match_the_general_path(tmp_path: Path, distance: str,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    coll = _collection(tmp_path, distance, 150, 1)  # 1 KB: 32 rows of 8 floats a segment
+    assert sum(1 for _, m in coll.view().segments if m) > 2
+    assert _compare(coll, monkeypatch, 2) == 2 * len(KWS)
+    # a few deleted rows in a segment: masked by gpu.flat.search, so the general path
+    apply_body(coll, "delete", {"points": [1, 2]})
+    assert _compare(coll, monkeypatch, 3) == 0
+    # most rows of a segment deleted (and another emptied): gathered, as gpu.flat.search does
+    first, second = [[seg.ids[r] for r in range(n)] for seg, n in coll.view().segments if n][:2]
+    apply_body(coll, "delete", {"points": [i for i in first if i % 8] + second})
+    live = [seg.live_mask(n) for seg, n in coll.view().segments if n]
+    assert any(0 < allowed < 0.3 * len(mask) for mask, allowed in live)
+    assert any(allowed == 0 for _, allowed in live)
+    assert _compare(coll, monkeypatch, 4) == 2 * len(KWS)
+    coll.close()
+
+
+def test_steps_aside_and_checks_input(tmp_path: Path) -> None:
+    from engine.errors import BadInput
+
+    coll = _collection(tmp_path, "Cosine", 25, None)
+    view = coll.view()
+    v = np.ones(8, np.float32)
+    assert search_mod._exact_one(view, _spec(v, filter={"must": [{"has_id": [1]}]})) is None
+    assert search_mod._exact_one(view, _spec(v, exclude_ids=(1,))) is None
+    assert search_mod._exact_one(view, _spec(v, limit=0)) is None
+    with pytest.raises(BadInput, match="dimension"):
+        search_mod._exact_one(view, _spec(np.ones(5, np.float32)))
+    with pytest.raises(BadInput, match="NaN"):
+        search_mod._exact_one(view, _spec(np.full(8, np.nan, np.float32)))
+    coll.close()
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 40])
+def test_one_query_selection_matches_the_batch_selection(n: int) -> None:
+    """gpu.topk: one query's selections (topk's 1-D branch, topk_one) pick what the 2-D
+    batch selection picks for the same row, ties included (scores on a coarse grid)."""
+    from gpu.topk import topk, topk_one
+
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        row = rng.integers(-3, 4, n).astype(np.float32)
+        batch = np.stack([row, rng.standard_normal(n).astype(np.float32)])
+        for k in (1, 3, n - 1, n, n + 5):
+            if k < 1:
+                continue
+            want_vals, want_idx = topk(batch, k)
+            vals, idx = topk(row[None], k)
+            one_vals, one_idx = topk_one(row, k)
+            assert idx[0].tolist() == want_idx[0].tolist() == one_idx.tolist()
+            assert vals[0].tolist() == want_vals[0].tolist() == one_vals.tolist()
+            assert idx.dtype == want_idx.dtype == one_idx.dtype
