@@ -149,6 +149,25 @@ class ClusterRouter:
                 query: dict[str, str], body: Any) -> Any:
         return self.actor_of(r).call.remote(method, template, params, query, body)
 
+    def _gather(self, refs: list[Any]) -> Callable[[Any], Any]:
+        """Wait for every call at once, under one deadline (CALL_TIMEOUT_S from now): one
+        ray.get, so the request thread wakes once, not once per shard. Returns `take(ref)`:
+        that call's result, or what its own ray.get raises. When the joint get failed (a
+        replica gone, a timeout, an error), each ref is asked alone with the time left,
+        never a second full wait."""
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        try:
+            values: dict[Any, Any] | None = dict(zip(refs, self.ray.get(
+                refs, timeout=CALL_TIMEOUT_S), strict=True))
+        except Exception:  # noqa: BLE001 - sorted out per ref by take()
+            values = None
+
+        def take(ref: Any) -> Any:
+            if values is not None:
+                return values[ref]
+            return self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        return take
+
     def shard_lock(self, name: str, sid: int) -> threading.Lock:
         """The lock that serialises one shard's writes (and a transfer's last steps)."""
         with self.lock:
@@ -174,9 +193,10 @@ class ClusterRouter:
                 refs[sid] = (reps[0], self._submit(reps[0], method, template, params, query,
                                                    body))
             retry: dict[int, list[dict[str, Any]]] = {}
+            take = self._gather([ref for _, ref in refs.values()])
             for sid, (r, ref) in refs.items():
                 try:
-                    got = self.ray.get(ref, timeout=CALL_TIMEOUT_S)
+                    got = take(ref)
                 except Exception as exc:
                     slow = is_timeout(exc)
                     if not (slow or is_actor_gone(exc)):
@@ -327,8 +347,10 @@ class ClusterRouter:
         template = self.templates.get((id(fn), request.method))
         if template is None or not template.startswith(("/collections", "/aliases",
                                                           "/snapshots")) \
-                or template == C + "/cluster" or template.startswith(C + "/shards/"):
-            # service routes, the cluster routes and shard snapshots (they ask the router)
+                or template == C + "/cluster" or template.startswith(C + "/shards/") \
+                or template.startswith(C + "/snapshots"):
+            # service routes, the cluster routes, shard and collection snapshots (they ask
+            # the router: api/cluster/shard_snapshots.py, collection_snapshots.py)
             return fn(request, body)
         from api.cluster.operations import OPS  # noqa: PLC0415 - it calls back into here
 

@@ -112,19 +112,41 @@ def _maybe_async(fn: Any, kind: str | None = None, source: str | None = None):
     return handler
 
 
+def _cluster(request: Any) -> Any:
+    """In cluster mode (the router): the cluster's collection snapshots
+    (api/cluster/collection_snapshots.py), else None."""
+    router = getattr(request.app.state, "cluster", None)
+    if router is None:
+        return None
+    from api.cluster import collection_snapshots  # noqa: PLC0415 - cluster mode only
+
+    return router, collection_snapshots
+
+
 def create(request: Request, body: Any) -> dict[str, Any]:
+    if (cl := _cluster(request)) is not None:
+        return cl[1].create(cl[0], _mgr(request), _name(request)).to_json()
     return _mgr(request).create(_name(request)).to_json()
 
 
 def list_snapshots(request: Request, body: Any) -> list[dict[str, Any]]:
+    if (cl := _cluster(request)) is not None:
+        return [s.to_json() for s in cl[1].list_snapshots(cl[0], _mgr(request),
+                                                          _name(request))]
     return [s.to_json() for s in _mgr(request).list(_name(request))]
 
 
 def delete(request: Request, body: Any) -> bool:
+    if (cl := _cluster(request)) is not None:
+        return cl[1].delete(cl[0], _mgr(request), _name(request),
+                            request.path_params["snapshot_name"])
     return _mgr(request).delete(_name(request), request.path_params["snapshot_name"])
 
 
 def recover(request: Request, body: Any) -> bool:
+    if (cl := _cluster(request)) is not None:
+        return cl[1].recover_location(cl[0], _mgr(request), _rec(request), _name(request),
+                                      body_dict(body))
     return _rec(request).recover_location(_name(request), body_dict(body))
 
 
@@ -148,8 +170,8 @@ def _not_in_cluster(request: Request) -> None:
     """These routes bypass `endpoint()` (and so the cluster router): in cluster mode the
     front end's catalog is empty, so say what is not served rather than 404."""
     if getattr(request.app.state, "cluster", None) is not None:
-        raise BadRequest(f"{request.method} {request.url.path}: collection and full snapshots "
-                         "are not supported in cluster mode yet (shard snapshots are)")
+        raise BadRequest(f"{request.method} {request.url.path}: full snapshots are not "
+                         "supported in cluster mode yet (collection and shard snapshots are)")
 
 
 def _download(locate: Any, clustered: bool = False):
@@ -177,7 +199,14 @@ def _download(locate: Any, clustered: bool = False):
     return run
 
 
-download = _download(lambda r: _mgr(r).download(_name(r), r.path_params["snapshot_name"]))
+def _locate(request: Request) -> Any:
+    if (cl := _cluster(request)) is not None:
+        return cl[1].download(cl[0], _mgr(request), _name(request),
+                              request.path_params["snapshot_name"])
+    return _mgr(request).download(_name(request), request.path_params["snapshot_name"])
+
+
+download = _download(_locate, clustered=True)
 download_full = _download(lambda r: _mgr(r).download_full(r.path_params["snapshot_name"]))
 
 
@@ -236,7 +265,7 @@ async def upload(request: Request) -> Response:
     started = time.perf_counter()
     tmp = None
     try:
-        _not_in_cluster(request)
+        cl = _cluster(request)
         wait = _wait(request)
         # validated; on a single node every priority replaces the data with the snapshot's
         check_priority(request.query_params.get("priority"))
@@ -266,6 +295,9 @@ async def upload(request: Request) -> Response:
             keep = True
             try:
                 with tasks.registry.bind(task):
+                    if cl is not None:
+                        return cl[1].recover_file(cl[0], _rec(request), collection, staged,
+                                                  None, source="upload")
                     return _rec(request).recover_file(collection, staged, None,
                                                       source="upload")
             except tasks.Cancelled:

@@ -81,3 +81,42 @@ def test_cluster_settings_from_the_environment() -> None:
                            "QUIVER__CLUSTER__RAY_ADDRESS": "ray://head:10001"})
     assert s.cluster.enabled and s.cluster.ray_address == "ray://head:10001"
     assert not load_settings(env={}).cluster.enabled
+
+
+class _FakeRay:
+    """ray.get over a dict of ref → value (or exception); records each call's timeout."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self.values = values
+        self.calls: list[tuple[object, float]] = []
+
+    def get(self, refs: object, timeout: float) -> object:
+        self.calls.append((refs, timeout))
+        for ref in refs if isinstance(refs, list) else [refs]:
+            if isinstance(self.values[ref], Exception):
+                raise self.values[ref]  # type: ignore[misc]
+        if isinstance(refs, list):
+            return [self.values[r] for r in refs]
+        return self.values[refs]
+
+
+def test_gather_waits_once_and_sorts_out_failures_per_call() -> None:
+    from api.cluster.router import CALL_TIMEOUT_S, ClusterRouter
+
+    rt = ClusterRouter.__new__(ClusterRouter)
+    rt.ray = _FakeRay({"a": 1, "b": 2})
+    take = rt._gather(["a", "b"])
+    assert (take("a"), take("b")) == (1, 2)
+    assert len(rt.ray.calls) == 1  # one joint wait
+    gone = RuntimeError("actor gone")
+    rt.ray = _FakeRay({"a": 1, "b": gone, "c": 3})
+    take = rt._gather(["a", "b", "c"])
+    assert take("a") == 1 and take("c") == 3
+    try:
+        take("b")
+        raise AssertionError("the failed call must raise its own error")
+    except RuntimeError as exc:
+        assert exc is gone
+    # after the joint get, each call waits only for what is left of the one deadline
+    assert all(0.0 <= t <= CALL_TIMEOUT_S for _, t in rt.ray.calls)
+    assert len(rt.ray.calls) == 4
