@@ -117,7 +117,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
     app.state.node_id = _node_id(catalog.root)
     app.state.cluster = None
     if settings.cluster.enabled:  # Ray is imported in cluster mode only (api/cluster)
+        from api.cluster.collection_snapshots import drop_scratch  # noqa: PLC0415
         from api.cluster.router import ClusterRouter  # noqa: PLC0415
+        drop_scratch(catalog)
         app.state.cluster = ClusterRouter(app, settings, all_routes())
     st = settings.storage
     app.state.snapshots = SnapshotManager(

@@ -236,11 +236,11 @@ def _listed_one(view: View, s: SearchSpec, v: np.ndarray) -> list[dict[str, Any]
                 full_scan = ann.full_scan_rows(view.config.hnsw_config, seg.row_bytes(name))
             if ann.use_index(index, s.exact, len(rows), n, full_scan):
                 return None
+        host = seg.matrices[name].host_resident(n)
+        if host is None:  # moved to the device meanwhile: the general path handles it
+            return None
         seg.touch()
-        mat = seg.matrices[name]
-        norms = mat.norms
-        sims, hits = flat.search_one(mat.array[:n], q, k, dist.metric, rows,
-                                     None if norms is None else norms[:n])
+        sims, hits = flat.search_one(host[0], q, k, dist.metric, rows, host[1])
         found.append((seg, sims, hits))
     return _rendered_one(view, s, dist, found)
 
@@ -348,11 +348,11 @@ def _exact_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever is stored
     found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
     for seg, n, rows in chosen:
+        host = seg.matrices[name].host_resident(n)
+        if host is None:  # moved to the device meanwhile: the general path handles it
+            return None
         seg.touch()
-        mat = seg.matrices[name]
-        norms = mat.norms
-        sims, hits = flat.search_one(mat.array[:n], q, k, dist.metric, rows,
-                                     None if norms is None else norms[:n])
+        sims, hits = flat.search_one(host[0], q, k, dist.metric, rows, host[1])
         found.append((seg, sims, hits))
     return _rendered_one(view, s, dist, found)
 

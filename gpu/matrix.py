@@ -69,6 +69,14 @@ class DeviceMatrix:
     def on_device(self) -> bool:
         return self._xp is not np
 
+    def host_resident(self, n: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """Rows [0, n) and their norms, read together (a move to the device between two
+        reads would pair host rows with device norms), or None while they are on the device."""
+        s = self._s
+        if not isinstance(s.array, np.ndarray):
+            return None
+        return s.array[:n], None if s.norms is None else s.norms[:n]
+
     @property
     def row_bytes(self) -> int:
         """Stored bytes per row of the vector (norms not counted)."""

@@ -25,9 +25,13 @@ end's own catalog (it maps the archive: no copy); nothing in the cluster has cha
 fails. The target layout: an existing cluster collection keeps its own config and layout
 (`shard_number`, `replication_factor`, `write_consistency_factor`; its vectors must match the
 archive's, else 400 as on one node); a new one takes the archive's config (its
-`shard_number`, 1 when absent). The cluster collection is then dropped and created again,
-its payload indexes created, and the scratch collection's live points scrolled in pages and
-upserted by the router, split by `split.shard_of` over the target's shards: any shard count.
+`shard_number`, 1 when absent). The cluster collection is then dropped and created again
+(its aliases kept), its payload indexes created, and the scratch collection's live points
+scrolled in pages and upserted by the router, split by `split.shard_of` over the target's
+shards: any shard count. Not atomic past the drop: a failure while re-sharding (a replica
+lost, a call timing out) leaves the target partly filled, and readers see it filling; the
+archive is unchanged, so recovering again repairs it. (Atomic: re-shard into a hidden
+collection and swap the metadata entries; not built yet.)
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ from api.cluster.transfer import CALL_TIMEOUT_S, CHUNK
 from api.parse import reads
 from api.parse.writes import WRITES
 from engine import jsonio, query, tasks
-from engine.catalog import validate_name
+from engine.catalog import Catalog, validate_name
 from engine.config import from_state
+from engine.durable import io_error
 from engine.errors import BadInput, BadRequest, ServiceError
 from snapshots.archive import MANIFEST, HashingWriter, tar_size
 from snapshots.manager import SnapshotManager
@@ -65,6 +70,17 @@ C = "/collections/{collection_name}"
 P = C + "/points"
 PAGE = 512  # points per scroll page and upsert while re-sharding
 _SEGMENT = re.compile(r"^segments/(\d+)/(.+)$")
+SCRATCH_PREFIX = "cluster-recover-"  # the front end's catalog holds nothing else in cluster mode
+
+
+def drop_scratch(catalog: Catalog) -> list[str]:
+    """Delete the scratch collections a recovery cut short by a crash left in the front end's
+    catalog (at start-up, before anything recovers): they would stay forever otherwise."""
+    gone = sorted(n for n in catalog.names() if n.startswith(SCRATCH_PREFIX))
+    for name in gone:
+        catalog.delete(name)
+        log.warning("removed %s, left by an interrupted cluster recovery", name)
+    return gone
 
 
 def _real(rt: ClusterRouter, name: str) -> str:
@@ -84,14 +100,20 @@ def create(rt: ClusterRouter, mgr: SnapshotManager, name: str) -> SnapshotInfo:
     if task is not None:
         task.collection = real
     tasks.set_phase("preparing")
-    shards = _freeze(rt, real)
-    fname = mgr._reserve_name(f"{real}-{mgr.node_id}", real)
-    tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.part")
     try:
+        fname = mgr._reserve_name(f"{real}-{mgr.node_id}", real)
+    except OSError as exc:
+        raise io_error(exc, "creating the snapshot") from None
+    tmp = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.part")
+    shards: list[tuple[int, Any, dict[str, Any]]] = []
+    try:
+        shards = _freeze(rt, real)
         checksum = _merge(rt, real, shards, tmp)
         if task is not None:
             mgr._publishing(task)
         return mgr.store.publish(tmp, real, fname, checksum)
+    except OSError as exc:
+        raise io_error(exc, "creating the snapshot") from None
     finally:
         for _, actor, arc in shards:
             actor.remove_file.remote(arc["path"])
@@ -109,10 +131,11 @@ def _freeze(rt: ClusterRouter, name: str) -> list[tuple[int, Any, dict[str, Any]
     try:
         actors = {s: rt.actor_of(rt._live(name, s)[0]) for s in range(n)}
         refs = {s: a.snapshot_archive.remote(name) for s, a in actors.items()}
+        take = rt._gather(list(refs.values()))  # one deadline for all: writes are waiting
         out, failed = [], None
         for s, ref in refs.items():
             try:
-                out.append((s, actors[s], rt.ray.get(ref, timeout=CALL_TIMEOUT_S)))
+                out.append((s, actors[s], take(ref)))
             except Exception as exc:  # noqa: BLE001 - the others' archives are removed below
                 failed = failed or exc
     finally:
@@ -295,7 +318,7 @@ def recover_file(rt: ClusterRouter, rec: Recovery, name: str, path: str,
     validate_name(name)
     if name in aliases.table(rt):
         raise BadRequest(f"`{name}` is an alias: recover into the collection itself")
-    scratch = f"cluster-recover-{uuid.uuid4().hex}"
+    scratch = f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
     catalog = rec.catalog
     rec.recover_file(scratch, path, checksum, source=source)  # every check of one node
     try:
@@ -303,9 +326,12 @@ def recover_file(rt: ClusterRouter, rec: Recovery, name: str, path: str,
         body = _target_body(rt, name, coll.config.to_state())
         tasks.set_phase("resharding")
         params, q = {"collection_name": name}, {"wait": "true"}
+        kept = aliases.listing(rt, name)  # as on one node, the target keeps its aliases
         plans.forget(rt, name)
         rt.delete(name)
         rt.create(name, body, params, q)
+        if kept:
+            aliases.update(rt, [{"create_alias": a} for a in kept])
         for field, spec in coll.payload_schema.items():
             rt.broadcast(name, "PUT", C + "/index", params, q,
                          {"field_name": field, "field_schema": spec.get("params")

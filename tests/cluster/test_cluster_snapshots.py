@@ -131,9 +131,15 @@ def test_cluster_snapshot_reshards_into_another_shard_count(
     # into an existing 2-shard collection: it keeps its layout
     remote.create_collection("csnap2", shard_number=2, vectors_config=models.VectorParams(
         size=DIM, distance=models.Distance.COSINE))
+    remote.update_collection_aliases([models.CreateAliasOperation(
+        create_alias=models.CreateAlias(collection_name="csnap2", alias_name="csnap2_alias"))])
     got = _upload(http, "csnap2", archive[1])
     assert got.status_code == 200, got.text
     assert remote.get_collection("csnap2").config.params.shard_number == 2
+    # its aliases are kept, as a single node keeps them
+    assert [a.alias_name for a in remote.get_collection_aliases("csnap2").aliases] == \
+        ["csnap2_alias"]
+    assert remote.count("csnap2_alias", exact=True).count == remote.count(COLL, exact=True).count
     assert http.get("/collections/csnap2/cluster").json()["result"]["shard_count"] == 2
     _same_answers(remote, "csnap2", remote, COLL)
     # a new collection by location (file:// inside the snapshots dir): the archive's 3 shards
@@ -209,7 +215,9 @@ def test_snapshot_is_one_consistent_cut(cluster: tuple[QdrantClient, ValidatingC
     for t in threads:
         t.start()
     try:
-        while min(acked.values()) < 10:
+        deadline = time.monotonic() + 120
+        while min(acked.values()) < 10:  # a writer that failed stops counting: not forever
+            assert time.monotonic() < deadline and all(t.is_alive() for t in threads)
             time.sleep(0.02)
         before = dict(acked)
         desc = remote.create_snapshot(name, wait=True)

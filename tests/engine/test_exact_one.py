@@ -138,3 +138,24 @@ def test_one_query_selection_matches_the_batch_selection(n: int) -> None:
             assert idx[0].tolist() == want_idx[0].tolist() == one_idx.tolist()
             assert vals[0].tolist() == want_vals[0].tolist() == one_vals.tolist()
             assert idx.dtype == want_idx.dtype == one_idx.dtype
+
+
+def test_rows_moved_to_the_device_meanwhile_leave_it_to_the_general_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct paths read a segment's rows and norms together (gpu.matrix.host_resident);
+    rows found on the device between the check and the read hand the query back (None),
+    never pair host rows with device norms."""
+    from gpu.matrix import DeviceMatrix  # noqa: PLC0415
+
+    coll = _collection(tmp_path, "Euclid", 60, None)
+    view = coll.view()
+    v = np.ones(8, np.float32)
+    assert _REAL(view, _spec(v)) is not None
+    seg = next(s for s, n in view.segments if n)
+    rows, norms = seg.matrices[""].host_resident(seg.n)  # type: ignore[misc]
+    assert isinstance(rows, np.ndarray) and norms is not None and len(norms) == len(rows)
+    monkeypatch.setattr(DeviceMatrix, "host_resident", lambda self, n: None)
+    assert _REAL(view, _spec(v)) is None
+    monkeypatch.undo()
+    assert [r["id"] for r in query.search_batch(coll, [_spec(v)])[0]] == \
+        [r["id"] for r in search_mod._search_group(view, [_spec(v)])[0]]
