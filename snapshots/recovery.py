@@ -25,6 +25,7 @@ import shutil
 import tarfile
 import traceback
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -169,8 +170,15 @@ class Recovery:
 
     # ---- recover ---------------------------------------------------------------------------
 
-    def recover_location(self, collection: str, body: dict[str, Any]) -> bool:
+    def recover_location(self, collection: str, body: dict[str, Any],
+                         into: Callable[[str, str | None], bool] | None = None) -> bool:
+        """Qdrant's recover body (`location`: file:// inside the snapshots dir, or http(s);
+        `priority`, `checksum`, `api_key`) checked, the archive fetched, then recovered by
+        `into(path, checksum)` (default: this node's `recover_file`; a cluster re-shards)."""
         validate_name(collection)
+        if into is None:
+            def into(path: str, checksum: str | None) -> bool:
+                return self.recover_file(collection, path, checksum)
         location = body.get("location")
         if not isinstance(location, str) or not location:
             raise BadRequest("Format error in JSON body: `location` must be a URL string")
@@ -178,7 +186,7 @@ class Recovery:
         checksum = check_checksum(body.get("checksum"))
         scheme = urlparse(location).scheme.lower()
         if scheme == "file":
-            return self.recover_file(collection, self.local_path(location), checksum)
+            return into(self.local_path(location), checksum)
         if scheme in ("http", "https"):
             with _recovery_task(collection, "url") as task:
                 task.set_phase("downloading")
@@ -186,7 +194,7 @@ class Recovery:
                 try:
                     path = os.path.join(staging, "download.snapshot")
                     self.download(location, path, body.get("api_key"))
-                    return self.recover_file(collection, path, checksum)
+                    return into(path, checksum)
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
         if not scheme:

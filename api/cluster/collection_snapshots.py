@@ -58,7 +58,7 @@ from engine.durable import io_error
 from engine.errors import BadInput, BadRequest, ServiceError
 from snapshots.archive import MANIFEST, HashingWriter, tar_size
 from snapshots.manager import SnapshotManager
-from snapshots.recovery import Recovery, check_checksum, check_priority
+from snapshots.recovery import Recovery
 from snapshots.storage import Download, SnapshotInfo, check_snapshot_name
 
 if TYPE_CHECKING:
@@ -289,27 +289,10 @@ def delete(rt: ClusterRouter, mgr: SnapshotManager, name: str, snapshot: str) ->
 
 def recover_location(rt: ClusterRouter, mgr: SnapshotManager, rec: Recovery, name: str,
                      body: dict[str, Any]) -> bool:
-    """A collection archive at a file:// (inside the snapshots dir) or http(s) location."""
-    validate_name(name)
-    location = body.get("location")
-    if not isinstance(location, str) or not location:
-        raise BadRequest("Format error in JSON body: `location` must be a URL string")
-    check_priority(body.get("priority"))
-    checksum = check_checksum(body.get("checksum"))
-    scheme = location.split(":", 1)[0].lower() if ":" in location else ""
-    if scheme == "file":
-        return recover_file(rt, rec, name, rec.local_path(location), checksum)
-    if scheme in ("http", "https"):
-        path = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.download")
-        try:
-            rec.download(location, path, body.get("api_key"))
-            return recover_file(rt, rec, name, path, checksum)
-        finally:
-            if os.path.exists(path):
-                os.unlink(path)
-    if not scheme:
-        raise BadRequest("Format error in JSON body: relative URL without a base")
-    raise BadRequest(f"URL {location} with scheme {scheme} is not supported")
+    """A collection archive at a file:// (inside the snapshots dir) or http(s) location:
+    fetched and checked as one node does (snapshots/recovery.py), then re-sharded."""
+    return rec.recover_location(name, body, into=lambda path, checksum: recover_file(
+        rt, rec, name, path, checksum))
 
 
 def recover_file(rt: ClusterRouter, rec: Recovery, name: str, path: str,
