@@ -236,12 +236,10 @@ def _listed_one(view: View, s: SearchSpec, v: np.ndarray) -> list[dict[str, Any]
                 full_scan = ann.full_scan_rows(view.config.hnsw_config, seg.row_bytes(name))
             if ann.use_index(index, s.exact, len(rows), n, full_scan):
                 return None
-        host = seg.matrices[name].host_resident(n)
-        if host is None:  # moved to the device meanwhile: the general path handles it
+        one = _scored_one(seg, name, n, q, k, dist.metric, rows)
+        if one is None:
             return None
-        seg.touch()
-        sims, hits = flat.search_one(host[0], q, k, dist.metric, rows, host[1])
-        found.append((seg, sims, hits))
+        found.append(one)
     return _rendered_one(view, s, dist, found)
 
 
@@ -348,13 +346,24 @@ def _exact_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever is stored
     found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
     for seg, n, rows in chosen:
-        host = seg.matrices[name].host_resident(n)
-        if host is None:  # moved to the device meanwhile: the general path handles it
+        one = _scored_one(seg, name, n, q, k, dist.metric, rows)
+        if one is None:
             return None
-        seg.touch()
-        sims, hits = flat.search_one(host[0], q, k, dist.metric, rows, host[1])
-        found.append((seg, sims, hits))
+        found.append(one)
     return _rendered_one(view, s, dist, found)
+
+
+def _scored_one(seg: Segment, name: str, n: int, q: np.ndarray, k: int, metric: Any,
+                rows: np.ndarray | None) -> tuple[Segment, np.ndarray, np.ndarray] | None:
+    """One segment's exact 1-D top-k for the direct paths (`rows`: the ones to score, else
+    all n); None when its rows moved to the device meanwhile (the general path handles it:
+    rows and norms are read together, never host rows with device norms)."""
+    host = seg.matrices[name].host_resident(n)
+    if host is None:
+        return None
+    seg.touch()
+    sims, hits = flat.search_one(host[0], q, k, metric, rows, host[1])
+    return seg, sims, hits
 
 
 def _rendered_one(view: View, s: SearchSpec, dist: Any,
