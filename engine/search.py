@@ -8,6 +8,7 @@ per-segment results merge on the host; payloads and vectors are rendered for the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,8 +161,8 @@ def _as_mask(mask: np.ndarray | None, listed: np.ndarray | None, n: int) -> np.n
 
 def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     """The common single query, straight from the spec to the graph walk: a dense vector, no
-    filter or exclusions, one non-empty host segment wholly covered by its HNSW index and
-    without deleted rows. None: the general path decides (same results, more Python: view
+    filter (a filtered one: `_listed_one`) or exclusions, one non-empty host segment wholly
+    covered by its HNSW index and without deleted rows. None: the general path decides (same results, more Python: view
     scans, masks, merge and per-query lists cost as much as a small graph walk, py-spy)."""
     v = s.vector
     if type(v) is not np.ndarray or v.ndim != 1 or s.exclude_ids:
@@ -212,35 +213,10 @@ def _listed_one(view: View, s: SearchSpec, v: np.ndarray) -> list[dict[str, Any]
     (those numpy calls were most of a 0.1 % filtered query, py-spy). None: the general
     path decides (device or quantized segments, a filter the indexes cannot list, one
     the graph should serve)."""
-    k = s.limit + s.offset
-    if k <= 0:
-        return None
-    vspec = view.config.vector(s.using)
-    name, dist = vspec.name, vspec.distance
-    q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever matches
-    full_scan: int | None = None
-    found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
-    for seg, n in view.segments:
-        if not n:
-            continue
-        if seg.on_device or quantized_search.applies(seg, name, [s]) is not None:
-            return None
+    def listed(seg: Segment, n: int, name: str) -> tuple[np.ndarray | None, int] | None:
         rows = index_rows(view, seg, n, s.pred, name)
-        if rows is None:
-            return None
-        if not len(rows):
-            continue
-        index = seg.ann.get(name)
-        if index is not None:
-            if full_scan is None:
-                full_scan = ann.full_scan_rows(view.config.hnsw_config, seg.row_bytes(name))
-            if ann.use_index(index, s.exact, len(rows), n, full_scan):
-                return None
-        one = _scored_one(seg, name, n, q, k, dist.metric, rows)
-        if one is None:
-            return None
-        found.append(one)
-    return _rendered_one(view, s, dist, found)
+        return None if rows is None else (rows, len(rows))
+    return _direct_one(view, s, v, listed)
 
 
 def _prepared_one(v: np.ndarray, dim: int, dist: Any) -> np.ndarray:
@@ -313,35 +289,51 @@ def _exact_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     None: the general path decides (filters, exclusions, L1 (faiss scans it unmasked),
     device, quantized or indexed segments, deletions it would mask rather than gather)."""
     v = s.vector
-    k = s.limit + s.offset
     if type(v) is not np.ndarray or v.ndim != 1 or s.pred is not None or s.exclude_ids \
-            or k <= 0:
+            or view.config.vector(s.using).distance.metric == "l1":
+        return None
+
+    def live(seg: Segment, n: int, name: str) -> tuple[np.ndarray | None, int] | None:
+        mask, allowed = seg.live_mask(n, name)
+        if allowed == n:
+            return None, n
+        # gpu.flat.search gathers the live rows below this fraction and masks above it
+        return (np.flatnonzero(mask), allowed) if allowed < n * flat.GATHER_FRACTION else None
+    return _direct_one(view, s, v, live)
+
+
+def _direct_one(view: View, s: SearchSpec, v: np.ndarray,
+                rows_of: Callable[[Segment, int, str], tuple[np.ndarray | None, int] | None]
+                ) -> list[dict[str, Any]] | None:
+    """The direct paths' shared steps: every non-empty host segment's rows to score
+    (`rows_of`: (ascending rows, or None for all n; how many), or None to decline), unless
+    the segment's index should serve that many; then each scored exactly and the results
+    merged and rendered. None: the general path decides (device or quantized segments, a
+    `rows_of` that declines, an index that serves)."""
+    k = s.limit + s.offset
+    if k <= 0:
         return None
     vspec = view.config.vector(s.using)
     name, dist = vspec.name, vspec.distance
-    if dist.metric == "l1":
-        return None
-    chosen: list[tuple[Segment, int, np.ndarray | None]] = []
     full_scan: int | None = None
+    chosen: list[tuple[Segment, int, np.ndarray | None]] = []
     for seg, n in view.segments:
         if not n:
             continue
         if seg.on_device or quantized_search.applies(seg, name, [s]) is not None:
             return None
-        mask, allowed = seg.live_mask(n, name)
-        if not allowed:
+        picked = rows_of(seg, n, name)
+        if picked is None:
+            return None
+        rows, count = picked
+        if not count:
             continue
         index = seg.ann.get(name)
         if index is not None:
             if full_scan is None:
                 full_scan = ann.full_scan_rows(view.config.hnsw_config, seg.row_bytes(name))
-            if ann.use_index(index, s.exact, allowed, n, full_scan):
+            if ann.use_index(index, s.exact, count, n, full_scan):
                 return None
-        rows = None
-        if allowed < n:  # gpu.flat.search gathers the live rows below this, masks above
-            if allowed >= n * flat.GATHER_FRACTION:
-                return None
-            rows = np.flatnonzero(mask)
         chosen.append((seg, n, rows))
     q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever is stored
     found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
