@@ -260,6 +260,8 @@ class ClusterSettings:
                                                     metadata=_check(parse=_gpu_enabled))
     # seconds a replica stays Dead before a new one is started and filled by a transfer
     repair_after_s: float = field(default=30, metadata=_check(minimum=0))
+    # a shard transfer's logged writes kept in the front end's memory; the rest go to its disk
+    transfer_log_memory_mb: float = field(default=64, metadata=_check(minimum=0))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Both read rows that never change (rows below a segment's count are immutable), w
 every lock, and swap their result in with one assignment, so writes and reads never wait.
 
 Background work yields to snapshots: while an archive is being written (`snapshot_gate`) no
-build, encoding or digest starts, and a running build pauses between its batches. The thread
+build, encoding or digest starts, and a running build pauses between its batches (held a
+minute in one go, it gets a turn: back-to-back snapshots cannot starve it). The thread
 running it (the catalog's indexer) runs at a lower CPU priority (`lower_priority`), so the
 batch in flight loses the cores to requests and to a snapshot's writer and hashing.
 """
@@ -20,6 +21,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -49,11 +51,20 @@ class SnapshotGate:
     """How many snapshot archives are being written in this process. Background work waits
     while any is: on a small machine an HNSW build (faiss on every core) took the cores the
     archive's writer and hashing need (py-spy, bench.snapshots --bulk), and an archive
-    carries unindexed rows as they are, so nothing built meanwhile would be in it."""
+    carries unindexed rows as they are, so nothing built meanwhile would be in it.
+
+    Fairness: a waiter held HOLD_MAX_S in one go gets a turn of TURN_S during which it
+    ignores the gate, so back-to-back snapshots (a tight schedule, many collections in turn)
+    slow background work down to at least TURN_S / (HOLD_MAX_S + TURN_S) of the time instead
+    of starving it: searches would otherwise scan unindexed rows for as long as they last."""
+
+    HOLD_MAX_S = 60.0
+    TURN_S = 15.0
 
     def __init__(self) -> None:
         self._writing = 0
         self._cond = threading.Condition()
+        self._turn_until = 0.0  # monotonic: background work's turn runs until then
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -72,10 +83,20 @@ class SnapshotGate:
         return self._writing > 0
 
     def wait(self, coll: CollectionState) -> None:
-        """Return once no snapshot is being written (or the collection closed)."""
+        """Return once no snapshot is being written (or the collection closed), or once
+        held HOLD_MAX_S (background work's turn, see above)."""
         with self._cond:
+            if not self._writing or time.monotonic() < self._turn_until:
+                return
+            held_since = time.monotonic()
             while self._writing and not coll.closed:
-                self._cond.wait(0.5)
+                now = time.monotonic()
+                if now - held_since >= self.HOLD_MAX_S:
+                    self._turn_until = now + self.TURN_S
+                    log.info("background work held %.0f s by snapshots: it runs %.0f s now",
+                             now - held_since, self.TURN_S)
+                    return
+                self._cond.wait(min(0.5, self.HOLD_MAX_S - (now - held_since)))
 
 
 snapshot_gate = SnapshotGate()

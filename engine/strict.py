@@ -105,6 +105,12 @@ def _active(coll: Collection) -> dict[str, Any] | None:
     return cfg if isinstance(cfg, dict) and cfg.get("enabled") is True else None
 
 
+def enforced(coll: Collection) -> bool:
+    """Whether strict mode checks this collection's requests at all (callers skip gathering
+    a request's limits when it does not: most collections)."""
+    return _active(coll) is not None
+
+
 def _error(error: str, solution: str) -> BadRequest:
     return BadRequest(f"{error}. Help: {solution}")
 

@@ -23,6 +23,7 @@ outcome: ok | error, seconds, archive bytes (0 on error)); api.observability rec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -61,6 +62,25 @@ log = logging.getLogger("quiver.snapshots")
 
 # (kind: "collection" | "full", outcome: "ok" | "error", seconds, archive bytes (0 on error))
 SnapshotListener = Callable[[str, str, float, int], None]
+
+
+class FrozenCollection:
+    """A collection frozen for its archive (SnapshotManager.freeze_collection): holds
+    snapshot_gate until released (write_frozen releases it; so must whoever drops it)."""
+
+    def __init__(self, collection: str, prepared: PreparedArchive,
+                 gate: contextlib.ExitStack) -> None:
+        self.collection, self.prepared = collection, prepared
+        self.seq = int(prepared.header["seq"])
+        self._gate: contextlib.ExitStack | None = gate
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Let background work go on; idempotent, from any thread."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.close()
 
 
 class SnapshotManager:
@@ -137,20 +157,42 @@ class SnapshotManager:
         return real, prepare_archive(header, members, hashed)
 
     def write_collection_archive(self, collection: str, dest: str) -> tuple[str, str, int]:
-        """Freeze one collection and write its archive to `dest` (fsynced).
+        """Freeze one collection and write its archive to `dest` (fsynced):
+        `write_frozen(freeze_collection(collection), dest)`.
         Returns (collection name, sha256, size). Members are hashed while they are written,
         then the whole archive, from memory and ahead of the disk (archive.write_archive):
         hashing what is not pre-hashed (right after a bulk load) no longer delays the first
         byte. Background index builds, encodings and digests hold back meanwhile
         (engine.indexing.snapshot_gate): they would take the cores the writer and the hashes
         need, and nothing they produce now would be in this archive."""
-        with snapshot_gate.writing():
+        return self.write_frozen(self.freeze_collection(collection), dest)
+
+    def freeze_collection(self, collection: str) -> FrozenCollection:
+        """The first half of `write_collection_archive`: the collection frozen at one WAL
+        sequence number, its archive prepared (unhashed), snapshot_gate held until
+        `write_frozen` ends or the result is released. Writes may go on meanwhile: what is
+        prepared is copies (masks, payloads as JSON) and rows below the frozen counts, which
+        never change."""
+        gate = contextlib.ExitStack()
+        gate.enter_context(snapshot_gate.writing())
+        try:
             tasks.set_phase("preparing")
             real, prepared = self._prepare_collection(collection, hashed=False)
-            tasks.begin("writing", prepared.size)
+        except BaseException:
+            gate.close()
+            raise
+        return FrozenCollection(real, prepared, gate)
+
+    def write_frozen(self, frozen: FrozenCollection, dest: str) -> tuple[str, str, int]:
+        """The second half: `frozen`'s archive written to `dest` (fsynced), then the frozen
+        state released (however the write ends). (collection name, sha256, size)."""
+        try:
+            tasks.begin("writing", frozen.prepared.size)
             with open(dest, "wb") as f:
-                checksum = write_archive(f, prepared, tasks.advance)
-        return real, checksum, prepared.size
+                checksum = write_archive(f, frozen.prepared, tasks.advance)
+        finally:
+            frozen.release()
+        return frozen.collection, checksum, frozen.prepared.size
 
     def create(self, collection: str) -> SnapshotInfo:
         return self._observed("collection", lambda: self._create(collection))

@@ -4,14 +4,22 @@ ordinary single-node archive; recovery re-shards it onto the target's layout.
 Create. A write barrier across the shards: the router's per-shard write locks (every write
 of a shard holds its lock until its replicas answered) are all taken, in shard order as
 `ClusterRouter.write` takes them, so no write is in flight on any shard; one Active replica of
-each shard freezes its collection at its WAL sequence number (`ShardReplica.snapshot_archive`,
-all shards at once) and the locks are released. The replica's call also writes its archive to
-its own local disk (the actor has no freeze-only call), so the barrier lasts one shard
-archive's local write, never the transfer or the merge. Then the shard archives are merged,
+each shard freezes its collection at its WAL sequence number (`ShardReplica.freeze_archive`,
+all shards at once: masks copied, payloads serialized, row counts recorded) and the locks are
+released: the barrier lasts the slowest shard's freeze, never an archive's write. Writes then
+go on while every frozen shard writes its archive to its own local disk
+(`ShardReplica.write_frozen`, all shards at once; a replica serves calls while it writes):
+rows below a frozen count never change, so the archive holds exactly the frozen state, none of
+the writes made since. Then the shard archives are merged,
 one after the other, straight from the replicas (CHUNK pieces over Ray's object store) into
 one archive in the front end's snapshots dir: manifest first, then every shard's members
 renamed `segments/<i + offset>/…`, byte for byte (their sha256 are the shards' own). Each
-replica's archive is removed once merged: the front end never stages a shard archive.
+replica's archive is removed once merged: the front end never stages a shard archive. The
+archives of one cut share a tag: a replica whose freeze or write failed or timed out (its
+archive's path never reached the front end) is told `drop_archive(tag)` and releases its frozen
+state or removes its archive, now or once its call ends; so is every frozen replica when
+another shard's freeze failed. A frozen state never written (the front end gone) is released
+by the replica after `shard.FROZEN_TTL_S`.
 
 The result is a normal Quiver collection archive (snapshots/archive.py): a single node
 recovers it with no new code (the archive's config keeps `shard_number`; one node ignores
@@ -25,13 +33,30 @@ end's own catalog (it maps the archive: no copy); nothing in the cluster has cha
 fails. The target layout: an existing cluster collection keeps its own config and layout
 (`shard_number`, `replication_factor`, `write_consistency_factor`; its vectors must match the
 archive's, else 400 as on one node); a new one takes the archive's config (its
-`shard_number`, 1 when absent). The cluster collection is then dropped and created again
-(its aliases kept), its payload indexes created, and the scratch collection's live points
-scrolled in pages and upserted by the router, split by `split.shard_of` over the target's
-shards: any shard count. Not atomic past the drop: a failure while re-sharding (a replica
-lost, a call timing out) leaves the target partly filled, and readers see it filling; the
-archive is unchanged, so recovering again repairs it. (Atomic: re-shard into a hidden
-collection and swap the metadata entries; not built yet.)
+`shard_number`, 1 when absent).
+
+Atomic. The points go into a hidden collection, not into the target: `ClusterRouter.
+create_hidden` records a new entry with the target's layout in the metadata under a name
+starting with `.recovering-` (metadata.HIDDEN_PREFIX; a leading '.' is a name validate_name
+refuses, so no user can create or recover into one) in its own section, `hidden`, never in
+`collections`: no listing shows it, no route, alias or cluster operation can address it
+(404, as any unknown collection). Its replicas are new actors (named by replica id, storage
+by replica id, as every replica) holding the collection under the *target's* name, so once
+swapped in every route (points, search, shard snapshots, transfers, collection snapshots)
+addresses them exactly as any collection's: there is no rename and no indirection. It gets
+the payload indexes, then the scratch collection's live points, scrolled in pages, split by
+`split.shard_of` over its shards and applied on every one of its replicas (any replica
+failing fails the recovery). Then `ClusterRouter.swap_in`, under every shard's write lock of
+the target: one metadata save (`ClusterMetadata.swap_in`) makes the hidden entry the
+target's, with the target's aliases, and moves the old entry's replicas to `retired`; the
+router's cached state follows; the old replicas are then stopped and their directories
+removed, and `retired` forgotten. A write lands wholly in the old collection or wholly in the
+new one; readers see the old points until the swap, then the new ones. On any failure before
+the swap (a replica lost, a call timing out, a cancelled task) the hidden collection's
+replicas are dropped and then its record: the target is exactly as it was (points, config,
+layout, aliases). A crash of the front end leaves either the hidden record (before the swap)
+or retired replicas (after it): the router drops both at start-up, before it attaches any
+replica (`ClusterRouter._drop_leftovers`), as `drop_scratch` drops the scratch collections.
 """
 
 from __future__ import annotations
@@ -47,13 +72,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from api.cluster import aliases, plans
+from api.cluster.runtime import is_actor_gone, is_timeout
+from api.cluster.shard import raise_relayed
 from api.cluster.split import split_write
 from api.cluster.transfer import CALL_TIMEOUT_S, CHUNK
 from api.parse import reads
 from api.parse.writes import WRITES
 from engine import jsonio, query, tasks
 from engine.catalog import Catalog, validate_name
-from engine.config import from_state
+from engine.config import CollectionConfig, from_state
 from engine.durable import io_error
 from engine.errors import BadInput, BadRequest, ServiceError
 from snapshots.archive import MANIFEST, HashingWriter, tar_size
@@ -121,33 +148,55 @@ def create(rt: ClusterRouter, mgr: SnapshotManager, name: str) -> SnapshotInfo:
 
 
 def _freeze(rt: ClusterRouter, name: str) -> list[tuple[int, Any, dict[str, Any]]]:
-    """The barrier: every shard's write lock held while one Active replica per shard fixes its
-    snapshot point. [(shard id, its replica's actor, {path, size, checksum, seq})]."""
+    """The barrier: every shard's write lock held while one Active replica per shard freezes
+    its collection (`freeze_archive`); then, writes flowing again, every frozen shard's
+    archive is written (`write_frozen`, all at once). [(shard id, its replica's actor,
+    {path, size, checksum, seq})]."""
     n = rt._entry(name)["shard_number"]
+    tag = uuid.uuid4().hex  # the replicas' name for this cut's frozen states and archives
     locks = [rt.shard_lock(name, s) for s in range(n)]
     for lk in locks:
         lk.acquire()
     started = time.perf_counter()
     try:
         actors = {s: rt.actor_of(rt._live(name, s)[0]) for s in range(n)}
-        refs = {s: a.snapshot_archive.remote(name) for s, a in actors.items()}
-        take = rt._gather(list(refs.values()))  # one deadline for all: writes are waiting
-        out, failed = [], None
-        for s, ref in refs.items():
-            try:
-                out.append((s, actors[s], take(ref)))
-            except Exception as exc:  # noqa: BLE001 - the others' archives are removed below
-                failed = failed or exc
+        frozen, failed = _each(rt, {s: a.freeze_archive.remote(name, tag)
+                                    for s, a in actors.items()}, actors, tag)
     finally:
         for lk in locks:
             lk.release()
     log.info("cluster snapshot of %s: write barrier held %.3f s", name,
              time.perf_counter() - started)
     if failed is not None:
+        for s in frozen:  # their frozen states (and snapshot gates) released
+            actors[s].drop_archive.remote(tag)
+        raise ServiceError(f"snapshot of `{name}`: a shard replica failed ({failed})")
+    written, failed = _each(rt, {s: actors[s].write_frozen.remote(tag) for s in frozen},
+                            actors, tag)
+    out = [(s, actors[s], written[s]) for s in sorted(written)]
+    if failed is not None:
         for _, actor, arc in out:
             actor.remove_file.remote(arc["path"])
         raise ServiceError(f"snapshot of `{name}`: a shard replica failed ({failed})")
     return out
+
+
+def _each(rt: ClusterRouter, refs: dict[int, Any], actors: dict[int, Any], tag: str
+          ) -> tuple[dict[int, Any], Exception | None]:
+    """Every shard's call under one deadline (`rt._gather`): ({shard: result} of those that
+    answered, the first failure). A replica whose call failed or timed out (its result
+    unknown here) is told `drop_archive(tag)`: it removes its frozen state or archive, now or
+    once its call ends."""
+    take = rt._gather(list(refs.values()))
+    got: dict[int, Any] = {}
+    failed: Exception | None = None
+    for s, ref in refs.items():
+        try:
+            got[s] = take(ref)
+        except Exception as exc:  # noqa: BLE001 - the caller undoes the others
+            failed = failed or exc
+            actors[s].drop_archive.remote(tag)
+    return got, failed
 
 
 class _RemoteFile(io.RawIOBase):
@@ -297,7 +346,9 @@ def recover_location(rt: ClusterRouter, mgr: SnapshotManager, rec: Recovery, nam
 
 def recover_file(rt: ClusterRouter, rec: Recovery, name: str, path: str,
                  checksum: str | None, source: str = "file") -> bool:
-    """The archive at `path` (front end's disk) becomes cluster collection `name`."""
+    """The archive at `path` (front end's disk) becomes cluster collection `name`: built
+    whole in a hidden collection, then swapped in; on any failure before the swap the hidden
+    collection is dropped and `name` is exactly as it was."""
     validate_name(name)
     if name in aliases.table(rt):
         raise BadRequest(f"`{name}` is an alias: recover into the collection itself")
@@ -309,25 +360,28 @@ def recover_file(rt: ClusterRouter, rec: Recovery, name: str, path: str,
         body = _target_body(rt, name, coll.config.to_state())
         tasks.set_phase("resharding")
         params, q = {"collection_name": name}, {"wait": "true"}
-        kept = aliases.listing(rt, name)  # as on one node, the target keeps its aliases
+        hidden, entry, cfg = rt.create_hidden(name, body, q)
+        try:
+            n = entry["shard_number"]
+            for field, spec in coll.payload_schema.items():
+                _apply(rt, name, entry, dict.fromkeys(range(n), {
+                    "field_name": field, "field_schema": spec.get("params") or spec["type"]}),
+                    "PUT", C + "/index", params, q)
+            _reshard(rt, name, entry, cfg, coll, params, q)
+            tasks.checkpoint()
+            rt.swap_in(hidden, name, entry, cfg)
+        except BaseException:
+            rt.drop_hidden(hidden, entry)
+            raise
         plans.forget(rt, name)
-        rt.delete(name)
-        rt.create(name, body, params, q)
-        if kept:
-            aliases.update(rt, [{"create_alias": a} for a in kept])
-        for field, spec in coll.payload_schema.items():
-            rt.broadcast(name, "PUT", C + "/index", params, q,
-                         {"field_name": field, "field_schema": spec.get("params")
-                          or spec["type"]})
-        _reshard(rt, name, coll, params, q)
     finally:
         catalog.delete(scratch)
     return True
 
 
 def _target_body(rt: ClusterRouter, name: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The create body: an existing collection's own (its vectors must match the archive's),
-    else the archive's config as a create body."""
+    """The create body: an existing collection's own, with its layout (its vectors must match
+    the archive's), else the archive's config as a create body."""
     snap = from_state(state)
     entry = rt.state["collections"].get(name)
     if entry is not None:
@@ -336,17 +390,38 @@ def _target_body(rt: ClusterRouter, name: str, state: dict[str, Any]) -> dict[st
             raise BadInput("Snapshot is not compatible with existing collection: Collection "
                            f"vectors: {jsonio.dumps(live.vectors_echo).decode()} Snapshot "
                            f"Vectors: {jsonio.dumps(snap.vectors_echo).decode()}")
-        return entry["config"]
+        return {**entry["config"], **{k: entry[k] for k in (
+            "shard_number", "replication_factor", "write_consistency_factor")}}
     body = {k: v for k, v in state.items() if k != "params" and v is not None}
     body.update({k: v for k, v in (state.get("params") or {}).items() if v is not None})
     return body
 
 
-def _reshard(rt: ClusterRouter, name: str, coll: Any, params: dict[str, str],
-             q: dict[str, str]) -> None:
-    """Every live point of the scratch collection upserted into the cluster collection, page
-    by page, each page split over the target's shards."""
-    n = rt._entry(name)["shard_number"]
+def _apply(rt: ClusterRouter, name: str, entry: dict[str, Any], bodies: dict[int, Any],
+           method: str, template: str, params: dict[str, str], q: dict[str, str]) -> None:
+    """A write on every replica of the hidden collection's shards in `bodies`, all at once.
+    Every replica must apply it (nothing repairs a hidden collection): any failure raises."""
+    refs = [(r, rt.actor_of(r).call.remote(method, template, params, q, bodies[s]))
+            for s in sorted(bodies) for r in entry["shards"][str(s)]]
+    take = rt._gather([ref for _, ref in refs])
+    for r, ref in refs:
+        try:
+            got = take(ref)
+        except Exception as exc:
+            if not (is_actor_gone(exc) or is_timeout(exc)):
+                raise
+            raise ServiceError(f"recovering `{name}`: replica {r['replica_id']} of the new "
+                               f"collection failed ({type(exc).__name__}); `{name}` is "
+                               "unchanged") from None
+        if "error" in got:
+            raise_relayed(got)
+
+
+def _reshard(rt: ClusterRouter, name: str, entry: dict[str, Any], cfg: CollectionConfig,
+             coll: Any, params: dict[str, str], q: dict[str, str]) -> None:
+    """Every live point of the scratch collection upserted into the hidden collection, page
+    by page, each page split over its shards."""
+    n = entry["shard_number"]
     offset: Any = None
     while True:
         req = reads.scroll_request({"limit": PAGE, "offset": offset, "with_payload": True,
@@ -355,8 +430,8 @@ def _reshard(rt: ClusterRouter, name: str, coll: Any, params: dict[str, str],
         if points:
             body = {"points": [{"id": p["id"], "vector": p.get("vector") or {},
                                 "payload": p.get("payload")} for p in points]}
-            WRITES["upsert"](rt.configs[name], body)
-            rt.write(name, split_write("upsert", body, n), "PUT", P, params, q)
+            WRITES["upsert"](cfg, body)
+            _apply(rt, name, entry, split_write("upsert", body, n), "PUT", P, params, q)
         tasks.checkpoint()
         if offset is None:
             return

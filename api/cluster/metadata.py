@@ -9,6 +9,13 @@ replica being {"replica_id", "node_id", "state", "actor", "dir"}; states as Qdra
 Active, Dead, Partial, Recovery. "peers": {Ray node id: peer id}: the integer Qdrant's API shows
 for a node, its id's first 52 bits (a JSON-safe integer), bumped past any collision, recorded
 the first time the node is seen so that it never changes.
+
+"hidden": {hidden name: entry}: collections being built by a recovery
+(api/cluster/collection_snapshots.py), in no listing and addressable by no request (their names
+start with HIDDEN_PREFIX, a name no user may create: it starts with '.'); their replicas hold
+the collection under its public (target) name. `swap_in` makes one the public collection in a
+single save; the replicas it replaces go to "retired": [replica, ...] until they are dropped.
+The front end drops whatever hidden or retired replicas it finds at start-up (a crash left them).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import orjson
 from engine.durable import write_atomic
 
 ACTOR_NAME = "quiver-cluster-metadata"
+HIDDEN_PREFIX = ".recovering-"  # validate_name refuses a leading '.': no user can name one
 STATES = ("Active", "Dead", "Partial", "Recovery")
 
 
@@ -38,6 +46,8 @@ def load(path: str) -> dict[str, Any]:
     state.setdefault("collections", {})
     state.setdefault("next_replica_id", 1)
     state.setdefault("peers", {})
+    state.setdefault("hidden", {})
+    state.setdefault("retired", [])
     return state
 
 
@@ -111,4 +121,34 @@ class ClusterMetadata:
             return
         reps = coll["shards"].get(str(shard_id), [])
         coll["shards"][str(shard_id)] = [r for r in reps if r["replica_id"] != replica_id]
+        self._save()
+
+    # ---- recovery's hidden collections (api/cluster/collection_snapshots.py)
+
+    def put_hidden(self, name: str, entry: dict[str, Any]) -> None:
+        assert name.startswith(HIDDEN_PREFIX)
+        self.state["hidden"][name] = entry
+        self._save()
+
+    def drop_hidden(self, name: str) -> None:
+        if self.state["hidden"].pop(name, None) is not None:
+            self._save()
+
+    def swap_in(self, hidden: str, name: str, aliases: list[str]) -> dict[str, Any] | None:
+        """In one save: hidden collection `hidden` becomes collection `name` (with `aliases`);
+        the replicas of the collection it replaces, if any, are retired. The replaced entry."""
+        entry = self.state["hidden"].pop(hidden)
+        entry["aliases"] = list(aliases)
+        old = self.state["collections"].get(name)
+        if old is not None:
+            self.state["retired"].extend(r for reps in old["shards"].values() for r in reps)
+        self.state["collections"][name] = entry
+        self._save()
+        return old
+
+    def forget_retired(self, replica_ids: list[int]) -> None:
+        """Retired replicas now dropped (actor stopped, directory removed)."""
+        gone = set(replica_ids)
+        self.state["retired"] = [r for r in self.state["retired"]
+                                 if r["replica_id"] not in gone]
         self._save()

@@ -18,15 +18,19 @@ def assign(nodes: list[str], shard_number: int, replication_factor: int) -> list
 
 
 def actor_options(ray: Any, node_id: str, name: str, namespace: str,
-                  gpu: bool | str) -> dict[str, Any]:
-    """Ray options of a replica actor pinned (softly: a dead node does not block it) to a node.
-    No CPU reservation: replicas are mostly idle between requests, and a small box must fit
-    several."""
+                  gpu: bool | str, strict: bool = True) -> dict[str, Any]:
+    """Ray options of a replica actor pinned to a node. `strict` (a new replica): only there,
+    or it fails (a dead node: ActorUnschedulableError). A soft pin let Ray move a replica
+    whose node was busy starting workers to another node, at times the node holding the
+    shard's other replica: losing that node lost the shard (the removed-node test). Not
+    strict: a replica restarted on its directory after Ray itself was restarted, when its
+    recorded node id no longer exists. No CPU reservation: replicas are mostly idle between
+    requests, and a small box must fit several."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
 
     want_gpu = gpu is True or (gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
     return {
         "name": name, "namespace": namespace, "lifetime": "detached", "num_cpus": 0,
         "num_gpus": 1 if want_gpu else 0, "max_concurrency": 8,
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True),
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=not strict),
     }

@@ -16,16 +16,17 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from api.cluster.metadata import ACTOR_NAME, ClusterMetadata, metadata_path
+from api.cluster.metadata import ACTOR_NAME, HIDDEN_PREFIX, ClusterMetadata, metadata_path
 from api.cluster.placement import actor_options, assign
 from api.cluster.runtime import alive_nodes, connect, is_actor_gone, is_timeout
 from api.cluster.shard import ShardReplica, raise_relayed
 from api.cluster.split import unsupported
-from api.cluster.transfer import Transfer
+from api.cluster.transfer import SPILL_DIR, Transfer, drop_spilled
 from engine.catalog import validate_name
 from engine.config import CollectionConfig, parse_create
 from engine.errors import AlreadyExists, BadRequest, NotFound, ServiceError
@@ -38,6 +39,9 @@ P = C + "/points"
 CALL_TIMEOUT_S = 300.0
 WATCH_INTERVAL_S = 1.0  # how often replicas and nodes are checked (and repairs started)
 PING_TIMEOUT_S = 5.0
+# after a swap (swap_in), how long the replaced replicas keep serving the reads that picked
+# them just before it, before they are stopped
+RETIRE_GRACE_S = 1.0
 # the request being handled, (template, body): a write split by shard names its first missing
 # id in the request's order, as one node does
 _REQUEST: ContextVar[tuple[str, Any] | None] = ContextVar("quiver_cluster_request",
@@ -61,6 +65,9 @@ class ClusterRouter:
         storage = settings.storage.storage_path
         self.replica_root = self.cfg.replica_storage_path or os.path.join(
             storage, "cluster", "replicas")
+        # transfers' logged writes past their memory share (api/cluster/transfer.py)
+        self.spill_dir = os.path.join(storage, "cluster", SPILL_DIR)
+        drop_spilled(self.spill_dir)  # a crash's leftovers: those transfers are gone
         here = self.ray.get_runtime_context().get_node_id()
         meta_cls = self.ray.remote(ClusterMetadata)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
@@ -78,6 +85,7 @@ class ClusterRouter:
         self.dead_since: dict[int, float] = {}  # replica id → when it was marked Dead
         self.peer_of: dict[str, int] = {}
         self.state = self.ray.get(self.meta.get.remote())
+        self._drop_leftovers()
         self.configs: dict[str, CollectionConfig] = {
             name: parse_create(e["config"], strict=False)
             for name, e in self.state["collections"].items()}
@@ -106,12 +114,14 @@ class ClusterRouter:
                             r["actor"], namespace=self.cfg.namespace)
                     except ValueError:
                         self.actors[r["actor"]] = self._start(r["actor"], r["node_id"],
-                                                              r["dir"])
+                                                              r["dir"], strict=False)
                     log.info("replica %s of %s/%s attached", r["replica_id"], name, sid)
 
-    def _start(self, actor_name: str, node_id: str, storage_dir: str) -> Any:
+    def _start(self, actor_name: str, node_id: str, storage_dir: str,
+               strict: bool = True) -> Any:
+        """A replica's actor on `node_id` (strict: there or nowhere; see actor_options)."""
         opts = actor_options(self.ray, node_id, actor_name, self.cfg.namespace,
-                             self.cfg.gpu_per_replica)
+                             self.cfg.gpu_per_replica, strict)
         return self.replica_cls.options(**opts).remote(self.settings, storage_dir)
 
     def _entry(self, name: str) -> dict[str, Any]:
@@ -377,43 +387,125 @@ class ClusterRouter:
         if body.get("init_from") is not None:
             raise unsupported("init_from")
         cfg = parse_create(body)
-        shards = int(cfg.params["shard_number"] or 1)
-        rf = int(cfg.params["replication_factor"] or 1)
-        wcf = int(cfg.params["write_consistency_factor"] or 1)
         with self.lock:
             if name in self.state["collections"]:
                 raise AlreadyExists(f"Collection `{name}` already exists!")
-            nodes = [n["NodeID"] for n in alive_nodes(self.ray)]
-            ids = self.ray.get(self.meta.new_replica_ids.remote(shards * rf))
-            layout = assign(nodes, shards, rf)
-            entry: dict[str, Any] = {"config": body, "shard_number": shards,
-                                     "replication_factor": rf,
-                                     "write_consistency_factor": wcf, "shards": {}}
-            started = []
-            try:
-                for s in range(shards):
-                    reps = []
-                    for r in range(rf):
-                        rid = ids[s * rf + r]
-                        rep = {"replica_id": rid, "node_id": layout[s][r], "state": "Active",
-                               "actor": f"quiver-replica-{rid}",
-                               "dir": os.path.join(self.replica_root, str(rid))}
-                        self.actors[rep["actor"]] = self._start(rep["actor"], rep["node_id"],
-                                                                rep["dir"])
-                        started.append(rep)
-                        reps.append(rep)
-                    entry["shards"][str(s)] = reps
-                refs = [self._submit(r, "PUT", C, params, query, body) for r in started]
-                for got in self.ray.get(refs, timeout=CALL_TIMEOUT_S):
-                    if "error" in got:
-                        raise_relayed(got)
-            except BaseException:
-                self._drop_replicas(started)
-                raise
+            entry = self._new_entry(body, cfg)
+            self._start_entry(entry, params, query)
             self.ray.get(self.meta.put_collection.remote(name, entry))
             self.state["collections"][name] = entry
             self.configs[name] = cfg
         return True
+
+    def _new_entry(self, body: dict[str, Any], cfg: CollectionConfig) -> dict[str, Any]:
+        """A collection's metadata entry: its replicas placed over the live nodes, ids taken;
+        nothing started yet."""
+        shards = int(cfg.params["shard_number"] or 1)
+        rf = int(cfg.params["replication_factor"] or 1)
+        wcf = int(cfg.params["write_consistency_factor"] or 1)
+        nodes = [n["NodeID"] for n in alive_nodes(self.ray)]
+        ids = self.ray.get(self.meta.new_replica_ids.remote(shards * rf))
+        layout = assign(nodes, shards, rf)
+        return {"config": body, "shard_number": shards, "replication_factor": rf,
+                "write_consistency_factor": wcf,
+                "shards": {str(s): [{"replica_id": ids[s * rf + r], "node_id": layout[s][r],
+                                     "state": "Active",
+                                     "actor": f"quiver-replica-{ids[s * rf + r]}",
+                                     "dir": os.path.join(self.replica_root,
+                                                         str(ids[s * rf + r]))}
+                                    for r in range(rf)] for s in range(shards)}}
+
+    def _start_entry(self, entry: dict[str, Any], params: dict[str, str],
+                     query: dict[str, str]) -> None:
+        """Every replica's actor started and the collection (`params`' name) created in it;
+        on any failure the ones started are dropped again."""
+        started = []
+        try:
+            for reps in entry["shards"].values():
+                for rep in reps:
+                    self.actors[rep["actor"]] = self._start(rep["actor"], rep["node_id"],
+                                                            rep["dir"])
+                    started.append(rep)
+            refs = [self._submit(r, "PUT", C, params, query, entry["config"])
+                    for r in started]
+            for got in self.ray.get(refs, timeout=CALL_TIMEOUT_S):
+                if "error" in got:
+                    raise_relayed(got)
+        except BaseException:
+            self._drop_replicas(started)
+            raise
+
+    # ---- hidden collections: a recovery builds one, then swaps it in (collection_snapshots)
+
+    def create_hidden(self, name: str, body: dict[str, Any],
+                      query: dict[str, str]) -> tuple[str, dict[str, Any], CollectionConfig]:
+        """A new collection with `body`'s config, recorded (before any replica starts) under a
+        hidden name in the metadata, never in `state["collections"]`: no request sees it. Its
+        replicas hold it as `name`, so that once swapped in every route addresses them as
+        any collection's. (hidden name, entry, config)."""
+        cfg = parse_create(body)
+        hidden = f"{HIDDEN_PREFIX}{uuid.uuid4().hex}"
+        entry = self._new_entry(body, cfg)
+        self.ray.get(self.meta.put_hidden.remote(hidden, entry))
+        try:
+            self._start_entry(entry, {"collection_name": name}, query)
+        except BaseException:
+            self.ray.get(self.meta.drop_hidden.remote(hidden))
+            raise
+        return hidden, entry, cfg
+
+    def drop_hidden(self, hidden: str, entry: dict[str, Any]) -> None:
+        """A hidden collection's replicas stopped and removed, then its metadata record."""
+        self._drop_replicas([r for reps in entry["shards"].values() for r in reps])
+        self.ray.get(self.meta.drop_hidden.remote(hidden))
+
+    def swap_in(self, hidden: str, name: str, entry: dict[str, Any],
+                cfg: CollectionConfig) -> None:
+        """Hidden collection `hidden` becomes collection `name`, keeping `name`'s aliases: one
+        metadata save (`ClusterMetadata.swap_in`) under every shard's write lock, so a write
+        lands wholly before (in the old replicas) or after (in the new ones). The replaced
+        collection's replicas are then dropped (retired in the metadata until they are)."""
+        old = self.state["collections"].get(name)
+        n = max(entry["shard_number"], old["shard_number"] if old else 0)
+        locks = [self.shard_lock(name, s) for s in range(n)]
+        for lk in locks:
+            lk.acquire()
+        try:
+            with self.lock:
+                old = self.state["collections"].get(name)
+                entry["aliases"] = list(old.get("aliases", ())) if old else []
+                self.ray.get(self.meta.swap_in.remote(hidden, name, entry["aliases"]))
+                self.state["collections"][name] = entry
+                self.configs[name] = cfg
+                for t in self.transfers.values():
+                    if t.name == name:
+                        t.abort("the collection was replaced by a snapshot recovery")
+        finally:
+            for lk in locks:
+                lk.release()
+        if old is None:
+            return
+        retired = [r for reps in old["shards"].values() for r in reps]
+        for r in retired:
+            self.dead_since.pop(r["replica_id"], None)
+        time.sleep(RETIRE_GRACE_S)
+        try:  # swapped: nothing may fail the recovery now (the caller would undo it)
+            self._drop_replicas(retired)
+            self.ray.get(self.meta.forget_retired.remote([r["replica_id"] for r in retired]))
+        except Exception:  # noqa: BLE001 - still retired in the metadata: dropped at start-up
+            log.exception("dropping the replicas %s replaced in %s",
+                          [r["replica_id"] for r in retired], name)
+
+    def _drop_leftovers(self) -> None:
+        """At start-up, before any replica is attached: hidden collections a crash left
+        mid-recovery, and replicas a swap retired but did not get to drop."""
+        for hidden, entry in self.state.pop("hidden", {}).items():
+            self.drop_hidden(hidden, entry)
+            log.warning("removed %s, left by an interrupted cluster recovery", hidden)
+        retired = self.state.pop("retired", [])
+        if retired:
+            self._drop_replicas(retired)
+            self.ray.get(self.meta.forget_retired.remote([r["replica_id"] for r in retired]))
 
     def _drop_replicas(self, reps: list[dict[str, Any]]) -> None:
         for r in reps:
@@ -525,7 +617,9 @@ class ClusterRouter:
             self.ray.kill(actor)
             raise
         t = Transfer(name, sid, source, rep, self.peer_id(source["node_id"]),
-                     self.peer_id(node_id), sync, replaces)
+                     self.peer_id(node_id), sync, replaces,
+                     log=transfer.TransferLog(
+                         self.spill_dir, int(self.cfg.transfer_log_memory_mb * (1 << 20))))
         with self.shard_lock(name, sid):  # from here on every write of the shard is logged
             with self.lock:
                 entry = self._entry(name)

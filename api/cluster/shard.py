@@ -10,15 +10,25 @@ the same class, status and message a single node would.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api import errors as api_errors
 from engine import errors as engine_errors
 from engine.errors import EngineError, ServiceError
 
+if TYPE_CHECKING:
+    from snapshots.manager import FrozenCollection
+
 ERROR_MODULES = (engine_errors, api_errors)
+# a frozen archive never written (its caller gone) is released after this long: past the
+# front end's call timeout for the freezes, the longest it waits before asking for the write
+FROZEN_TTL_S = 600.0
+
+log = logging.getLogger("quiver.cluster")
 
 
 def replica_settings(settings: Any, storage_dir: str) -> Any:
@@ -72,6 +82,10 @@ class ShardReplica:
         self.app = create_app(self.settings, self.catalog, owns_catalog=False)
         self.app.state.cluster = None  # a replica is a single node: no routing here
         self.handlers = _handlers(all_routes())
+        self.dropped: set[str] = set()  # tags of archives whose caller gave up (drop_archive)
+        self.dropped_lock = threading.Lock()  # guards `dropped` and `frozen`
+        # tag → (state freeze_archive froze, the timer releasing it if never written)
+        self.frozen: dict[str, tuple[FrozenCollection, threading.Timer]] = {}
 
     def ping(self) -> bool:
         return True
@@ -96,16 +110,88 @@ class ShardReplica:
 
     # ---- shard transfer: this replica's archive out, another's in (api/cluster/transfer)
 
-    def snapshot_archive(self, name: str) -> dict[str, Any]:
+    def snapshot_archive(self, name: str, tag: str | None = None) -> dict[str, Any]:
         """Freeze the collection at one WAL sequence number and write its archive into this
-        replica's snapshots temp dir: {path, size, checksum, seq}."""
-        from snapshots.scan import read_headers  # noqa: PLC0415
+        replica's snapshots temp dir: {path, size, checksum, seq} (`freeze_archive` then
+        `write_frozen` in one call). With a `tag` (the caller's name for it),
+        `drop_archive(tag)` removes it even when the caller never got its path (its call
+        timed out): dropped before or while it is frozen or written, it is removed here."""
+        tag = tag or uuid.uuid4().hex
+        self.freeze_archive(name, tag)
+        return self.write_frozen(tag)
 
+    def freeze_archive(self, name: str, tag: str) -> dict[str, Any]:
+        """Freeze the collection at one WAL sequence number for the archive `write_frozen(tag)`
+        writes (SnapshotManager.freeze_collection: masks copied, payloads serialized; rows
+        below the frozen counts never change), so writes may go on once this returns:
+        {seq, size}. The frozen state (and the snapshot gate, which holds background work
+        back) is kept until `write_frozen(tag)` or `drop_archive(tag)`, at most FROZEN_TTL_S."""
         mgr = self.app.state.snapshots
-        path = os.path.join(mgr.tmp, f"{uuid.uuid4().hex}.transfer")
-        _, checksum, size = mgr.write_collection_archive(name, path)
-        seq = int(read_headers(path).manifest["seq"])
-        return {"path": path, "size": size, "checksum": checksum, "seq": seq}
+        frozen = mgr.freeze_collection(name)
+        timer = threading.Timer(FROZEN_TTL_S, self._expire, (tag, frozen))
+        timer.daemon = True
+        with self.dropped_lock:
+            dropped = tag in self.dropped
+            self.dropped.discard(tag)
+            if not dropped:
+                self.frozen[tag] = (frozen, timer)
+        if dropped:
+            frozen.release()
+            raise ServiceError(f"archive {tag} was dropped by its caller")
+        timer.start()
+        return {"seq": frozen.seq, "size": frozen.prepared.size}
+
+    def write_frozen(self, tag: str) -> dict[str, Any]:
+        """Write the archive `freeze_archive(…, tag)` froze into this replica's snapshots temp
+        dir: {path, size, checksum, seq}; the frozen state is released however it ends. Dropped
+        while written (`drop_archive(tag)`), it is removed here."""
+        with self.dropped_lock:
+            held = self.frozen.pop(tag, None)
+        if held is None:
+            raise ServiceError(f"archive {tag} is not frozen here (dropped or expired)")
+        frozen, timer = held
+        timer.cancel()
+        path = self._archive_path(tag)
+        part = path + ".part"  # `path` exists only once whole: drop_archive tells them apart
+        try:
+            _, checksum, size = self.app.state.snapshots.write_frozen(frozen, part)
+            os.replace(part, path)
+        except BaseException:
+            self.remove_file(part)
+            raise
+        with self.dropped_lock:
+            dropped = tag in self.dropped
+            self.dropped.discard(tag)
+        if dropped:
+            self.remove_file(path)
+            raise ServiceError(f"archive {tag} was dropped by its caller")
+        return {"path": path, "size": size, "checksum": checksum, "seq": frozen.seq}
+
+    def _expire(self, tag: str, frozen: FrozenCollection) -> None:
+        """A frozen state nobody wrote (its caller is gone) lets background work go on."""
+        with self.dropped_lock:
+            held = self.frozen.get(tag)
+            if held is None or held[0] is not frozen:
+                return
+            del self.frozen[tag]
+        frozen.release()
+        log.warning("frozen archive %s expired unwritten after %.0f s", tag, FROZEN_TTL_S)
+
+    def _archive_path(self, tag: str) -> str:
+        return os.path.join(self.app.state.snapshots.tmp, f"{tag}.transfer")
+
+    def drop_archive(self, tag: str) -> None:
+        """The archive frozen or written under `tag` is not wanted: a frozen state is released
+        and a written archive removed now; one being frozen or written is removed by that call
+        when it ends."""
+        with self.dropped_lock:
+            held = self.frozen.pop(tag, None)
+            if held is None and not os.path.exists(self._archive_path(tag)):
+                self.dropped.add(tag)  # its call has not ended: it removes what it made
+        if held is not None:
+            held[1].cancel()
+            held[0].release()
+        self.remove_file(self._archive_path(tag))
 
     def read_chunk(self, path: str, offset: int, n: int) -> bytes:
         with open(path, "rb") as f:
@@ -142,4 +228,9 @@ class ShardReplica:
             pass
 
     def close(self) -> None:
+        with self.dropped_lock:
+            held, self.frozen = list(self.frozen.values()), {}
+        for frozen, timer in held:  # never to be written: background work goes on
+            timer.cancel()
+            frozen.release()
         self.catalog.close()

@@ -22,11 +22,18 @@ writes older and newer than the snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import shutil
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
 
 from api.cluster.shard import raise_relayed
 from engine.errors import ServiceError
@@ -38,10 +45,102 @@ log = logging.getLogger("quiver.cluster")
 
 CHUNK = 8 << 20  # bytes per object-store hop: bounded memory on both ends
 CALL_TIMEOUT_S = 300.0
+LOG_MEMORY_BYTES = 64 << 20  # a transfer's logged writes held in memory; the rest on disk
+SPILL_DIR = "transfers"  # under the front end's storage dir/cluster (api/cluster/router.py)
 
 
 class TransferAborted(Exception):
     pass
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class TransferLog:
+    """The writes a transfer replays, in order: (source seq or None, method, template, path
+    params, query, body). Each is stored serialised (JSON; a write's body is JSON to begin
+    with), so later changes to the request's objects cannot reach it. The first
+    `memory_bytes` stay in memory; past that, entries go to an append-only file in
+    `spill_dir` (the front end's disk), so a long transfer under heavy writes cannot fill the
+    front end's memory. `close()` removes the file; the router removes any left by a crash at
+    start-up. Appends (request threads, under the shard's write lock) and reads (the transfer's
+    thread) may run at once."""
+
+    def __init__(self, spill_dir: str | None, memory_bytes: int = LOG_MEMORY_BYTES) -> None:
+        self.spill_dir = spill_dir
+        self.memory_bytes = memory_bytes
+        self._mem: list[bytes] = []
+        self._mem_size = 0
+        self._spans: list[tuple[int, int]] = []  # (offset, length) of the spilled entries
+        self._file: Any = None
+        self.path: str | None = None
+        self._end = 0
+        self._unflushed = False
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def append(self, entry: tuple[int | None, str, str, dict[str, str], dict[str, str],
+                                  Any]) -> None:
+        data = orjson.dumps(entry, default=_jsonable)
+        with self._lock:
+            if self._closed:  # a write that picked the transfer just before it ended
+                return
+            if not self._spans and (self.spill_dir is None
+                                    or self._mem_size + len(data) <= self.memory_bytes):
+                self._mem.append(data)
+                self._mem_size += len(data)
+                return
+            if self._file is None:
+                assert self.spill_dir is not None
+                os.makedirs(self.spill_dir, exist_ok=True)
+                self.path = os.path.join(self.spill_dir, f"{uuid.uuid4().hex}.log")
+                self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close()
+                log.info("transfer log past %d bytes: spilling to %s", self.memory_bytes,
+                         self.path)
+            self._file.write(data)
+            self._spans.append((self._end, len(data)))
+            self._end += len(data)
+            self._unflushed = True
+
+    def __len__(self) -> int:
+        return len(self._mem) + len(self._spans)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        with self._lock:
+            if i < len(self._mem):
+                data = self._mem[i]
+            else:
+                off, size = self._spans[i - len(self._mem)]
+                if self._unflushed:
+                    self._file.flush()
+                    self._unflushed = False
+                data = os.pread(self._file.fileno(), size, off)
+        return tuple(orjson.loads(data))
+
+    def spilled(self) -> int:
+        """How many entries are on disk."""
+        return len(self._spans)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if self.path is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(self.path)
+            self._mem, self._spans = [], []
+
+
+def drop_spilled(spill_dir: str) -> None:
+    """At start-up: the spill files of transfers a crash cut short."""
+    shutil.rmtree(spill_dir, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -55,8 +154,7 @@ class Transfer:
     sync: bool  # True: a new copy (replicate, repair); False: a move (the source is dropped)
     replaces: int | None = None  # repair: the Dead replica dropped once the target is Active
     # (source seq or None, method, template, path params, query, body), in write order
-    log: list[tuple[int | None, str, str, dict[str, str], dict[str, str], Any]] = \
-        dataclasses.field(default_factory=list)
+    log: TransferLog = dataclasses.field(default_factory=lambda: TransferLog(None))
     aborted: str | None = None  # why, once aborted
     phase: str = "starting"
     started: float = dataclasses.field(default_factory=time.time)
@@ -159,6 +257,8 @@ def run(rt: ClusterRouter, t: Transfer) -> None:
                     why)
         t.abort(why)
         rt.transfer_failed(t)
+    finally:
+        t.log.close()
 
 
 def start(rt: ClusterRouter, t: Transfer) -> threading.Thread:

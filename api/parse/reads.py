@@ -301,7 +301,7 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
         if mmr is not None and coll.config.is_multi(name):
             raise BadRequest("`mmr` over a multivector is not supported by Quiver yet")
     own_filter = b.get("filter")
-    parse_filter(own_filter)  # reports a malformed filter as such before merging
+    own_pred = parse_filter(own_filter)  # reports a malformed filter as such before merging
     flt = merge_filters(parent_filter, own_filter)
     lim = common.limit(b.get("limit"))
     off = common.offset(b.get("offset")) if root else 0
@@ -317,7 +317,9 @@ def _node(coll: Any, b: dict[str, Any], parent_filter: Any, depth: int, lookup: 
     simple = root and not prefetches  # today's path: the point is dropped from the results
     if excluded and not simple:  # as the server: excluded by filter, propagated
         flt = merge_filters(flt, {"must_not": [{"has_id": excluded}]})
-    pred = parse_filter(flt)
+    # the request's own filter, unmerged: parsed once (a filter's parse is most of a
+    # selective filtered query's Python, bench --only filtered)
+    pred = own_pred if flt is own_filter else parse_filter(flt)
     key = orjson.dumps(flt).decode() if flt is not None else ""
     children = [_node(coll, p, flt, depth + 1, lookup, False) for p in prefetches]
     if kind in ("fusion", "rrf", "formula") and not children:

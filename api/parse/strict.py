@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from engine.strict import check_read
+from engine.strict import check_read, enforced
 
 if TYPE_CHECKING:
     from engine.collection import Collection
@@ -37,6 +37,8 @@ def _number(v: Any) -> Any:
 def check(request: Request, coll: Collection, body: dict[str, Any], default_limit: int | None,
           limit_key: str = "limit", batch: int | None = None) -> None:
     """One read body under the collection's strict mode (nothing when it is off)."""
+    if not enforced(coll):
+        return
     if batch is not None:
         check_read(coll, batch_size=batch)
     params = _object(body.get("params"))

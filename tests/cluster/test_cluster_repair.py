@@ -23,8 +23,10 @@ from qdrant_client import QdrantClient, models
 
 DIM = 8
 C = "/collections/{collection_name}"
-# the conftest's cluster_server with these settings: a Dead replica is repaired after 1 s
-CLUSTER_ENV = {"QUIVER__CLUSTER__REPAIR_AFTER_S": "1"}
+# the conftest's cluster_server with these settings: a Dead replica is repaired after 1 s, and
+# every write a transfer logs goes to its spill file (api/cluster/transfer.py TransferLog)
+CLUSTER_ENV = {"QUIVER__CLUSTER__REPAIR_AFTER_S": "1",
+               "QUIVER__CLUSTER__TRANSFER_LOG_MEMORY_MB": "0"}
 
 
 @pytest.fixture(scope="module")

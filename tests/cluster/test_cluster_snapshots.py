@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import tarfile
 import threading
@@ -167,6 +168,12 @@ def test_bad_input_changes_nothing(cluster: tuple[QdrantClient, ValidatingClient
             assert got.status_code == 400, got.text
             assert got.json()["status"]["error"]
     assert not remote.collection_exists("csnap_bad")
+    # a recovery's hidden collections take names no user may create or recover into
+    hidden = ".recovering-csnap"
+    assert http.put(f"/collections/{hidden}", json={"vectors": {
+        "size": DIM, "distance": "Cosine"}}).status_code == 400
+    assert _upload(http, hidden, archive[1]).status_code == 400
+    assert hidden not in [c.name for c in remote.get_collections().collections]
     assert remote.count(COLL, exact=True).count == before
     assert http.get(f"/collections/{COLL}/cluster").json()["result"]["shard_count"] == 3
     got = _upload(http, COLL, archive[1], checksum="0" * 64)
@@ -238,3 +245,100 @@ def test_snapshot_is_one_consistent_cut(cluster: tuple[QdrantClient, ValidatingC
         assert before[w] <= len(mine) <= after[w] + 1
     for c in (name, name + "_r"):
         remote.delete_collection(c)
+
+
+def test_replica_drops_an_archive_whose_caller_gave_up(tmp_path: Any) -> None:
+    """A shard archive asked for under a tag whose call timed out on the front end (its path
+    never known there) is removed by the replica: written already, or once it is."""
+    from api.cluster.shard import ShardReplica
+    from api.settings import load_settings
+    from engine.errors import ServiceError
+
+    rep = ShardReplica(load_settings(env={}), str(tmp_path / "replica"))
+    try:
+        params, q = {"collection_name": "c"}, {"wait": "true"}
+        assert "result" in rep.call("PUT", "/collections/{collection_name}", params, q,
+                                    {"vectors": {"size": DIM, "distance": "Dot"}})
+        pts = [p.model_dump() for p in _points(1, 20)]
+        assert "result" in rep.call("PUT", "/collections/{collection_name}/points", params,
+                                    q, {"points": pts})
+        tmp = rep.app.state.snapshots.tmp
+        rep.drop_archive("early")  # before the archive is written: removed when it is
+        with pytest.raises(ServiceError):
+            rep.snapshot_archive("c", "early")
+        arc = rep.snapshot_archive("c", "late")
+        assert os.path.exists(arc["path"])
+        rep.drop_archive("late")  # after it was written: removed now
+        assert not [f for f in os.listdir(tmp) if f.endswith(".transfer")]
+        assert rep.dropped == set()
+    finally:
+        rep.close()
+
+
+def test_replica_archive_holds_the_frozen_state_while_writes_go_on(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`freeze_archive` fixes the cut; writes made after it (upserts, a new vector for an old
+    point, payload changes, deletes) are accepted and applied, and `write_frozen` then writes
+    exactly the frozen state. The frozen state holds the snapshot gate until written, dropped
+    or expired."""
+    from api.cluster import shard
+    from api.cluster.shard import ShardReplica
+    from api.settings import load_settings
+    from engine.errors import ServiceError
+    from engine.indexing import snapshot_gate
+
+    rep = ShardReplica(load_settings(env={}), str(tmp_path / "replica"))
+    C_, P_ = "/collections/{collection_name}", "/collections/{collection_name}/points"
+
+    def call(method: str, template: str, body: Any, coll: str = "c") -> Any:
+        out = rep.call(method, template, {"collection_name": coll}, {"wait": "true"}, body)
+        assert "result" in out, out
+        return out["result"]
+
+    def points(coll: str) -> list[Any]:
+        got = call("POST", P_ + "/scroll", {"limit": 1000, "with_payload": True,
+                                            "with_vector": True}, coll)
+        return sorted(got["points"], key=lambda p: p["id"])
+
+    try:
+        call("PUT", C_, {"vectors": {"size": DIM, "distance": "Dot"}})
+        pts = [p.model_dump() for p in _points(1, 40)]
+        call("PUT", P_, {"points": pts[:30]})
+        frozen_points = points("c")
+        froze = rep.freeze_archive("c", "cut")
+        assert snapshot_gate.busy()
+        later = [p.model_dump() for p in _points(2, 3)]  # new vectors for three old ids
+        call("PUT", P_, {"points": pts[30:] + later})
+        call("POST", P_ + "/payload", {"payload": {"g": 99}, "points": [pts[3]["id"]]})
+        call("POST", P_ + "/delete", {"points": [pts[5]["id"], pts[6]["id"]]})
+        now = points("c")
+        assert now != frozen_points and len(now) == 38  # the writes were applied
+        arc = rep.write_frozen("cut")
+        assert not snapshot_gate.busy()
+        assert arc["seq"] == froze["seq"] < rep.last_seq("c")
+        assert arc["size"] == froze["size"] == os.path.getsize(arc["path"])
+        with open(arc["path"], "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == arc["checksum"]
+        assert "result" in rep.recover_archive("r", arc["path"], arc["checksum"])
+        assert points("r") == frozen_points  # exactly the frozen state
+        with pytest.raises(ServiceError):
+            rep.write_frozen("cut")  # written once: nothing frozen under that tag now
+
+        rep.freeze_archive("c", "unwanted")
+        assert snapshot_gate.busy()
+        rep.drop_archive("unwanted")  # frozen, never written: released
+        assert not snapshot_gate.busy() and rep.frozen == {} and rep.dropped == set()
+        with pytest.raises(ServiceError):
+            rep.write_frozen("unwanted")
+
+        monkeypatch.setattr(shard, "FROZEN_TTL_S", 0.2)
+        rep.freeze_archive("c", "forgotten")  # its caller never asks for the write
+        deadline = time.monotonic() + 30
+        while snapshot_gate.busy():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert rep.frozen == {}
+        assert not [f for f in os.listdir(rep.app.state.snapshots.tmp)
+                    if ".transfer" in f]
+    finally:
+        rep.close()

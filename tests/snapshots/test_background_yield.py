@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,54 @@ def test_lower_priority_is_per_thread() -> None:
     before, after = got[0]
     assert after == min(19, before + indexing.BACKGROUND_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # not the process
+
+
+def test_back_to_back_snapshots_cannot_starve_background_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter held HOLD_MAX_S gets a turn of TURN_S that ignores the gate, then waits again."""
+    gate = indexing.SnapshotGate()
+    monkeypatch.setattr(gate, "HOLD_MAX_S", 0.4)
+    monkeypatch.setattr(gate, "TURN_S", 0.6)
+
+    class Open:
+        closed = False
+
+    coll = Open()
+    with gate.writing():  # a snapshot that never ends (one after the other)
+        t0 = time.monotonic()
+        gate.wait(coll)  # type: ignore[arg-type]
+        held = time.monotonic() - t0
+        assert 0.4 <= held < 2.0  # held, then its turn
+        t1 = time.monotonic()
+        gate.wait(coll)  # type: ignore[arg-type]  # inside the turn: no wait
+        assert time.monotonic() - t1 < 0.1
+        time.sleep(0.7)  # the turn is over
+        t2 = time.monotonic()
+        gate.wait(coll)  # type: ignore[arg-type]
+        assert time.monotonic() - t2 >= 0.4
+    t3 = time.monotonic()
+    gate.wait(coll)  # type: ignore[arg-type]  # no snapshot: never waits
+    assert time.monotonic() - t3 < 0.1
+
+
+def test_the_gate_opens_as_soon_as_the_snapshot_is_written() -> None:
+    gate = indexing.SnapshotGate()
+
+    class Open:
+        closed = False
+
+    released = threading.Event()
+
+    def snapshot() -> None:
+        with gate.writing():
+            released.wait(5)
+
+    th = threading.Thread(target=snapshot, daemon=True)
+    th.start()
+    while not gate.busy():
+        time.sleep(0.01)
+    threading.Timer(0.3, released.set).start()
+    t0 = time.monotonic()
+    gate.wait(Open())  # type: ignore[arg-type]
+    assert 0.25 <= time.monotonic() - t0 < gate.HOLD_MAX_S  # released by the writer
+    th.join(5)
