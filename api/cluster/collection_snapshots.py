@@ -72,6 +72,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from api.cluster import aliases, plans
+from api.cluster.metadata import create_body
 from api.cluster.runtime import is_actor_gone, is_timeout
 from api.cluster.shard import raise_relayed
 from api.cluster.split import split_write
@@ -392,9 +393,7 @@ def _target_body(rt: ClusterRouter, name: str, state: dict[str, Any]) -> dict[st
                            f"Vectors: {jsonio.dumps(snap.vectors_echo).decode()}")
         return {**entry["config"], **{k: entry[k] for k in (
             "shard_number", "replication_factor", "write_consistency_factor")}}
-    body = {k: v for k, v in state.items() if k != "params" and v is not None}
-    body.update({k: v for k, v in (state.get("params") or {}).items() if v is not None})
-    return body
+    return create_body(state)
 
 
 def _apply(rt: ClusterRouter, name: str, entry: dict[str, Any], bodies: dict[int, Any],

@@ -51,6 +51,14 @@ def load(path: str) -> dict[str, Any]:
     return state
 
 
+def create_body(state: dict[str, Any]) -> dict[str, Any]:
+    """A collection config's state (CollectionConfig.to_state) as the create body that
+    builds it again."""
+    body = {k: v for k, v in state.items() if k != "params" and v is not None}
+    body.update({k: v for k, v in (state.get("params") or {}).items() if v is not None})
+    return body
+
+
 class ClusterMetadata:
     """The actor class (runtime wraps it with ray.remote, named ACTOR_NAME, detached)."""
 
@@ -79,6 +87,14 @@ class ClusterMetadata:
         found = self.state["collections"].pop(name, None) is not None
         self._save()
         return found
+
+    def set_config(self, name: str, body: dict[str, Any]) -> None:
+        """A collection's create body after a config change (PATCH): what a restart, a new
+        replica or a recovery builds it from."""
+        coll = self.state["collections"].get(name)
+        if coll is not None:
+            coll["config"] = body
+            self._save()
 
     def set_state(self, name: str, shard_id: int, replica_id: int, state: str) -> None:
         assert state in STATES

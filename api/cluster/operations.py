@@ -78,7 +78,7 @@ def everywhere(rt: ClusterRouter, req: Any, t: str, body: Any) -> Any:
     out = rt.broadcast(name, req.method, t, *_args(req), body)
     plans.forget(rt, name)  # payload indexes: the scratch collections copy them
     if req.method == "PATCH":
-        rt.configs[name] = apply_update(rt.configs[name], body_dict(body))
+        rt.update_config(name, apply_update(rt.configs[name], body_dict(body)))
     return out
 
 

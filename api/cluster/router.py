@@ -21,7 +21,13 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from api.cluster.metadata import ACTOR_NAME, HIDDEN_PREFIX, ClusterMetadata, metadata_path
+from api.cluster.metadata import (
+    ACTOR_NAME,
+    HIDDEN_PREFIX,
+    ClusterMetadata,
+    create_body,
+    metadata_path,
+)
 from api.cluster.placement import actor_options, assign
 from api.cluster.runtime import alive_nodes, connect, is_actor_gone, is_timeout
 from api.cluster.shard import ShardReplica, raise_relayed
@@ -434,6 +440,17 @@ class ClusterRouter:
         except BaseException:
             self._drop_replicas(started)
             raise
+
+    def update_config(self, name: str, cfg: CollectionConfig) -> None:
+        """After a config change applied on every replica (PATCH): the front end's copy and
+        the metadata's create body follow it, so a restart, a repair's new replica and a
+        recovery into the collection build it as it is now, not as it was created."""
+        body = create_body(cfg.to_state())
+        with self.lock:
+            entry = self._entry(name)
+            self.ray.get(self.meta.set_config.remote(name, body))
+            entry["config"] = body
+            self.configs[name] = cfg
 
     # ---- hidden collections: a recovery builds one, then swaps it in (collection_snapshots)
 

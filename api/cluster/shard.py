@@ -90,6 +90,12 @@ class ShardReplica:
     def ping(self) -> bool:
         return True
 
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (placement is checked against the metadata)."""
+        import ray  # noqa: PLC0415 - only ever called inside a Ray actor
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def call(self, method: str, template: str, path_params: dict[str, str],
              query: dict[str, str], body: Any) -> dict[str, Any]:
         """Run one REST route's handler; {"result": ...} or a relayed error."""

@@ -49,7 +49,7 @@ def _same_points(got: list[Any], want: list[Any]) -> None:
 
 
 def test_collection_is_sharded(clients: tuple[QdrantClient, QdrantClient],
-                               cluster_server: Any) -> None:
+                               cluster_server: Any, ray_api: Any) -> None:
     remote, local = clients
     info = remote.get_collection(NAME)
     assert info.points_count == local.get_collection(NAME).points_count == N
@@ -62,6 +62,15 @@ def test_collection_is_sharded(clients: tuple[QdrantClient, QdrantClient],
     assert {r["state"] for r in ci["remote_shards"]} == {"Active"}
     for s in range(3):  # replicas of one shard on distinct nodes
         assert len({r["peer_id"] for r in ci["remote_shards"] if r["shard_id"] == s}) == 2
+    # ... where they really run, not only as recorded: a soft node pin once let Ray start
+    # both replicas of a shard on one node (api/cluster/placement.py)
+    ns = cluster_server.env["QUIVER__CLUSTER__NAMESPACE"]
+    meta = ray_api.get_actor("quiver-cluster-metadata", namespace=ns)
+    shards = ray_api.get(meta.get.remote())["collections"][NAME]["shards"]
+    for reps in shards.values():
+        actual = [ray_api.get(ray_api.get_actor(r["actor"], namespace=ns).node_id.remote(),
+                              timeout=60) for r in reps]
+        assert actual == [r["node_id"] for r in reps] and len(set(actual)) == 2
     status = httpx.get(f"{cluster_server.url}/cluster").json()["result"]
     assert status["status"] == "enabled" and len(status["peers"]) == 3
 

@@ -10,6 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -180,6 +181,13 @@ def test_recovery_swaps_in_whole_and_survives_a_restart(
         monkeypatch: pytest.MonkeyPatch) -> None:
     rt = target
     ns = rt.cfg.namespace
+    # a config change first (PATCH on every replica): the metadata's create body follows it,
+    # so the collection the recovery builds is the collection as it is now
+    patch = SimpleNamespace(method="PATCH", path_params={"collection_name": TARGET},
+                            query_params={})
+    operations.everywhere(rt, patch, C, {"hnsw_config": {"ef_construct": 123}})
+    assert _persisted(rt)["collections"][TARGET]["config"]["hnsw_config"]["ef_construct"] \
+        == 123
     old_entry = rt.state["collections"][TARGET]
     old_reps = [r for reps in old_entry["shards"].values() for r in reps]
     monkeypatch.setattr(cs, "PAGE", 40)
@@ -209,7 +217,9 @@ def test_recovery_swaps_in_whole_and_survives_a_restart(
     assert aliases.resolve(rt, TARGET + "_alias") == TARGET
     entry = rt.state["collections"][TARGET]
     assert entry["shard_number"] == 2 and entry["aliases"] == [TARGET + "_alias"]
-    assert "g" in rt.info(TARGET, {"collection_name": TARGET}, {})["payload_schema"]
+    info = rt.info(TARGET, {"collection_name": TARGET}, {})
+    assert "g" in info["payload_schema"]
+    assert info["config"]["hnsw_config"]["ef_construct"] == 123  # the new replicas: as patched
     persisted = _persisted(rt)
     assert persisted["collections"] == rt.state["collections"]
     assert persisted["hidden"] == {} and persisted["retired"] == []
@@ -233,3 +243,4 @@ def test_recovery_swaps_in_whole_and_survives_a_restart(
     assert not {r["actor"] for r in left_reps} & _actors(ns)
     assert not any(os.path.exists(r["dir"]) for r in left_reps)
     assert _points(again) == NEW  # the swapped-in collection, found again after the restart
+    assert again.configs[TARGET].hnsw_config["ef_construct"] == 123
