@@ -17,6 +17,20 @@ def assign(nodes: list[str], shard_number: int, replication_factor: int) -> list
             for s in range(shard_number)]
 
 
+def wants_gpu(ray: Any, gpu: bool | str) -> bool:
+    """Whether replicas ask Ray for a GPU (`cluster.gpu_per_replica`: auto = when the
+    cluster has any)."""
+    return gpu is True or (gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+
+
+def placeable(nodes: list[dict[str, Any]], want_gpu: bool) -> list[str]:
+    """The ids of the live nodes (runtime.alive_nodes) a new replica may go to: those with a
+    GPU when replicas ask for one. A replica is pinned to its node (actor_options), so a
+    GPU-less node (a CPU-only head, say) must not be chosen: the replica could never start."""
+    return [n["NodeID"] for n in nodes
+            if not want_gpu or (n.get("Resources") or {}).get("GPU", 0) >= 1]
+
+
 def actor_options(ray: Any, node_id: str, name: str, namespace: str,
                   gpu: bool | str, strict: bool = True) -> dict[str, Any]:
     """Ray options of a replica actor pinned to a node. `strict` (a new replica): only there,
@@ -28,7 +42,7 @@ def actor_options(ray: Any, node_id: str, name: str, namespace: str,
     requests, and a small box must fit several."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
 
-    want_gpu = gpu is True or (gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+    want_gpu = wants_gpu(ray, gpu)
     return {
         "name": name, "namespace": namespace, "lifetime": "detached", "num_cpus": 0,
         "num_gpus": 1 if want_gpu else 0, "max_concurrency": 8,

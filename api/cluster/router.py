@@ -28,7 +28,7 @@ from api.cluster.metadata import (
     create_body,
     metadata_path,
 )
-from api.cluster.placement import actor_options, assign
+from api.cluster.placement import actor_options, assign, placeable, wants_gpu
 from api.cluster.runtime import alive_nodes, connect, is_actor_gone, is_timeout
 from api.cluster.shard import ShardReplica, raise_relayed
 from api.cluster.split import unsupported
@@ -122,6 +122,10 @@ class ClusterRouter:
                         self.actors[r["actor"]] = self._start(r["actor"], r["node_id"],
                                                               r["dir"], strict=False)
                     log.info("replica %s of %s/%s attached", r["replica_id"], name, sid)
+
+    def _placeable(self) -> list[str]:
+        """Live nodes a new replica may be pinned to (placement.placeable)."""
+        return placeable(alive_nodes(self.ray), wants_gpu(self.ray, self.cfg.gpu_per_replica))
 
     def _start(self, actor_name: str, node_id: str, storage_dir: str,
                strict: bool = True) -> Any:
@@ -409,7 +413,10 @@ class ClusterRouter:
         shards = int(cfg.params["shard_number"] or 1)
         rf = int(cfg.params["replication_factor"] or 1)
         wcf = int(cfg.params["write_consistency_factor"] or 1)
-        nodes = [n["NodeID"] for n in alive_nodes(self.ray)]
+        nodes = self._placeable()
+        if not nodes:
+            raise ServiceError("no live Ray node can host a replica (when replicas ask for "
+                               "a GPU, cluster.gpu_per_replica, only nodes with one can)")
         ids = self.ray.get(self.meta.new_replica_ids.remote(shards * rf))
         layout = assign(nodes, shards, rf)
         return {"config": body, "shard_number": shards, "replication_factor": rf,
@@ -721,7 +728,7 @@ class ClusterRouter:
         """Each shard with a replica Dead for cluster.repair_after_s gets a new one on a live node
         that holds none of that shard (the least loaded), filled from an Active replica."""
         now = time.monotonic()
-        nodes = [n["NodeID"] for n in alive_nodes(self.ray)]
+        nodes = self._placeable()
         for name, entry in list(self.state["collections"].items()):
             load = {n: 0 for n in nodes}
             for reps in entry["shards"].values():

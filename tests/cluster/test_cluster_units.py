@@ -11,7 +11,7 @@ import pytest
 
 from api.cluster import merge
 from api.cluster.metadata import ClusterMetadata, metadata_path
-from api.cluster.placement import assign
+from api.cluster.placement import assign, placeable, wants_gpu
 from api.cluster.split import shard_of, split_write
 from api.settings import load_settings
 
@@ -37,6 +37,28 @@ def test_replicas_of_a_shard_on_distinct_nodes() -> None:
     layout = assign(["a", "b", "c"], 4, 2)
     assert all(len(set(reps)) == 2 for reps in layout)
     assert {n for reps in layout for n in reps} == {"a", "b", "c"}
+
+
+def test_replicas_asking_for_a_gpu_go_to_nodes_with_one() -> None:
+    nodes = [{"NodeID": "head", "Resources": {"CPU": 4.0}},
+             {"NodeID": "g1", "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"NodeID": "g2", "Resources": {"CPU": 8.0, "GPU": 2.0}}]
+    assert placeable(nodes, want_gpu=True) == ["g1", "g2"]  # pinned: never the CPU-only head
+    assert placeable(nodes, want_gpu=False) == ["head", "g1", "g2"]
+    assert all(len(set(reps)) == 2 for reps in assign(placeable(nodes, True), 3, 2))
+
+
+class _Ray:
+    def __init__(self, gpus: float) -> None:
+        self.gpus = gpus
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 8.0, "GPU": self.gpus} if self.gpus else {"CPU": 8.0}
+
+
+def test_gpu_per_replica_setting() -> None:
+    assert wants_gpu(_Ray(2), "auto") and not wants_gpu(_Ray(0), "auto")
+    assert wants_gpu(_Ray(0), True) and not wants_gpu(_Ray(2), False)
 
 
 def test_shard_of_is_stable_and_spreads() -> None:
