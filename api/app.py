@@ -106,6 +106,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
             await asyncio.to_thread(app.state.scheduler.stop)
             if grpc_server is not None:
                 await rpc.stop(app, grpc_server)
+            if app.state.cluster is not None:  # its watcher stops before Ray shuts down
+                app.state.cluster.close()
             if owns_catalog:
                 catalog.close()
 

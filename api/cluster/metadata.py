@@ -124,6 +124,17 @@ class ClusterMetadata:
             self._save()
         return dict(peers)
 
+    def set_node(self, name: str, shard_id: int, replica_id: int, node_id: str,
+                 host: str | None) -> None:
+        """A replica started again on another node of its host (Ray restarted: new node ids)."""
+        coll = self.state["collections"].get(name)
+        if coll is None:
+            return
+        for r in coll["shards"].get(str(shard_id), []):
+            if r["replica_id"] == replica_id:
+                r["node_id"], r["host"] = node_id, host
+        self._save()
+
     def add_replica(self, name: str, shard_id: int, replica: dict[str, Any]) -> None:
         coll = self.state["collections"].get(name)
         if coll is None:

@@ -32,19 +32,18 @@ def placeable(nodes: list[dict[str, Any]], want_gpu: bool) -> list[str]:
 
 
 def actor_options(ray: Any, node_id: str, name: str, namespace: str,
-                  gpu: bool | str, strict: bool = True) -> dict[str, Any]:
-    """Ray options of a replica actor pinned to a node. `strict` (a new replica): only there,
-    or it fails (a dead node: ActorUnschedulableError). A soft pin let Ray move a replica
-    whose node was busy starting workers to another node, at times the node holding the
-    shard's other replica: losing that node lost the shard (the removed-node test). Not
-    strict: a replica restarted on its directory after Ray itself was restarted, when its
-    recorded node id no longer exists. No CPU reservation: replicas are mostly idle between
-    requests, and a small box must fit several."""
+                  gpu: bool | str) -> dict[str, Any]:
+    """Ray options of a replica actor pinned to a node: only there, or it fails (a dead node:
+    ActorUnschedulableError). A soft pin let Ray move a replica whose node was busy starting
+    workers to another node, at times the node holding the shard's other replica: losing that
+    node lost the shard (the removed-node test); and a replica's data is on its node's disk.
+    No CPU reservation: replicas are mostly idle between requests, and a small box must fit
+    several."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
 
     want_gpu = wants_gpu(ray, gpu)
     return {
         "name": name, "namespace": namespace, "lifetime": "detached", "num_cpus": 0,
         "num_gpus": 1 if want_gpu else 0, "max_concurrency": 8,
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=not strict),
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
     }

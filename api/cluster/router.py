@@ -105,7 +105,9 @@ class ClusterRouter:
 
     def _reattach(self) -> None:
         """After a restart: find each live replica's actor by name, or start it again on its
-        storage directory (a fresh Ray instance lost the actors, not the data)."""
+        storage directory (a fresh Ray instance lost the actors, not the data). The directory
+        is on its host's disk, so the replica starts again on a node of that host: after Ray
+        itself restarted, the node ids are new but the hosts are not (`_home`)."""
         for name, entry in self.state["collections"].items():
             for sid, reps in entry["shards"].items():
                 for r in list(reps):
@@ -119,19 +121,47 @@ class ClusterRouter:
                         self.actors[r["actor"]] = self.ray.get_actor(
                             r["actor"], namespace=self.cfg.namespace)
                     except ValueError:
-                        self.actors[r["actor"]] = self._start(r["actor"], r["node_id"],
-                                                              r["dir"], strict=False)
+                        node = self._home(r, reps)
+                        if node is None:  # its host is not in the cluster: repaired elsewhere
+                            log.warning("replica %s of %s/%s: its host %s is not in the "
+                                        "cluster", r["replica_id"], name, sid, r.get("host"))
+                            continue  # no actor: the watcher marks it Dead
+                        if node != r["node_id"]:
+                            r["node_id"] = node
+                            self.ray.get(self.meta.set_node.remote(
+                                name, int(sid), r["replica_id"], node, r.get("host")))
+                        self.actors[r["actor"]] = self._start(r["actor"], node, r["dir"])
                     log.info("replica %s of %s/%s attached", r["replica_id"], name, sid)
+
+    def _hosts(self) -> dict[str, str]:
+        """Live node id → its host's address (stable across Ray restarts; node ids are not)."""
+        return {n["NodeID"]: n.get("NodeManagerAddress", "") for n in alive_nodes(self.ray)}
+
+    def _home(self, r: dict[str, Any], siblings: list[dict[str, Any]]) -> str | None:
+        """The live node a replica whose actor is gone starts again on: its recorded node if
+        it is live, else a node of its recorded host (one holding none of its shard's other
+        replicas where there is a choice), else None (its data is on a host that is gone).
+        Metadata without hosts (older): any node, when every live node is on one host."""
+        placeable = set(self._placeable())
+        if r["node_id"] in placeable:
+            return str(r["node_id"])
+        hosts = {n: h for n, h in self._hosts().items() if n in placeable}
+        host = r.get("host")
+        if host is None and len(set(hosts.values())) == 1:
+            host = next(iter(hosts.values()))
+        nodes = sorted(n for n, h in hosts.items() if h == host)
+        taken = {x["node_id"] for x in siblings if x is not r}
+        free = [n for n in nodes if n not in taken]
+        return (free or nodes)[0] if nodes else None
 
     def _placeable(self) -> list[str]:
         """Live nodes a new replica may be pinned to (placement.placeable)."""
         return placeable(alive_nodes(self.ray), wants_gpu(self.ray, self.cfg.gpu_per_replica))
 
-    def _start(self, actor_name: str, node_id: str, storage_dir: str,
-               strict: bool = True) -> Any:
-        """A replica's actor on `node_id` (strict: there or nowhere; see actor_options)."""
+    def _start(self, actor_name: str, node_id: str, storage_dir: str) -> Any:
+        """A replica's actor on `node_id`: there or nowhere (see actor_options)."""
         opts = actor_options(self.ray, node_id, actor_name, self.cfg.namespace,
-                             self.cfg.gpu_per_replica, strict)
+                             self.cfg.gpu_per_replica)
         return self.replica_cls.options(**opts).remote(self.settings, storage_dir)
 
     def _entry(self, name: str) -> dict[str, Any]:
@@ -419,10 +449,11 @@ class ClusterRouter:
                                "a GPU, cluster.gpu_per_replica, only nodes with one can)")
         ids = self.ray.get(self.meta.new_replica_ids.remote(shards * rf))
         layout = assign(nodes, shards, rf)
+        hosts = self._hosts()
         return {"config": body, "shard_number": shards, "replication_factor": rf,
                 "write_consistency_factor": wcf,
                 "shards": {str(s): [{"replica_id": ids[s * rf + r], "node_id": layout[s][r],
-                                     "state": "Active",
+                                     "host": hosts.get(layout[s][r]), "state": "Active",
                                      "actor": f"quiver-replica-{ids[s * rf + r]}",
                                      "dir": os.path.join(self.replica_root,
                                                          str(ids[s * rf + r]))}
@@ -631,8 +662,8 @@ class ClusterRouter:
         from api.cluster import transfer  # noqa: PLC0415
 
         rid = self.ray.get(self.meta.new_replica_ids.remote(1))[0]
-        rep = {"replica_id": rid, "node_id": node_id, "state": "Partial",
-               "actor": f"quiver-replica-{rid}",
+        rep = {"replica_id": rid, "node_id": node_id, "host": self._hosts().get(node_id),
+               "state": "Partial", "actor": f"quiver-replica-{rid}",
                "dir": os.path.join(self.replica_root, str(rid))}
         actor = self._start(rep["actor"], node_id, rep["dir"])
         try:
@@ -756,7 +787,10 @@ class ClusterRouter:
                 load[node] += 1
 
     def close(self) -> None:
+        """Stop the watcher (at shutdown, before Ray goes: a round in flight would fail)."""
         self.closed.set()
+        if self.watcher is not threading.current_thread():
+            self.watcher.join(PING_TIMEOUT_S + 5)
 
     def check_replicas(self) -> None:
         """Ask every Active replica whether it is alive; the gone are marked Dead."""

@@ -24,8 +24,11 @@ def connect(cfg: ClusterSettings) -> Any:
     ray = ray_module()
     if not ray.is_initialized():
         if cfg.ray_address == "local":
-            ray.init(namespace=cfg.namespace, num_cpus=cfg.num_cpus, include_dashboard=False,
-                     log_to_driver=False)
+            # address "local": a new instance even when another Ray runs on this machine
+            # (without it ray.init joins the one `ray start` last recorded, and refuses
+            # num_cpus there)
+            ray.init(address="local", namespace=cfg.namespace, num_cpus=cfg.num_cpus,
+                     include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=cfg.ray_address, namespace=cfg.namespace, log_to_driver=False)
         log.info("joined Ray at %s (namespace %s)", cfg.ray_address, cfg.namespace)
