@@ -23,12 +23,13 @@ def wants_gpu(ray: Any, gpu: bool | str) -> bool:
     return gpu is True or (gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
 
 
-def placeable(nodes: list[dict[str, Any]], want_gpu: bool) -> list[str]:
-    """The ids of the live nodes (runtime.alive_nodes) a new replica may go to: those with a
-    GPU when replicas ask for one. A replica is pinned to its node (actor_options), so a
-    GPU-less node (a CPU-only head, say) must not be chosen: the replica could never start."""
-    return [n["NodeID"] for n in nodes
-            if not want_gpu or (n.get("Resources") or {}).get("GPU", 0) >= 1]
+def placeable(nodes: list[dict[str, Any]], want_gpu: bool) -> dict[str, str]:
+    """The live nodes (runtime.alive_nodes) a new replica may go to, id → its host's address
+    (stable across Ray restarts; node ids are not): those with a GPU when replicas ask for
+    one. A replica is pinned to its node (actor_options), so a GPU-less node (a CPU-only head,
+    say) must not be chosen: the replica could never start."""
+    return {n["NodeID"]: n.get("NodeManagerAddress", "") for n in nodes
+            if not want_gpu or (n.get("Resources") or {}).get("GPU", 0) >= 1}
 
 
 def actor_options(ray: Any, node_id: str, name: str, namespace: str,

@@ -54,6 +54,23 @@ _REQUEST: ContextVar[tuple[str, Any] | None] = ContextVar("quiver_cluster_reques
                                                           default=None)
 
 
+def _home(r: dict[str, Any], siblings: list[dict[str, Any]], nodes: dict[str, str]
+          ) -> str | None:
+    """The node (of `nodes`: placeable id → host) a replica whose actor is gone starts again
+    on: its recorded node if live, else a node of its recorded host (one holding none of its
+    shard's other replicas where there is a choice), else None (its data is on a host that is
+    gone). Metadata without hosts (older): any node, when every live node is on one host."""
+    if r["node_id"] in nodes:
+        return str(r["node_id"])
+    host = r.get("host")
+    if host is None and len(set(nodes.values())) == 1:
+        host = next(iter(nodes.values()))
+    on_host = sorted(n for n, h in nodes.items() if h == host)
+    taken = {x["node_id"] for x in siblings if x is not r}
+    free = [n for n in on_host if n not in taken]
+    return (free or on_host)[0] if on_host else None
+
+
 class ClusterRouter:
     def __init__(self, app: Any, settings: Any, routes: list[Any]) -> None:
         self.app = app
@@ -108,6 +125,7 @@ class ClusterRouter:
         storage directory (a fresh Ray instance lost the actors, not the data). The directory
         is on its host's disk, so the replica starts again on a node of that host: after Ray
         itself restarted, the node ids are new but the hosts are not (`_home`)."""
+        nodes: dict[str, str] | None = None
         for name, entry in self.state["collections"].items():
             for sid, reps in entry["shards"].items():
                 for r in list(reps):
@@ -121,7 +139,9 @@ class ClusterRouter:
                         self.actors[r["actor"]] = self.ray.get_actor(
                             r["actor"], namespace=self.cfg.namespace)
                     except ValueError:
-                        node = self._home(r, reps)
+                        if nodes is None:  # asked once, and only when an actor is gone
+                            nodes = self._placeable()
+                        node = _home(r, reps, nodes)
                         if node is None:  # its host is not in the cluster: repaired elsewhere
                             log.warning("replica %s of %s/%s: its host %s is not in the "
                                         "cluster", r["replica_id"], name, sid, r.get("host"))
@@ -133,29 +153,8 @@ class ClusterRouter:
                         self.actors[r["actor"]] = self._start(r["actor"], node, r["dir"])
                     log.info("replica %s of %s/%s attached", r["replica_id"], name, sid)
 
-    def _hosts(self) -> dict[str, str]:
-        """Live node id → its host's address (stable across Ray restarts; node ids are not)."""
-        return {n["NodeID"]: n.get("NodeManagerAddress", "") for n in alive_nodes(self.ray)}
-
-    def _home(self, r: dict[str, Any], siblings: list[dict[str, Any]]) -> str | None:
-        """The live node a replica whose actor is gone starts again on: its recorded node if
-        it is live, else a node of its recorded host (one holding none of its shard's other
-        replicas where there is a choice), else None (its data is on a host that is gone).
-        Metadata without hosts (older): any node, when every live node is on one host."""
-        placeable = set(self._placeable())
-        if r["node_id"] in placeable:
-            return str(r["node_id"])
-        hosts = {n: h for n, h in self._hosts().items() if n in placeable}
-        host = r.get("host")
-        if host is None and len(set(hosts.values())) == 1:
-            host = next(iter(hosts.values()))
-        nodes = sorted(n for n, h in hosts.items() if h == host)
-        taken = {x["node_id"] for x in siblings if x is not r}
-        free = [n for n in nodes if n not in taken]
-        return (free or nodes)[0] if nodes else None
-
-    def _placeable(self) -> list[str]:
-        """Live nodes a new replica may be pinned to (placement.placeable)."""
+    def _placeable(self) -> dict[str, str]:
+        """Live nodes a new replica may be pinned to → their hosts (placement.placeable)."""
         return placeable(alive_nodes(self.ray), wants_gpu(self.ray, self.cfg.gpu_per_replica))
 
     def _start(self, actor_name: str, node_id: str, storage_dir: str) -> Any:
@@ -448,12 +447,11 @@ class ClusterRouter:
             raise ServiceError("no live Ray node can host a replica (when replicas ask for "
                                "a GPU, cluster.gpu_per_replica, only nodes with one can)")
         ids = self.ray.get(self.meta.new_replica_ids.remote(shards * rf))
-        layout = assign(nodes, shards, rf)
-        hosts = self._hosts()
+        layout = assign(list(nodes), shards, rf)
         return {"config": body, "shard_number": shards, "replication_factor": rf,
                 "write_consistency_factor": wcf,
                 "shards": {str(s): [{"replica_id": ids[s * rf + r], "node_id": layout[s][r],
-                                     "host": hosts.get(layout[s][r]), "state": "Active",
+                                     "host": nodes[layout[s][r]], "state": "Active",
                                      "actor": f"quiver-replica-{ids[s * rf + r]}",
                                      "dir": os.path.join(self.replica_root,
                                                          str(ids[s * rf + r]))}
@@ -662,7 +660,7 @@ class ClusterRouter:
         from api.cluster import transfer  # noqa: PLC0415
 
         rid = self.ray.get(self.meta.new_replica_ids.remote(1))[0]
-        rep = {"replica_id": rid, "node_id": node_id, "host": self._hosts().get(node_id),
+        rep = {"replica_id": rid, "node_id": node_id, "host": self._placeable().get(node_id),
                "state": "Partial", "actor": f"quiver-replica-{rid}",
                "dir": os.path.join(self.replica_root, str(rid))}
         actor = self._start(rep["actor"], node_id, rep["dir"])
@@ -759,7 +757,7 @@ class ClusterRouter:
         """Each shard with a replica Dead for cluster.repair_after_s gets a new one on a live node
         that holds none of that shard (the least loaded), filled from an Active replica."""
         now = time.monotonic()
-        nodes = self._placeable()
+        nodes = list(self._placeable())
         for name, entry in list(self.state["collections"].items()):
             load = {n: 0 for n in nodes}
             for reps in entry["shards"].values():

@@ -43,9 +43,24 @@ def test_replicas_asking_for_a_gpu_go_to_nodes_with_one() -> None:
     nodes = [{"NodeID": "head", "Resources": {"CPU": 4.0}},
              {"NodeID": "g1", "Resources": {"CPU": 8.0, "GPU": 1.0}},
              {"NodeID": "g2", "Resources": {"CPU": 8.0, "GPU": 2.0}}]
-    assert placeable(nodes, want_gpu=True) == ["g1", "g2"]  # pinned: never the CPU-only head
-    assert placeable(nodes, want_gpu=False) == ["head", "g1", "g2"]
-    assert all(len(set(reps)) == 2 for reps in assign(placeable(nodes, True), 3, 2))
+    assert list(placeable(nodes, want_gpu=True)) == ["g1", "g2"]  # never the CPU-only head
+    assert list(placeable(nodes, want_gpu=False)) == ["head", "g1", "g2"]
+    assert all(len(set(reps)) == 2 for reps in assign(list(placeable(nodes, True)), 3, 2))
+
+
+def test_a_restarted_replica_goes_home_to_its_host() -> None:
+    """After Ray restarts, node ids are new: a replica starts again on a node of the host
+    holding its data, not beside its shard's other replica where there is a choice."""
+    from api.cluster.router import _home
+
+    a = {"replica_id": 1, "node_id": "old-a", "host": "10.0.0.1"}
+    b = {"replica_id": 2, "node_id": "n2", "host": "10.0.0.1"}
+    nodes = {"n1": "10.0.0.1", "n2": "10.0.0.1", "n3": "10.0.0.2"}
+    assert _home(a, [a, b], nodes) == "n1"  # its host, not n2 (its sibling's)
+    assert _home(b, [a, b], nodes) == "n2"  # its recorded node is live
+    assert _home({**a, "host": "10.0.0.9"}, [a], nodes) is None  # its host is gone
+    assert _home({**a, "host": None}, [a], {"x": "h", "y": "h"}) == "x"  # one host: any node
+    assert _home({**a, "host": None}, [a], nodes) is None  # several hosts: unknown
 
 
 class _Ray:
