@@ -6,13 +6,16 @@ BIN := $(VENV)/bin
 
 .PHONY: serve test lint bench bench-quick bench-foundation clean browser
 
-$(VENV)/.runtime: pyproject.toml
+# setup.py builds engine/_hnsw_walk.c (the HNSW walk; optional: without a C compiler faiss walks)
+BUILD_INPUTS := pyproject.toml setup.py engine/_hnsw_walk.c
+
+$(VENV)/.runtime: $(BUILD_INPUTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: $(BUILD_INPUTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

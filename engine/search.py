@@ -144,6 +144,10 @@ def _one_segment_batch(view: View, keys: np.ndarray, ok: np.ndarray,
     if all((s.with_payload is None or s.with_payload is False)
            and (s.with_vector is None or s.with_vector is False) for s in specs):
         ids, versions = seg.ids, seg.versions[rows].tolist()
+        if all(s.offset == 0 and s.limit >= keys.shape[1] for s in specs):  # no slicing
+            return [[{"id": ids[r], "version": ver, "score": sc}
+                     for r, ver, sc in zip(rows_q, vers_q, sc_q, strict=True)]
+                    for rows_q, vers_q, sc_q in zip(rows_all, versions, scores, strict=True)]
         return [[{"id": ids[r], "version": ver, "score": sc}
                  for r, ver, sc in zip(rows_q[s.offset : s.offset + s.limit],
                                        vers_q[s.offset : s.offset + s.limit],

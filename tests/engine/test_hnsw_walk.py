@@ -1,0 +1,163 @@
+"""Quiver's own HNSW walk (engine/_hnsw_walk.c) against faiss's walk over the same graph:
+the same ids and scores for single queries and batches, inner product and L2, padding when
+fewer than k are reachable, threads, a recovered graph, and arguments it must refuse. The
+HTTP tests (test_ann.py and the API suites) go through it too: every unfiltered search of an
+indexed host segment does."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from engine import ann
+
+pytestmark = pytest.mark.skipif(not ann.available(), reason="faiss-cpu not installed")
+needs_walk = pytest.mark.skipif(ann._hnsw_walk is None, reason="engine._hnsw_walk not built")
+
+
+def data(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, d))
+    x = centres[rng.integers(0, 20, n)] + 0.5 * rng.standard_normal((n, d))
+    return x.astype(np.float32)
+
+
+def faiss_walk(index: ann.HnswIndex, q: np.ndarray, k: int, ef: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's own search of the same index (what HnswIndex did before the walker)."""
+    params = ann.faiss.SearchParametersHNSW()
+    params.efSearch = ef
+    ann.faiss.omp_set_num_threads(1)
+    return index.index.search(np.ascontiguousarray(q), k, params=params)
+
+
+def test_the_walk_is_built_where_a_compiler_is() -> None:
+    """`pip install` builds it (setup.py); a silent build failure would cost every query."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: Quiver runs on faiss's walk")
+    assert ann._hnsw_walk is not None
+    x = data(500, 8, 0)
+    assert ann.HnswIndex.build(x, "ip", 8, 40).walker is not None
+
+
+@needs_walk
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_same_results_as_faiss(metric: str) -> None:
+    x = data(4000, 24, 1)
+    if metric == "ip":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = data(200, 24, 2)
+    index = ann.HnswIndex.build(x, metric, 16, 64)
+    assert index.walker is not None
+    for ef in (10, 32, 100):
+        dist, ids = faiss_walk(index, q, 10, ef)
+        sim_ref = dist if metric == "ip" else -np.sqrt(np.maximum(dist, 0.0))
+        # search_one answers in this thread's buffers: copy each before the next query
+        one = [tuple(a.copy() for a in index.search_one(np.ascontiguousarray(v), 10, ef))
+               for v in q]
+        sims = np.stack([s for s, _ in one])
+        rows = np.stack([r for _, r in one])
+        # the same walk: equal ids (a tie may swap two neighbours), scores to float rounding
+        assert (rows == ids).mean() > 0.995, ef
+        np.testing.assert_allclose(np.sort(sims, axis=1), np.sort(sim_ref, axis=1),
+                                   rtol=1e-5, atol=1e-5)
+        batch_sims, batch_rows = index.search(q, 10, ef, None)  # split across the cores
+        np.testing.assert_array_equal(batch_rows, rows)
+        np.testing.assert_array_equal(batch_sims, sims)
+
+
+@needs_walk
+def test_recall_matches_exact_search() -> None:
+    x = data(3000, 16, 3)
+    q = data(100, 16, 4)
+    index = ann.HnswIndex.build(x, "l2", 16, 100)
+    _, rows = index.search(q, 10, 128, None)
+    d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    truth = np.argsort(d2, axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), truth.tolist(),
+                                                                strict=True)])
+    assert recall > 0.97
+
+
+@needs_walk
+def test_fewer_reachable_than_k_are_padded() -> None:
+    x = data(6, 4, 5)
+    index = ann.HnswIndex.build(x, "ip", 4, 16)
+    sims, rows = index.search(data(3, 4, 6), 10, 16, None)  # k clipped to the 6 rows
+    assert rows.shape == (3, 6) and (rows >= 0).all()
+    walker = index.walker
+    d = np.empty(9, np.float32)
+    i = np.empty(9, np.int64)
+    found = walker.search(np.ascontiguousarray(x[0]), 9, 16, d, i)
+    assert found == 6
+    assert (i[6:] == -1).all() and np.isneginf(d[6:]).all()
+    assert sorted(i[:6].tolist()) == list(range(6))
+
+
+@needs_walk
+def test_threads_share_an_index() -> None:
+    x = data(3000, 16, 7)
+    q = data(64, 16, 8)
+    index = ann.HnswIndex.build(x, "ip", 16, 64)
+    want = [index.search_one(np.ascontiguousarray(v), 10, 50)[1].copy() for v in q]
+    errors: list[str] = []
+
+    def worker() -> None:
+        for _ in range(5):
+            for v, w in zip(q, want, strict=True):
+                got = index.search_one(np.ascontiguousarray(v), 10, 50)[1]
+                if not np.array_equal(got, w):
+                    errors.append("different result under threads")
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@needs_walk
+def test_a_recovered_graph_walks_the_same() -> None:
+    x = data(2000, 16, 9)
+    q = data(50, 16, 10)
+    built = ann.HnswIndex.build(x, "ip", 16, 64)
+    again = ann.HnswIndex.from_graph(x, built.graph(), "ip", 16, 64)
+    assert again.walker is not None
+    np.testing.assert_array_equal(built.search(q, 10, 40, None)[1],
+                                  again.search(q, 10, 40, None)[1])
+
+
+@needs_walk
+def test_bad_arguments_are_refused() -> None:
+    x = data(100, 8, 11)
+    walker = ann.HnswIndex.build(x, "ip", 8, 32).walker
+    d, i = np.empty(10, np.float32), np.empty(10, np.int64)
+    with pytest.raises(ValueError):
+        walker.search(np.zeros(7, np.float32), 10, 20, d, i)  # not a whole d-float row
+    with pytest.raises(ValueError):
+        walker.search(np.zeros(8, np.float64), 10, 20, d, i)  # float64
+    with pytest.raises(ValueError):
+        walker.search(np.zeros(8, np.float32), 10, 5, d, i)  # ef < k
+    with pytest.raises(ValueError):
+        walker.search(np.zeros(16, np.float32), 10, 20, d, i)  # two queries, room for one
+    with pytest.raises(TypeError):
+        walker.search(np.zeros(8, np.float32), 10, 20, d)
+    with pytest.raises(ValueError):
+        ann._hnsw_walk.Walker(vectors=1, n=10, d=8, neighbors=1, offsets=1, cum=[0],
+                              entry=0, max_level=0, metric=0, owner=None)  # no level 0
+    with pytest.raises(ValueError):
+        ann._hnsw_walk.Walker(vectors=1, n=10, d=8, neighbors=1, offsets=1, cum=[0, 8],
+                              entry=10, max_level=0, metric=0, owner=None)  # entry >= n
+
+
+def test_l1_and_the_switch_stay_on_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = data(300, 8, 12)
+    assert ann.HnswIndex.build(x, "l1", 8, 32).walker is None
+    monkeypatch.setenv("QUIVER_HNSW_WALK", "0")
+    index = ann.HnswIndex.build(x, "ip", 8, 32)
+    assert index.walker is None
+    sims, rows = index.search_one(np.ascontiguousarray(x[0]), 5, 16)
+    assert rows[0] == 0 or sims[0] >= float(x[0] @ x[0]) - 1e-4
