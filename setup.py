@@ -1,15 +1,19 @@
-"""Quiver's one compiled module, engine/_hnsw_walk.c (the unfiltered HNSW walk; see the file).
+"""Quiver's two compiled modules: engine/_hnsw_walk.c (the unfiltered HNSW walk) and
+gpu/_rows.c (one query's inner products with listed rows); each file says why it exists.
 
-Optional: where no C compiler is found the install goes on without it and engine/ann.py walks
-the graph through faiss instead (same results, slower single queries). Everything else about
-the package is in pyproject.toml.
+Both optional: where no C compiler is found the install goes on without them, engine/ann.py
+walks the graph through faiss and gpu/flat.py gathers rows for a GEMV (the same results,
+slower single queries). Everything else about the package is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "engine._hnsw_walk", ["engine/_hnsw_walk.c"],
-    # -fopenmp-simd: the `omp simd` reductions vectorise without linking OpenMP; the walk is
-    # cloned per instruction set (target_clones), so no -march is baked into the build
-    extra_compile_args=["-O3", "-fopenmp-simd", "-Wall"],
-    optional=True)])
+# -fopenmp-simd: the `omp simd` reductions vectorise without linking OpenMP; the hot loops
+# are cloned per instruction set (target_clones), so no -march is baked into the build
+FLAGS = ["-O3", "-fopenmp-simd", "-Wall"]
+
+setup(ext_modules=[
+    Extension("engine._hnsw_walk", ["engine/_hnsw_walk.c"], extra_compile_args=FLAGS,
+              optional=True),
+    Extension("gpu._rows", ["gpu/_rows.c"], extra_compile_args=FLAGS, optional=True),
+])
