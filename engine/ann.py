@@ -180,9 +180,12 @@ class HnswIndex:
                     walker.search(q[a : a + step], k, ef, dist[a : a + step],
                                   idx[a : a + step])
             helpers = [_pool().submit(drain) for _ in range(min(_CORES, m // step) - 1)]
-            drain()
-            for f in helpers:
-                f.result()
+            try:
+                drain()
+            finally:
+                for f in helpers:
+                    if not f.cancel():  # one that never started has nothing left to do
+                        f.result()
         if self.metric == "l2":
             sim = -np.sqrt(np.maximum(dist, 0.0))
         else:
