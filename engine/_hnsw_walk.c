@@ -23,7 +23,7 @@
 #include <string.h>
 
 #define MAX_LEVELS 64
-#define MAX_DEGREE 1024
+#define MAX_DEGREE 2048 /* 2 * hnsw_config.m at level 0; m is at most 1024 */
 
 typedef struct {
     float d;

@@ -16,6 +16,7 @@ excluded nodes loses recall.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -46,6 +47,7 @@ except ImportError:  # pragma: no cover - installed without a C compiler
     _hnsw_walk = None  # type: ignore[assignment]
 WALK_METRICS = {"ip": 0, "l2": 1}  # L1 stays on faiss
 
+log = logging.getLogger(__name__)
 FAISS_METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2", "l1": "METRIC_L1"}
 # A filter keeping less than this fraction of a segment is searched exactly as well: faiss
 # walks the whole graph and drops excluded nodes, so tiny fractions would starve the beam.
@@ -273,6 +275,15 @@ def _walker(index: Any, rows: int, metric: str) -> Any:
     storage = faiss.downcast_index(index.storage)
     d = storage.d
     nb = h.neighbors
+    try:
+        return _make_walker(index, h, storage, d, nb, rows, metric)
+    except ValueError as exc:  # a shape the walker does not take: faiss walks this one
+        log.warning("HNSW walk through faiss for this index: %s", exc)
+        return None
+
+
+def _make_walker(index: Any, h: Any, storage: Any, d: int, nb: Any, rows: int,
+                 metric: str) -> Any:
     return _hnsw_walk.Walker(
         vectors=faiss.rev_swig_ptr(storage.get_xb(), rows * d).ctypes.data, n=rows, d=d,
         neighbors=faiss.rev_swig_ptr(nb.data(), nb.size()).ctypes.data,
@@ -337,6 +348,18 @@ def _check_graph(levels: np.ndarray, offsets: np.ndarray, neighbors: np.ndarray,
     ep, top = int(entry[0]), int(entry[1])
     if not 0 <= ep < rows or top != int(levels.max()) - 1 or int(levels[ep]) - 1 != top:
         raise GraphError("HNSW graph entry point is invalid")
+    # a link on level L must lead to a node that has level L: a walk reads that node's
+    # level-L list, which a lower node does not have (past the array's end for the last)
+    lv = levels.astype(np.int64)
+    starts = offsets[:-1].astype(np.int64)
+    for level in range(1, int(lv.max())):
+        nodes = np.flatnonzero(lv > level)
+        width = int(cum[level + 1] - cum[level])
+        at = (starts[nodes] + int(cum[level]))[:, None] + np.arange(width)
+        linked = neighbors[at.ravel()]
+        linked = linked[linked >= 0]
+        if len(linked) and int(lv[linked].min()) <= level:
+            raise GraphError(f"HNSW graph links level {level} to a node without it")
 
 
 def threshold_rows(indexing_threshold_kb: Any, row_bytes: int) -> int | None:

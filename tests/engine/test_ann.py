@@ -196,6 +196,14 @@ def test_graph_checks_reject_inconsistent_arrays() -> None:
             ann.HnswIndex.from_graph(vecs, graph, "ip", 16, 64)
     with pytest.raises(ann.GraphError):  # built with m=16, read with m=32: offsets disagree
         ann.HnswIndex.from_graph(x, good, "ip", 32, 64)
+    # a level-1 link to a node that only has level 0: a walk would read that node's level-1
+    # list, which is not there (past the array's end for the last node)
+    low = int(np.flatnonzero(good["levels"] == 1)[-1])
+    high = int(np.flatnonzero(good["levels"] >= 2)[0])
+    neighbors = good["neighbors"].copy()
+    neighbors[int(good["offsets"][high]) + 32] = low  # cum[1] = 2m = 32: its first level-1 link
+    with pytest.raises(ann.GraphError, match="links level 1"):
+        ann.HnswIndex.from_graph(x, {**good, "neighbors": neighbors}, "ip", 16, 64)
 
 
 def test_sealed_segment_serves_vectors_from_its_index(tmp_path, monkeypatch) -> None:

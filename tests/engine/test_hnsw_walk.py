@@ -161,3 +161,21 @@ def test_l1_and_the_switch_stay_on_faiss(monkeypatch: pytest.MonkeyPatch) -> Non
     assert index.walker is None
     sims, rows = index.search_one(np.ascontiguousarray(x[0]), 5, 16)
     assert rows[0] == 0 or sims[0] >= float(x[0] @ x[0]) - 1e-4
+
+
+@needs_walk
+def test_a_graph_the_walker_does_not_take_is_walked_by_faiss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Level-0 lists longer than the walker's 2048 (m > 1024, which Quiver refuses anyway)
+    are refused by the Walker; the index then walks through faiss instead of failing."""
+    with pytest.raises(ValueError):
+        ann._hnsw_walk.Walker(vectors=1, n=10, d=8, neighbors=1, offsets=1, cum=[0, 4096],
+                              entry=0, max_level=0, metric=0, owner=None)
+
+    def refuse(**kw: object) -> None:
+        raise ValueError("Walker: level degree out of range")
+    monkeypatch.setattr(ann._hnsw_walk, "Walker", refuse)
+    x = data(300, 8, 13)
+    index = ann.HnswIndex.build(x, "ip", 8, 32)
+    assert index.walker is None
+    assert index.search_one(np.ascontiguousarray(x[5]), 3, 16)[1][0] >= 0
