@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 
 .PHONY: serve test lint bench bench-quick bench-foundation clean browser
 
-# setup.py builds engine/_hnsw_walk.c and gpu/_rows.c (optional: without a C compiler the
-# same searches run through faiss and numpy)
-BUILD_INPUTS := pyproject.toml setup.py engine/_hnsw_walk.c gpu/_rows.c
+# setup.py builds the C modules engine/_hnsw_walk.c, gpu/_rows.c and engine/_records.c
+# (optional: without a C compiler the same searches run through faiss, numpy and Python)
+BUILD_INPUTS := pyproject.toml setup.py engine/_hnsw_walk.c gpu/_rows.c engine/_records.c
 
 $(VENV)/.runtime: $(BUILD_INPUTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -1,9 +1,10 @@
-"""Quiver's two compiled modules: engine/_hnsw_walk.c (the unfiltered HNSW walk) and
-gpu/_rows.c (one query's inner products with listed rows); each file says why it exists.
+"""Quiver's compiled modules: engine/_hnsw_walk.c (the unfiltered HNSW walk), gpu/_rows.c
+(one query's inner products with listed rows) and engine/_records.c (plain search records);
+each file says why it exists.
 
-Both optional: where no C compiler is found the install goes on without them, engine/ann.py
-walks the graph through faiss and gpu/flat.py gathers rows for a GEMV (the same results,
-slower single queries). Everything else about the package is in pyproject.toml.
+All optional: where no C compiler is found the install goes on without them, and the same
+searches run through faiss, numpy and Python (the same results, slower). Everything else
+about the package is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -16,4 +17,6 @@ setup(ext_modules=[
     Extension("engine._hnsw_walk", ["engine/_hnsw_walk.c"], extra_compile_args=FLAGS,
               optional=True),
     Extension("gpu._rows", ["gpu/_rows.c"], extra_compile_args=FLAGS, optional=True),
+    Extension("engine._records", ["engine/_records.c"], extra_compile_args=FLAGS,
+              optional=True),
 ])

@@ -12,6 +12,26 @@ from engine.id_tracker import ROW_BITS, ROW_MASK
 from engine.segment import Segment
 from engine.view import View
 
+# engine/_records.c (built by setup.py where a C compiler is found): plain_records in C
+try:
+    from engine import _records
+except ImportError:  # pragma: no cover - installed without a C compiler
+    _records = None  # type: ignore[assignment]
+
+
+def plain_records(seg: Segment, rows: np.ndarray, scores: np.ndarray
+                  ) -> list[list[dict[str, Any]]]:
+    """The plain scored records (no payload, no vector: the common search result) of one
+    segment's (b, k) int64 rows with their (b, k) float64 scores, one list per query."""
+    if _records is not None:
+        return _records.records(seg.ids, seg.versions, np.ascontiguousarray(rows, np.int64),
+                                np.ascontiguousarray(scores, np.float64))
+    ids = seg.ids
+    return [[{"id": ids[r], "version": ver, "score": sc}
+             for r, ver, sc in zip(rows_q, vers_q, sc_q, strict=True)]
+            for rows_q, vers_q, sc_q in zip(rows.tolist(), seg.versions[rows].tolist(),
+                                            scores.tolist(), strict=True)]
+
 
 def _with_vector_names(view: View, selector: Any) -> list[str] | None:
     if selector is None or selector is False:

@@ -20,7 +20,7 @@ from engine.multi_search import search_multi
 from engine.multivector import MultiVector
 from engine.plan import SearchSpec
 from engine.recommend import ExampleQuery, search_examples
-from engine.render import render, render_handles
+from engine.render import plain_records, render, render_handles
 from engine.segment import Segment
 from engine.sparse import SparseVector
 from engine.sparse_search import search_sparse
@@ -107,10 +107,11 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
         limits = np.array([-np.inf if t is None else dist.threshold_to_sim(t)
                            for t in thresholds], np.float64)
         ok &= vals > limits[:, None]  # strict, as Qdrant
-    scores_all = dist.to_score(vals.astype(np.float64)).tolist()
-    fast = _one_segment_batch(view, keys, ok, scores_all, specs)
+    scores = dist.to_score(vals.astype(np.float64))
+    fast = _one_segment_batch(view, keys, ok, scores, specs)
     if fast is not None:
         return fast
+    scores_all = scores.tolist()
     keys_all, ok_all = keys.tolist(), ok.tolist()
     out = []
     for qi, s in enumerate(specs):
@@ -125,9 +126,8 @@ def _search_group(view: View, specs: list[SearchSpec]) -> list[list[dict[str, An
     return out
 
 
-def _one_segment_batch(view: View, keys: np.ndarray, ok: np.ndarray,
-                       scores: list[list[float]], specs: list[SearchSpec]
-                       ) -> list[list[dict[str, Any]]] | None:
+def _one_segment_batch(view: View, keys: np.ndarray, ok: np.ndarray, scores: np.ndarray,
+                       specs: list[SearchSpec]) -> list[list[dict[str, Any]]] | None:
     """A batch's records when every hit is kept (no misses, thresholds or exclusions) and
     all lie in one segment: rows, versions and ids converted once for the whole (b, k)
     matrix, not per query (the per-query lists and render set-up were a fifth of a
@@ -140,23 +140,22 @@ def _one_segment_batch(view: View, keys: np.ndarray, ok: np.ndarray,
         return None
     seg = view.by_id[first]
     rows = keys & ROW_MASK
-    rows_all = rows.tolist()
-    if all((s.with_payload is None or s.with_payload is False)
-           and (s.with_vector is None or s.with_vector is False) for s in specs):
+    plain = all((s.with_payload is None or s.with_payload is False)
+                and (s.with_vector is None or s.with_vector is False) for s in specs)
+    if plain and all(s.offset == 0 and s.limit >= keys.shape[1] for s in specs):
+        return plain_records(seg, rows, scores)  # no paging: the whole matrix at once
+    rows_all, scores_all = rows.tolist(), scores.tolist()
+    if plain:
         ids, versions = seg.ids, seg.versions[rows].tolist()
-        if all(s.offset == 0 and s.limit >= keys.shape[1] for s in specs):  # no slicing
-            return [[{"id": ids[r], "version": ver, "score": sc}
-                     for r, ver, sc in zip(rows_q, vers_q, sc_q, strict=True)]
-                    for rows_q, vers_q, sc_q in zip(rows_all, versions, scores, strict=True)]
         return [[{"id": ids[r], "version": ver, "score": sc}
                  for r, ver, sc in zip(rows_q[s.offset : s.offset + s.limit],
                                        vers_q[s.offset : s.offset + s.limit],
                                        sc_q[s.offset : s.offset + s.limit], strict=True)]
-                for s, rows_q, vers_q, sc_q in zip(specs, rows_all, versions, scores,
+                for s, rows_q, vers_q, sc_q in zip(specs, rows_all, versions, scores_all,
                                                    strict=True)]
     return [render(view, seg, rows_q[s.offset : s.offset + s.limit], s.with_payload,
                    s.with_vector, sc_q[s.offset : s.offset + s.limit])
-            for s, rows_q, sc_q in zip(specs, rows_all, scores, strict=True)]
+            for s, rows_q, sc_q in zip(specs, rows_all, scores_all, strict=True)]
 
 
 def _as_mask(mask: np.ndarray | None, listed: np.ndarray | None, n: int) -> np.ndarray:
@@ -204,7 +203,12 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
         sims, rows = sims[ok], rows[ok]
     if s.offset:
         sims, rows = sims[s.offset :], rows[s.offset :]
-    # float32 -> Python float is exact (as via float64); tolist copies out of the buffers
+    if (s.with_payload is None or s.with_payload is False) \
+            and (s.with_vector is None or s.with_vector is False):
+        # float32 -> float64 is exact: the floats tolist() would give; copied out of the
+        # thread's walk buffers before the next search reuses them
+        scores64 = sims.astype(np.float64) if dist.higher_is_better else -sims.astype(np.float64)
+        return plain_records(seg, rows[None, :], scores64[None, :])[0]
     scores = (sims if dist.higher_is_better else -sims).tolist()
     return render(view, seg, rows, s.with_payload, s.with_vector, scores)
 
