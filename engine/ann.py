@@ -171,7 +171,9 @@ class HnswIndex:
         m = len(q)
         dist, idx = np.empty((m, k), np.float32), np.empty((m, k), np.int64)
         walker = self.walker
-        if m < 8 or _CORES == 1:
+        if m == 0:
+            pass
+        elif m < 8 or _CORES == 1:
             walker.search(q, k, ef, dist, idx)
         else:
             step = max(4, m // (_CORES * 8))
@@ -276,21 +278,16 @@ def _walker(index: Any, rows: int, metric: str) -> Any:
     d = storage.d
     nb = h.neighbors
     try:
-        return _make_walker(index, h, storage, d, nb, rows, metric)
+        return _hnsw_walk.Walker(
+            vectors=faiss.rev_swig_ptr(storage.get_xb(), rows * d).ctypes.data, n=rows, d=d,
+            neighbors=faiss.rev_swig_ptr(nb.data(), nb.size()).ctypes.data,
+            offsets=_address(h.offsets, rows + 1),
+            cum=faiss.vector_to_array(h.cum_nneighbor_per_level).astype(int).tolist(),
+            entry=int(h.entry_point), max_level=int(h.max_level), metric=WALK_METRICS[metric],
+            owner=index)
     except ValueError as exc:  # a shape the walker does not take: faiss walks this one
         log.warning("HNSW walk through faiss for this index: %s", exc)
         return None
-
-
-def _make_walker(index: Any, h: Any, storage: Any, d: int, nb: Any, rows: int,
-                 metric: str) -> Any:
-    return _hnsw_walk.Walker(
-        vectors=faiss.rev_swig_ptr(storage.get_xb(), rows * d).ctypes.data, n=rows, d=d,
-        neighbors=faiss.rev_swig_ptr(nb.data(), nb.size()).ctypes.data,
-        offsets=_address(h.offsets, rows + 1),
-        cum=faiss.vector_to_array(h.cum_nneighbor_per_level).astype(int).tolist(),
-        entry=int(h.entry_point), max_level=int(h.max_level), metric=WALK_METRICS[metric],
-        owner=index)
 
 
 def _address(vec: Any, size: int) -> int:
