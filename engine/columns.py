@@ -155,6 +155,17 @@ class ColumnData:
     # sorted entries per kind, built on first use (see `sorted_entries`); not data
     _sorted: dict[str, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, compare=False, repr=False)
+    # whether `rows` is 0, 1, 2, ... (one entry per row, in row order): built on first use
+    _dense: list[bool] = field(default_factory=list, compare=False, repr=False)
+
+    def dense(self) -> bool:
+        """Every row has exactly one entry, in row order (a scalar field set on every point,
+        the usual case): a selection over entries is then a row mask as it is."""
+        if not self._dense:  # two readers may both compute it: the same answer
+            r = self.rows
+            self._dense.append(bool(len(r)) and int(r[0]) == 0 and int(r[-1]) == len(r) - 1
+                               and bool((np.diff(r) == 1).all()))
+        return self._dense[0]
 
     def sorted_entries(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(values ascending, their rows) of the column's integer (`int`: exact values),
@@ -176,6 +187,10 @@ class ColumnData:
 
     def rows_where(self, sel: np.ndarray, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)
+        if self.dense():  # the selection is the mask: no scatter of its rows (0.6 of a 50 %
+            m = min(n, len(sel))  # range filter's 1.5 ms, cProfile)
+            out[:m] = sel[:m]
+            return out
         rows = self.rows[sel]
         out[rows[rows < n]] = True  # the column may run ahead of a query's frozen row count
         return out
