@@ -23,7 +23,7 @@ def plain_records(seg: Segment, rows: np.ndarray, scores: np.ndarray
                   ) -> list[list[dict[str, Any]]]:
     """The plain scored records (no payload, no vector: the common search result) of one
     segment's (b, k) int64 rows with their (b, k) float64 scores, one list per query."""
-    if _records is not None:
+    if _records is not None and type(seg.ids) is list and seg.versions.dtype == np.uint64:
         return _records.records(seg.ids, seg.versions, np.ascontiguousarray(rows, np.int64),
                                 np.ascontiguousarray(scores, np.float64))
     ids = seg.ids
