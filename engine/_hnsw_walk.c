@@ -418,14 +418,25 @@ static void Walker_dealloc(Walker *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Borrow a writable or read-only C-contiguous buffer of at least `need` items of `size`. */
+/* A buffer's item kind is one of `kinds`, past any byte-order mark (numpy exports int64 as
+ * 'l' on LP64). */
+static int kind_in(const Py_buffer *b, const char *kinds) {
+    const char *f = b->format;
+    if (*f == '@' || *f == '=' || *f == '<')
+        f++;
+    return f[0] && !f[1] && strchr(kinds, f[0]) != NULL;
+}
+
+/* Borrow a C-contiguous buffer (writable if asked) of at least `need` items of `size` bytes,
+ * of a kind in `kinds` ("f": float32; "ql": int64). */
 static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t need, Py_ssize_t size,
-                   const char *what) {
+                   const char *kinds, const char *what) {
     if (PyObject_GetBuffer(o, b, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS |
                                      PyBUF_FORMAT) < 0)
         return -1;
-    if (b->itemsize != size || b->len < need * size) {
-        PyErr_Format(PyExc_ValueError, "%s: %zd items of %zd bytes needed", what, need, size);
+    if (b->itemsize != size || b->len < need * size || !kind_in(b, kinds)) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd items of %zd bytes (%s) needed", what, need,
+                     size, kinds);
         PyBuffer_Release(b);
         return -1;
     }
@@ -449,7 +460,7 @@ static PyObject *Walker_search(Walker *self, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     Py_buffer qb, db, ib;
-    if (get_buf(args[0], &qb, 0, self->d, 4, "queries") < 0)
+    if (get_buf(args[0], &qb, 0, self->d, 4, "f", "queries") < 0)
         return NULL;
     Py_ssize_t m = qb.len / (4 * (Py_ssize_t)self->d);
     if (qb.len != m * 4 * self->d) {
@@ -457,11 +468,11 @@ static PyObject *Walker_search(Walker *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_ValueError, "queries: a whole number of d-float rows");
         return NULL;
     }
-    if (get_buf(args[3], &db, 1, m * k, 4, "out_d") < 0) {
+    if (get_buf(args[3], &db, 1, m * k, 4, "f", "out_d") < 0) {
         PyBuffer_Release(&qb);
         return NULL;
     }
-    if (get_buf(args[4], &ib, 1, m * k, 8, "out_i") < 0) {
+    if (get_buf(args[4], &ib, 1, m * k, 8, "ql", "out_i") < 0) {
         PyBuffer_Release(&qb);
         PyBuffer_Release(&db);
         return NULL;

@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define AHEAD 8          /* rows prefetched ahead of the one being scored */
 #define PREFETCH_LINES 8 /* of each: the hardware prefetcher streams the rest of a long row */
@@ -29,6 +30,15 @@ dots_of(const float *x, Py_ssize_t d, const int64_t *rows, Py_ssize_t m, const f
             s += q[j] * a[j];
         out[i] = s;
     }
+}
+
+/* A buffer's item kind is one of `kinds`, past any byte-order mark (numpy exports int64 as
+ * 'l' on LP64). */
+static int kind_in(const Py_buffer *b, const char *kinds) {
+    const char *f = b->format;
+    if (*f == '@' || *f == '=' || *f == '<')
+        f++;
+    return f[0] && !f[1] && strchr(kinds, f[0]) != NULL;
 }
 
 /* dots(matrix, rows, query, out): out[i] = <query, matrix[rows[i]]>.
@@ -56,7 +66,7 @@ static PyObject *dots(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     have = 4;
     if (xb.ndim != 2 || xb.itemsize != 4 || qb.itemsize != 4 || ob.itemsize != 4 ||
         rb.itemsize != 8 || xb.shape[1] != qb.len / 4 || ob.len / 4 != rb.len / 8 ||
-        xb.format[0] != 'f' || qb.format[0] != 'f' || ob.format[0] != 'f') {
+        !kind_in(&xb, "f") || !kind_in(&qb, "f") || !kind_in(&ob, "f") || !kind_in(&rb, "ql")) {
         PyErr_SetString(PyExc_ValueError,
                         "dots: matrix (n, d) float32, rows (m,) int64, query (d,) float32, "
                         "out (m,) float32");

@@ -140,6 +140,10 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError):
         walker.search(np.zeros(8, np.float64), 10, 20, d, i)  # float64
     with pytest.raises(ValueError):
+        walker.search(np.zeros(8, np.int32), 10, 20, d, i)  # 4-byte items, not floats
+    with pytest.raises(ValueError):
+        walker.search(np.zeros(8, np.float32), 10, 20, d, i.view(np.float64))  # not int64
+    with pytest.raises(ValueError):
         walker.search(np.zeros(8, np.float32), 10, 5, d, i)  # ef < k
     with pytest.raises(ValueError):
         walker.search(np.zeros(16, np.float32), 10, 20, d, i)  # two queries, room for one

@@ -76,5 +76,9 @@ def test_unusual_rows_fall_back_or_are_refused() -> None:
         flat._rows.dots(x.astype(np.float64), np.array([0, 1], np.int64), q, out)
     with pytest.raises(TypeError):
         flat._rows.dots(x, np.array([0, 1], np.int64), q)
+    with pytest.raises(ValueError):  # 8-byte items that are not int64 rows
+        flat._rows.dots(x, np.array([0.0, 1.0]), q, out)
+    with pytest.raises(ValueError):
+        flat._rows.dots(x, np.array([0, 1], np.int64), q.view(np.int32), out)
     empty = flat.listed_similarity(x, np.zeros(0, np.int64), q, "ip")
     assert empty is not None and empty.shape == (0,)
