@@ -128,12 +128,7 @@ class HnswIndex:
             params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
         faiss.omp_set_num_threads(_CORES if len(q) >= 8 else 1)
         dist, idx = self.index.search(q, min(k, self.rows), params=params)  # `bits` alive here
-        if self.metric == "ip":
-            sim = dist
-        elif self.metric == "l2":
-            sim = -np.sqrt(np.maximum(dist, 0.0))
-        else:
-            sim = -dist
+        sim = _similarity(dist, self.metric)
         if idx.min() < 0:  # fewer than k reachable: pad as the exact path does
             missing = idx < 0
             sim = np.where(missing, -np.inf, sim).astype(np.float32)
@@ -154,12 +149,7 @@ class HnswIndex:
             # no omp_set_num_threads: faiss opens its parallel region only for n > 1, and
             # the setter alone costs as much as the rest of this wrapper (py-spy)
             _search_c(self.index, 1, _swig_ptr(query), k, dptr, iptr, _shared_params(ef))
-        if self.metric == "ip":
-            sim = dist
-        elif self.metric == "l2":
-            sim = -np.sqrt(np.maximum(dist, 0.0))
-        else:
-            sim = -dist
+        sim = _similarity(dist, self.metric)
         if idx[k - 1] < 0:  # faiss fills from the front: fewer than k reachable
             sim = np.where(idx < 0, -np.inf, sim).astype(np.float32)
         return sim, idx
@@ -190,11 +180,7 @@ class HnswIndex:
                 for f in helpers:
                     if not f.cancel():  # one that never started has nothing left to do
                         f.result()
-        if self.metric == "l2":
-            sim = -np.sqrt(np.maximum(dist, 0.0))
-        else:
-            sim = dist  # inner products; a missing result is already -inf
-        return sim, idx
+        return _similarity(dist, self.metric), idx  # a missing result is already -inf
 
     def vectors_view(self) -> np.ndarray:
         """The index's own float32 copy of its rows, as a read-only array that keeps the
@@ -249,6 +235,15 @@ class _Borrowed:
         self.owner = owner
         self.__array_interface__ = {"data": (addr, True), "shape": shape, "typestr": "<f4",
                                     "version": 3}
+
+
+def _similarity(dist: np.ndarray, metric: str) -> np.ndarray:
+    """faiss's distances (inner products, squared L2, L1) as similarities, higher first."""
+    if metric == "ip":
+        return dist
+    if metric == "l2":
+        return -np.sqrt(np.maximum(dist, 0.0))
+    return -dist
 
 
 _PARAMS: dict[int, Any] = {}

@@ -48,14 +48,11 @@ def render(view: View, seg: Segment, rows: list[int] | np.ndarray, with_payload:
            with_vector: Any, scores: list[float] | None = None) -> list[dict[str, Any]]:
     """Records of `rows` (a list, or an int64 array: converted once, here)."""
     if type(rows) is np.ndarray:
-        r_arr, rows = rows, rows.tolist()
         if scores is not None and (with_payload is None or with_payload is False) \
                 and (with_vector is None or with_vector is False):
             # the plain scored record: the common search result, no selector work
-            ids = seg.ids
-            return [{"id": ids[r], "version": ver, "score": sc}
-                    for r, ver, sc in zip(rows, seg.versions[r_arr].tolist(), scores,
-                                          strict=True)]
+            return plain_records(seg, rows[None, :], np.array(scores, np.float64)[None, :])[0]
+        rows = rows.tolist()
     names = _with_vector_names(view, with_vector)
     out: list[dict[str, Any]] = []
     vecs: dict[str, list[Any]] = {}
