@@ -532,6 +532,8 @@
     }
 
     async function follow(resp, out, label, id) {
+      // read the (small) body: a response left unread stays in flight, and a reload aborts it
+      await resp.arrayBuffer();
       const task = resp.headers.get("x-quiver-task");
       if (!task) return null;
       const bar = taskProgress(label, id);
