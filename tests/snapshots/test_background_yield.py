@@ -177,3 +177,46 @@ def test_the_gate_opens_as_soon_as_the_snapshot_is_written() -> None:
     gate.wait(Open())  # type: ignore[arg-type]
     assert 0.25 <= time.monotonic() - t0 < gate.HOLD_MAX_S  # released by the writer
     th.join(5)
+
+
+@pytest.mark.skipif(not ann.available(), reason="faiss is not installed")
+def test_a_build_hashes_segments_sealed_meanwhile_between_its_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long build does not keep sealed segments unhashed until it ends: each batch ends
+    with the gate's check and the digests of segments sealed meanwhile (a snapshot taken then
+    hashes only what is still growing)."""
+    cat = _loaded(tmp_path, monkeypatch)
+    coll = cat.get("c")
+    sealed = [seg for seg in coll.segments if seg.sealed]
+    assert len(sealed) >= 2 and not any(seg.digests for seg in sealed)
+    monkeypatch.setattr(ann, "MIN_BATCH", 64)  # several batches over a segment's ~1000 rows
+    monkeypatch.setattr(ann, "ADD_BATCH", 64)
+    batches: list[int] = []
+    real_add = ann.faiss.IndexHNSWFlat.add
+
+    def add(index: object, x: np.ndarray) -> None:
+        batches.append(len(x))
+        real_add(index, x)
+
+    monkeypatch.setattr(ann.faiss.IndexHNSWFlat, "add", add)
+    assert coll.build_pending_index()  # one segment's index, without digest_sealed first
+    assert len(batches) >= 2 and max(batches) <= 64
+    assert sum(1 for seg in coll.segments if seg.ann) == 1
+    for seg in sealed:  # every sealed segment hashed by that one build, as of its rows
+        assert seg.digests[""][0] == seg.n
+    cat.close()
+
+
+def test_build_batches_are_sized_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches grow or shrink to last about BATCH_S each, within MIN_BATCH..ADD_BATCH."""
+    if not ann.available():
+        pytest.skip("faiss is not installed")
+    monkeypatch.setattr(ann, "MIN_BATCH", 100)
+    monkeypatch.setattr(ann, "ADD_BATCH", 5000)
+    monkeypatch.setattr(ann, "BATCH_S", 0.05)
+    sizes: list[int] = []
+    x = np.random.default_rng(0).standard_normal((6000, 16)).astype(np.float32)
+    index = ann.HnswIndex.build(x, "ip", 8, 16, progress=sizes.append)
+    assert sum(sizes) == 6000 and index.rows == 6000
+    assert sizes[0] == 100 and all(100 <= s <= 5000 for s in sizes)
+    assert max(sizes) > 100  # a 100-row batch of 16-d takes far less than 50 ms: it grew
