@@ -49,8 +49,10 @@ declared, arrays as configured; recovered segments then map the archive itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
+import mmap
 import os
 import queue
 import re
@@ -339,6 +341,107 @@ def _start_writeback(f: BinaryIO, size: int) -> None:
         os.posix_fadvise(f.fileno(), end - size, size, os.POSIX_FADV_DONTNEED)
 
 
+# Direct I/O for a local archive's body: the archive is written once and never read back, so
+# it need not pass through the page cache. Buffered, 1.2 GB went in at 0.33-0.39 GB/s into
+# pages the machine had not used for a while (this sandbox's VM backs guest memory lazily and
+# takes free pages back) and at 1.1-1.6 GB/s into pages just freed; O_DIRECT in 8 MiB
+# requests ran at 1.8 GB/s whatever the pages (dd, the same disk). It also leaves the page
+# cache to searches. File systems without it (tmpfs) refuse the open: buffered writes then.
+DIRECT_ALIGN = 4096
+DIRECT_CHUNK = 8 << 20  # a multiple of DIRECT_ALIGN
+
+
+def _open_direct(f: Any, size: int) -> int | None:
+    """A second descriptor on `f`'s file with O_DIRECT, or None where there is none. One
+    aligned page is written at offset 0 to prove it (some file systems take the flag and
+    refuse the writes): the archive's first page is written again, through `f`, last."""
+    flag = getattr(os, "O_DIRECT", 0)
+    name = getattr(f, "name", None)
+    if not flag or not isinstance(name, str) or size < 4 * DIRECT_ALIGN:
+        return None
+    try:
+        fd = os.open(name, os.O_WRONLY | flag)
+    except OSError:  # EINVAL: no direct I/O on this file system
+        return None
+    page = mmap.mmap(-1, DIRECT_ALIGN)  # zeros, page-aligned
+    try:
+        os.pwrite(fd, page, 0)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return None
+        raise  # ENOSPC, EIO: the write's own failure
+    finally:
+        page.close()
+    return fd
+
+
+def _write_direct(f: BinaryIO, fd: int, start: int, pieces: list[bytes | memoryview],
+                  progress: Callable[[int], None] | None) -> None:
+    """Write `pieces` at file offset `start`: the aligned middle through `fd` (O_DIRECT) from
+    two page-aligned buffers, one filled while the other goes to the disk; the unaligned
+    head and tail (less than a page each) through `f`."""
+    total = sum(len(p) for p in pieces)
+    lo = min(-(-start // DIRECT_ALIGN) * DIRECT_ALIGN, start + total)  # first aligned offset
+    hi = max(lo, (start + total) // DIRECT_ALIGN * DIRECT_ALIGN)  # end of the aligned run
+    views = (memoryview(p).cast("B") for p in pieces if len(p))
+    pending = memoryview(b"")  # what is left of the current piece
+
+    def take(n: int, into: memoryview | None = None) -> bytes:
+        """The body's next n bytes: copied into `into`, else returned."""
+        nonlocal pending
+        got = 0
+        out = bytearray()
+        while got < n:
+            if not len(pending):
+                pending = next(views)
+            k = min(n - got, len(pending))
+            if into is not None:
+                into[got : got + k] = pending[:k]
+            else:
+                out += pending[:k]
+            pending, got = pending[k:], got + k
+        return bytes(out)
+
+    head = take(lo - start)
+    f.seek(start)
+    f.write(head)
+    buffers = [mmap.mmap(-1, DIRECT_CHUNK), mmap.mmap(-1, DIRECT_CHUNK)]  # page-aligned
+    writer = ThreadPoolExecutor(1, thread_name_prefix="quiver-direct")
+    inflight: list[Any] = [None, None]
+    try:
+        off, i = lo, 0
+        while off < hi:
+            n = min(DIRECT_CHUNK, hi - off)
+            if inflight[i] is not None:
+                inflight[i].result()  # this buffer's previous write is done
+            buf = memoryview(buffers[i])
+            take(n, buf)
+            inflight[i] = writer.submit(_pwrite_all, fd, buf[:n], off)
+            if progress is not None:
+                progress(n)
+            off, i = off + n, 1 - i
+        for fut in inflight:
+            if fut is not None:
+                fut.result()
+    finally:
+        writer.shutdown(wait=True, cancel_futures=True)
+        for b in buffers:
+            with contextlib.suppress(BufferError):  # a view still held: freed when dropped
+                b.close()
+    tail = take(start + total - hi)
+    f.seek(hi)
+    f.write(tail)
+    if progress is not None:
+        progress(len(head) + len(tail))
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 def write_archive(f: BinaryIO, prepared: PreparedArchive,
                   progress: Callable[[int], None] | None = None) -> str:
     """Write `prepared` into the local, seekable file `f` and fsync it; returns the archive's
@@ -347,7 +450,8 @@ def write_archive(f: BinaryIO, prepared: PreparedArchive,
     threads hash them in memory (HASH_THREADS) and then, the manifest known, hash the whole
     archive (one thread: sha256 is sequential), both running ahead of the disk; the manifest
     goes last into the space kept for it at the start (its size does not depend on the
-    digests). Nothing is ever read back from the file."""
+    digests). The members go through O_DIRECT where the file system has it (DIRECT_ALIGN:
+    the page cache is bypassed), else buffered. Nothing is ever read back from the file."""
     (minfo, _), rest = prepared.entries[0], prepared.entries[1:]
     body = [p for info, parts in rest for p in _pieces(info, parts)]
     head = len(minfo.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape"))
@@ -375,10 +479,15 @@ def write_archive(f: BinaryIO, prepared: PreparedArchive,
                 h.update(mv[off : off + CHUNK])
         return first, h.hexdigest()
 
+    direct = None
     try:
         hashed = finisher.submit(finish)
-        f.seek(head)
-        _write(f, body, progress)
+        direct = _open_direct(f, prepared.size)
+        if direct is not None:
+            _write_direct(f, direct, head, body, progress)
+        else:
+            f.seek(head)
+            _write(f, body, progress)
         f.flush()
         os.fsync(f.fileno())  # the members reach the disk while the hashes finish
         first, digest = hashed.result()
@@ -389,6 +498,8 @@ def write_archive(f: BinaryIO, prepared: PreparedArchive,
         return digest
     finally:
         stop.set()
+        if direct is not None:
+            os.close(direct)
         pool.shutdown(wait=True, cancel_futures=True)
         finisher.shutdown(wait=True, cancel_futures=True)
 
