@@ -167,6 +167,7 @@
   // fetch with the key; asks for one on 401/403 and tries again. `raw`: the Response itself.
   async function api(method, path, body, raw) {
     for (;;) {
+      const sent = apiKey();
       const init = { method, headers: authHeaders() };
       if (body !== undefined) {
         init.headers["content-type"] = "application/json";
@@ -175,6 +176,9 @@
       const resp = await fetch(path, init);
       if (resp.status === 401 || resp.status === 403) {
         const text = await errorText(resp);
+        // a call sent with an older key (another call's prompt set a new one meanwhile, as
+        // when a page's calls run side by side) tries the new key before asking again
+        if (apiKey() !== sent) continue;
         if (await refusal(resp.status, text)) continue;
         throw new ApiError(resp.status, text);
       }
@@ -597,8 +601,10 @@
         let xhr;
         for (;;) {
           upBar.value = 0;
+          const sent = apiKey();
           xhr = await send(target, f, upSum.value.trim());
-          if ((xhr.status === 401 || xhr.status === 403) && await refusal(xhr.status, xhr.responseText)) continue;
+          if ((xhr.status === 401 || xhr.status === 403)
+              && (apiKey() !== sent || await refusal(xhr.status, xhr.responseText))) continue;
           break;
         }
         if (xhr.status >= 400) {
