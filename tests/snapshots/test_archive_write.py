@@ -52,9 +52,10 @@ def _collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Catalo
     return cat, n
 
 
-def test_member_first_file_is_the_streamed_tar(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    cat, _ = _collection(tmp_path, monkeypatch)
+def _both_layouts(cat: Catalog, tmp_path: Path) -> tuple[Path, bytes, str, int]:
+    """Collection c's archive written by write_archive (members first, hashes behind) and
+    streamed (every member hashed first), from one frozen state: (path of the first, the
+    streamed bytes, write_archive's digest, the bytes its progress reported)."""
     mgr = SnapshotManager(cat, str(tmp_path / "snaps"), 1)
     _, lazy = mgr._prepare_collection("c", hashed=False)
     _, eager = mgr._prepare_collection("c", hashed=True)
@@ -69,9 +70,17 @@ def test_member_first_file_is_the_streamed_tar(tmp_path: Path,
     path = tmp_path / "a.snapshot"
     with open(path, "wb") as f:
         digest = write_archive(f, lazy, seen.append)
+    assert lazy.size == len(streamed.getvalue())
+    return path, streamed.getvalue(), digest, sum(seen)
+
+
+def test_member_first_file_is_the_streamed_tar(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cat, _ = _collection(tmp_path, monkeypatch)
+    path, streamed, digest, reported = _both_layouts(cat, tmp_path)
     data = path.read_bytes()
-    assert data == streamed.getvalue()
-    assert len(data) == lazy.size == sum(seen)
+    assert data == streamed
+    assert len(data) == reported
     assert digest == hashlib.sha256(data).hexdigest()
     with tarfile.open(path) as tar:
         names = tar.getnames()
@@ -152,21 +161,10 @@ def test_direct_io_body_is_the_same_tar(tmp_path: Path, monkeypatch: pytest.Monk
         real(fd, data, offset)
 
     monkeypatch.setattr(archive, "_pwrite_all", pwrite)
-    mgr = SnapshotManager(cat, str(tmp_path / "snaps"), 1)
-    _, lazy = mgr._prepare_collection("c", hashed=False)
-    _, eager = mgr._prepare_collection("c", hashed=True)
-    lazy.header = eager.header
-    for (a, _), (b, _) in zip(lazy.entries, eager.entries, strict=True):
-        a.mtime = b.mtime
-    streamed = io.BytesIO()
-    write_prepared(streamed, eager)
-    seen: list[int] = []
-    path = tmp_path / "a.snapshot"
-    with open(path, "wb") as f:
-        digest = write_archive(f, lazy, seen.append)
+    path, streamed, digest, reported = _both_layouts(cat, tmp_path)
     data = path.read_bytes()
-    assert data == streamed.getvalue() and digest == hashlib.sha256(data).hexdigest()
-    assert len(data) == sum(seen)
+    assert data == streamed and digest == hashlib.sha256(data).hexdigest()
+    assert len(data) == reported
     assert len(writes) > 4  # several requests
     with tarfile.open(path) as tar:
         body_start = tar.getmembers()[1].offset  # the manifest's entry comes before
