@@ -108,62 +108,40 @@ static int grow_bits(scratch *s, size_t words) {
     return 0;
 }
 
-/* cand: min-heap on d; res: max-heap on d (its top is the worst kept result) */
-static inline __attribute__((always_inline)) void up_min(item *h, size_t i) {
-    item v = h[i];
-    while (i) {
-        size_t p = (i - 1) >> 1;
-        if (h[p].d <= v.d)
-            break;
-        h[i] = h[p];
-        i = p;
+/* cand: min-heap on d; res: max-heap on d (its top is the worst kept result). One
+ * definition for both orders; the comparisons are passed as written (NaN distances compare
+ * false either way, so each keeps its own break condition rather than a negated one). */
+#define HEAP_OPS(kind, STAYS_UP, PICK, STAYS_DOWN)                                        \
+    static inline __attribute__((always_inline)) void up_##kind(item *h, size_t i) {      \
+        item v = h[i];                                                                    \
+        while (i) {                                                                       \
+            size_t p = (i - 1) >> 1;                                                      \
+            if (h[p].d STAYS_UP v.d)                                                      \
+                break;                                                                    \
+            h[i] = h[p];                                                                  \
+            i = p;                                                                        \
+        }                                                                                 \
+        h[i] = v;                                                                         \
+    }                                                                                     \
+    static inline __attribute__((always_inline)) void down_##kind(item *h, size_t n,      \
+                                                                  size_t i) {             \
+        item v = h[i];                                                                    \
+        for (;;) {                                                                        \
+            size_t c = 2 * i + 1;                                                         \
+            if (c >= n)                                                                   \
+                break;                                                                    \
+            if (c + 1 < n && h[c + 1].d PICK h[c].d)                                      \
+                c++;                                                                      \
+            if (h[c].d STAYS_DOWN v.d)                                                    \
+                break;                                                                    \
+            h[i] = h[c];                                                                  \
+            i = c;                                                                        \
+        }                                                                                 \
+        h[i] = v;                                                                         \
     }
-    h[i] = v;
-}
 
-static inline __attribute__((always_inline)) void down_min(item *h, size_t n, size_t i) {
-    item v = h[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && h[c + 1].d < h[c].d)
-            c++;
-        if (h[c].d >= v.d)
-            break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = v;
-}
-
-static inline __attribute__((always_inline)) void up_max(item *h, size_t i) {
-    item v = h[i];
-    while (i) {
-        size_t p = (i - 1) >> 1;
-        if (h[p].d >= v.d)
-            break;
-        h[i] = h[p];
-        i = p;
-    }
-    h[i] = v;
-}
-
-static inline __attribute__((always_inline)) void down_max(item *h, size_t n, size_t i) {
-    item v = h[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && h[c + 1].d > h[c].d)
-            c++;
-        if (h[c].d <= v.d)
-            break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = v;
-}
+HEAP_OPS(min, <=, <, >=)
+HEAP_OPS(max, >=, >, <=)
 
 /* Distances are "lower is closer": -<q, x> for inner product, |q - x|^2 for L2. */
 static inline __attribute__((always_inline)) float dist1(const float *restrict q, const float *restrict a, int d, int metric) {
