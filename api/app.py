@@ -102,6 +102,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None,
             app.state.scheduler.start()
             yield
         finally:
+            front = getattr(app, "front", None)
+            if isinstance(front, RequestContext):
+                front.access_log.flush()
             # off the event loop: a scheduled snapshot in progress is cancelled and joined
             await asyncio.to_thread(app.state.scheduler.stop)
             if grpc_server is not None:

@@ -71,8 +71,21 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
 def ok(result: Any, started: float) -> JSONResponse:
-    return JSONResponse({"result": result, "status": "ok", "time": time.perf_counter() - started})
+    """Qdrant's success envelope: the JSONResponse Starlette would build (same body, same
+    raw headers in the same order), without its generic header set-up (a few per cent of a
+    small query's front, py-spy)."""
+    resp = JSONResponse.__new__(JSONResponse)
+    resp.status_code = 200
+    resp.background = None
+    resp.body = body = orjson.dumps(
+        {"result": result, "status": "ok", "time": time.perf_counter() - started},
+        option=orjson.OPT_SERIALIZE_NUMPY)
+    resp.raw_headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+    return resp
 
 
 def error(message: str, status: int, started: float | None = None) -> JSONResponse:

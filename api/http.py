@@ -100,22 +100,25 @@ class InlineGate:
 
     def allows(self, request: Request) -> str | None:
         """The key to note the run under when it may run inline now, else None."""
-        key = request.scope["path_params"].get("collection_name", "")
+        scope = request.scope
+        key = scope["path_params"].get("collection_name", "")
         cost = self.cost.get(key)
         if cost is None or cost > INLINE_BUDGET_S or _pool_busy:
             return None
-        if getattr(request.app.state, "cluster", None) is not None:
+        state = scope["app"].state
+        if getattr(state, "cluster", None) is not None:
             return None  # cluster mode: the handler may call other nodes
         try:
-            coll = request.app.state.catalog.get(key)
+            coll = state.catalog.get(key)
         except Exception:  # noqa: BLE001 - missing or broken: the pool run reports it
             return None
         lock = coll.write_lock
         if not lock.acquire(blocking=False):
             return None
         lock.release()
-        if any(seg.on_device for seg in coll.segments):
-            return None
+        for seg in coll.segments:  # no generator: this runs on every cheap read
+            if seg.on_device:
+                return None
         return key
 
 
@@ -125,17 +128,24 @@ def _timed(fn: Handler, request: Request, body: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def _inline(fn: Handler, request: Request, body: Any) -> tuple[Any, float] | None:
-    """Run fn on the loop, never waiting for a collection's write lock (the gate saw it free,
-    but a writer it cannot see may take it meanwhile): None when the read would have waited.
-    Nothing happened before the view was refused, so the caller reruns it in the pool."""
+def _inline(fn: Handler, request: Request, body: Any, gate: InlineGate, key: str) -> Any:
+    """Run fn on the loop and note its cost, never waiting for a collection's write lock (the
+    gate saw it free, but a writer it cannot see may take it meanwhile): _NOT_RUN when the read
+    would have waited. Nothing happened before the view was refused, so the caller reruns it
+    in the pool. fn is the plain handler: the gate never lets a cluster-mode read run here."""
     token = INLINE.set(True)
     try:
-        return _timed(fn, request, body)
+        started = time.perf_counter()
+        result = fn(request, body)
+        gate.note(key, time.perf_counter() - started)
+        return result
     except WouldBlock:
-        return None
+        return _NOT_RUN
     finally:
         INLINE.reset(token)
+
+
+_NOT_RUN = object()
 
 
 def clustered(fn: Handler) -> Handler:
@@ -154,7 +164,7 @@ def endpoint(fn: Handler, read_body: bool = True,
     the work runs in the thread pool (`inline` reads: on the loop while cheap, see
     INLINE_BUDGET_S), and the result goes into Qdrant's envelope. Every exception becomes an
     envelope, so the front dispatches these routes directly (`run.direct`)."""
-    fn = clustered(fn)
+    plain, fn = fn, clustered(fn)
     gate = InlineGate() if inline else None
 
     async def run(request: Request) -> Response:
@@ -164,22 +174,17 @@ def endpoint(fn: Handler, read_body: bool = True,
             request._query_params = _NO_QUERY  # what request.query_params would parse
         try:
             body = parse_json(await _read_body(request)) if read_body else None
-            key = gate.allows(request) if gate is not None else None
-            inline_result = _inline(fn, request, body) if key is not None else None
-            if inline_result is not None:
-                result, took = inline_result
-                gate.note(key, took)  # type: ignore[union-attr,arg-type]
-            elif gate is not None:
+            result = _NOT_RUN
+            if gate is not None and (key := gate.allows(request)) is not None:
+                result = _inline(plain, request, body, gate, key)
+            if result is _NOT_RUN:  # the pool: not inline, or the inline run would have waited
                 _pool_busy += 1
                 try:
-                    result, took = await run_in_threadpool(_timed, fn, request, body)
-                finally:
-                    _pool_busy -= 1
-                gate.note(request.scope["path_params"].get("collection_name", ""), took)
-            else:
-                _pool_busy += 1
-                try:
-                    result = await run_in_threadpool(fn, request, body)
+                    if gate is None:
+                        result = await run_in_threadpool(fn, request, body)
+                    else:
+                        result, took = await run_in_threadpool(_timed, fn, request, body)
+                        gate.note(request.scope["path_params"].get("collection_name", ""), took)
                 finally:
                     _pool_busy -= 1
         except EngineError as exc:

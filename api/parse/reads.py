@@ -351,7 +351,35 @@ def query_request(coll: Collection, b: dict[str, Any], lookup: Lookup | None = N
                   ) -> QueryRequest:
     """One QueryRequest body (POST /points/query, or one of /points/query/batch) as a query
     plan. `lookup` finds the collections `lookup_from` names."""
+    q = b.get("query")
+    if type(q) is list and _PLAIN_KEYS.issuperset(b):
+        return _plain_query(coll, b, q)
     return _node(coll, b, None, 0, lookup, True)
+
+
+# what a plain vector query may carry besides `query`: `_plain_query` builds what `_node`
+# would for it, without _node's ~15 lookups for prefetch, filters, lookup_from, mmr, params
+# (a third of a small query's parse, cProfile, bench/overhead.py)
+_PLAIN_KEYS = frozenset({"query", "limit", "offset", "using", "score_threshold",
+                         "with_payload", "with_vector", "with_vectors"})
+
+
+def _plain_query(coll: Any, b: dict[str, Any], raw: list[Any]) -> QueryRequest:
+    """A root query whose `query` is a vector given as a list: `_node`'s checks in its order
+    (the vector, then limit, offset, threshold), its QueryRequest."""
+    using = b.get("using")
+    if using is not None and not isinstance(using, str):
+        raise BadRequest("`using` must be a vector name")
+    vec: Any = vectors.parse_query_vector(raw, using, coll.config)
+    name = coll.config.search_name(using)
+    lim = common.limit(b.get("limit"))
+    off = common.offset(b.get("offset"))
+    threshold = common.score_threshold(b.get("score_threshold"))
+    wp, wv = common.selectors(b, payload_default=False)
+    node = QueryRequest(None, None, lim, off, wp, wv, [], threshold, "")
+    node.nearest = SearchSpec(vector=vec, using=name, pred=None, limit=lim, offset=off,
+                              score_threshold=threshold, with_payload=wp, with_vector=wv)
+    return node
 
 
 def searches(body: dict[str, Any]) -> list[Any]:

@@ -93,7 +93,8 @@ def parse_query_vector(raw: Any, using: str | None, cfg: CollectionConfig
             raise BadInput("a sparse query vector needs `using`: the name of a sparse vector")
         cfg.search_name(using)  # 400 for an unknown name
         raise BadInput(f"Vector '{using}' is dense: a sparse query vector does not apply")
-    if isinstance(raw, list) and raw and all(isinstance(t, list) for t in raw):
+    if isinstance(raw, list) and raw and isinstance(raw[0], list) \
+            and all(isinstance(t, list) for t in raw):  # the first test spares a generator
         cfg.vector(using)  # 400 for an unknown name
         raise BadInput(f"Vector '{using or ''}' is not a multivector: a multivector query (a list "
                        "of vectors) does not apply")

@@ -42,14 +42,19 @@ async def root(request: Request) -> Response:
                          "commit": commit_hash()})
 
 
+# the probes' answers never change: built once (the front copies headers, never edits them)
+_HEALTHZ = PlainTextResponse("healthz check passed")
+_READYZ = PlainTextResponse("all shards are ready")
+
+
 @direct
 async def healthz(request: Request) -> Response:
-    return PlainTextResponse("healthz check passed")
+    return _HEALTHZ
 
 
 @direct
 async def readyz(request: Request) -> Response:
-    return PlainTextResponse("all shards are ready")
+    return _READYZ
 
 
 def telemetry(request: Request, body: Any) -> dict[str, Any]:

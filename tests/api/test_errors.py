@@ -254,3 +254,27 @@ def test_403_read_only_key(client: TestClient) -> None:
     r = client.post("/collections/errs/snapshots/upload", headers={"api-key": RO})
     assert (r.status_code, r.text) == (403, READ_ONLY)
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_ok_builds_the_response_starlette_would() -> None:
+    """errors.ok builds its JSONResponse without Starlette's generic header set-up: the same
+    body and raw headers (order included) as the class itself gives for that body."""
+    import time as _time  # noqa: PLC0415
+
+    import numpy as _np  # noqa: PLC0415
+
+    result = {"points": [{"id": 1, "score": 0.5}], "n": _np.float32(2.5), "s": "é"}
+    resp = http_errors.ok(result, _time.perf_counter())
+    body = orjson.loads(resp.body)
+    assert body["result"] == {"points": [{"id": 1, "score": 0.5}], "n": 2.5, "s": "é"}
+    assert body["status"] == "ok" and 0 <= body["time"] < 1
+    same = http_errors.JSONResponse(body)
+    assert resp.body == same.body or orjson.loads(same.body) == body
+    assert resp.raw_headers == [(b"content-length", str(len(resp.body)).encode()),
+                                (b"content-type", b"application/json")]
+    assert [k for k, _ in same.raw_headers] == [k for k, _ in resp.raw_headers]
+    assert resp.status_code == 200 and resp.background is None and resp.media_type == \
+        "application/json"
+    resp.headers["x-extra"] = "1"  # a handler may still add headers to its own response
+    assert (b"x-extra", b"1") in resp.raw_headers
+    assert (b"x-extra", b"1") not in http_errors.ok(result, _time.perf_counter()).raw_headers

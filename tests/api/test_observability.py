@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ with warnings.catch_warnings():  # "install httpx2": the httpx-based client work
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from api import observability as obs
 from api.app import create_app
 from api.settings import load_settings
 
@@ -177,17 +179,112 @@ def test_error_log_lines_carry_the_request_id(app_client: TestClient,
     assert all(getattr(rec, "request_id", None) == "req-500" for rec in records)
 
 
+def _access_records(caplog: pytest.LogCaptureFixture, n: int,
+                    timeout: float = 10.0) -> list[logging.LogRecord]:
+    """The quiver.access records once n have arrived (they come in batches, at most
+    ACCESS_FLUSH_S after their request, on the app's running loop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = [r for r in caplog.records if r.name == "quiver.access"]
+        if len(recs) >= n or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.01)
+
+
 def test_access_log_line(app_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="quiver.access"):
         app_client.get("/collections/x%0aforged?api_key=secret",
                        headers={"x-request-id": "req-1"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "quiver.access"]
+        lines = [r.getMessage() for r in _access_records(caplog, 1)]
     assert len(lines) == 1
     line = lines[0]
     assert line.startswith('request_id=req-1 method="GET" '
                            'route="/collections/{collection_name}"')
     assert "status=404" in line and "duration_ms=" in line
     assert "\n" not in line and "secret" not in line  # no forged lines, no query strings
+
+
+def test_access_lines_are_batched_in_order_with_their_requests_time_and_id(
+        app_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Lines reach the handlers after their response (AccessLog), within ACCESS_FLUSH_S,
+    in request order, each dated when its request ended and carrying its id."""
+    c = app_client
+    with caplog.at_level(logging.INFO, logger="quiver.access"):
+        sent = []
+        for i in range(5):
+            before = time.time()
+            assert c.get("/healthz", headers={"x-request-id": f"b-{i}"}).status_code == 200
+            sent.append((before, time.time()))
+        recs = _access_records(caplog, 5)
+    assert [r.request_id for r in recs] == [f"b-{i}" for i in range(5)]  # type: ignore[attr-defined]
+    assert [r.getMessage().split()[0] for r in recs] == [f"request_id=b-{i}" for i in range(5)]
+    for rec, (before, after) in zip(recs, sent, strict=True):
+        assert before - 0.01 <= rec.created <= after + 0.01, (rec.created, before, after)
+        assert rec.levelno == logging.INFO and 'route="/healthz"' in rec.getMessage()
+
+
+def test_a_5xx_line_goes_out_at_once_after_the_pending_lines(
+        app_client: TestClient, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    c = app_client
+    c.put("/collections/e", json={"vectors": {"size": 2, "distance": "Dot"}})
+    monkeypatch.setattr(obs, "ACCESS_FLUSH_S", 60.0)  # nothing drains on its own now
+    catalog = c.app.state.catalog  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="quiver.access"):
+        time.sleep(2 * 0.05)  # the PUT's own batch is out
+        caplog.clear()
+        c.get("/healthz", headers={"x-request-id": "before-500"})
+        assert _access_records(caplog, 1, timeout=0.3) == []  # pending
+
+        def boom(name: str) -> None:
+            raise RuntimeError("injected failure")
+        monkeypatch.setattr(catalog, "get", boom)
+        r = c.post("/collections/e/points/count", json={}, headers={"x-request-id": "the-500"})
+        assert r.status_code == 500
+        ids = [rec.request_id for rec in _access_records(caplog, 2)]  # type: ignore[attr-defined]
+    assert ids == ["before-500", "the-500"]
+
+
+def test_pending_access_lines_are_written_at_shutdown(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(obs, "ACCESS_FLUSH_S", 60.0)
+    settings = load_settings(env={}, overrides={"storage": {
+        "storage_path": str(tmp_path / "storage"), "snapshots_path": str(tmp_path / "snaps")}})
+    with caplog.at_level(logging.INFO, logger="quiver.access"):
+        with TestClient(create_app(settings)) as c:
+            for i in range(3):
+                c.get("/healthz", headers={"x-request-id": f"s-{i}"})
+            assert [r for r in caplog.records if r.name == "quiver.access"] == []
+        ids = [r.request_id for r in caplog.records  # type: ignore[attr-defined]
+               if r.name == "quiver.access"]
+    assert ids == ["s-0", "s-1", "s-2"]
+
+
+def test_a_burst_drains_in_slices(monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    """More lines than ACCESS_SLICE: the timer emits one slice, the rest follow in later
+    loop iterations (other work may run between), all in order."""
+    import asyncio  # noqa: PLC0415
+
+    monkeypatch.setattr(obs, "ACCESS_FLUSH_S", 0.0)
+    monkeypatch.setattr(obs, "ACCESS_SLICE", 4)
+    log = obs.AccessLog()
+    seen_between: list[int] = []
+
+    async def main() -> None:
+        for i in range(10):
+            log.add((time.time(), f"r-{i}", "GET", "/healthz", "/healthz", 200, 0.001, "c"))
+        while log.pending or log.timer is not None:
+            seen_between.append(len([r for r in caplog.records if r.name == "quiver.access"]))
+            await asyncio.sleep(0)
+
+    with caplog.at_level(logging.INFO, logger="quiver.access"):
+        asyncio.run(main())
+        ids = [r.request_id for r in caplog.records  # type: ignore[attr-defined]
+               if r.name == "quiver.access"]
+    assert ids == [f"r-{i}" for i in range(10)]
+    assert 4 in seen_between and 8 in seen_between  # slices, with loop turns between
 
 
 def test_metrics_need_a_key_and_read_only_may_read(tmp_path: Path) -> None:
@@ -210,7 +307,11 @@ def test_metrics_need_a_key_and_read_only_may_read(tmp_path: Path) -> None:
         # the access log of the real server carries the id the client sent
         httpx.get(srv.url + "/collections", headers={"api-key": "k-read",
                                                      "x-request-id": "from-client-42"})
-        assert re.search(r'request_id=from-client-42 method="GET" route="/collections" '
-                         r'path="/collections" status=200', srv.log())
+        line = re.compile(r'request_id=from-client-42 method="GET" route="/collections" '
+                          r'path="/collections" status=200')
+        deadline = time.monotonic() + 10  # lines are written in batches (AccessLog)
+        while not line.search(srv.log()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert line.search(srv.log()), srv.log()
     finally:
         srv.stop()

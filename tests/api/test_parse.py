@@ -333,3 +333,47 @@ def test_batch_ops() -> None:
     assert set(writes.WRITES) == {"upsert", "delete", "set_payload", "overwrite_payload",
                                   "delete_payload", "clear_payload", "update_vectors",
                                   "delete_vectors"}
+
+
+_PLAIN_BODIES: list[tuple[Any, dict[str, Any]]] = [
+    (SINGLE, {"query": [1, 2, 3]}),
+    (SINGLE, {"query": [1.5, -2, 3e3], "limit": 4, "offset": 2, "score_threshold": 0.25,
+              "with_payload": ["a"], "with_vectors": True}),
+    (SINGLE, {"query": [1, 2, 3], "with_vector": False, "with_vectors": True}),
+    (NAMED, {"query": [1, 2], "using": "img", "with_payload": {"exclude": ["x"]}}),
+    (NAMED, {"query": [1, 2, 3], "using": "txt", "limit": 1, "score_threshold": 3}),
+    # refusals: the same error, in _node's order
+    (SINGLE, {"query": [1, 2, 3], "limit": 0}),
+    (SINGLE, {"query": [1, 2, 3], "offset": -1, "limit": "x"}),
+    (SINGLE, {"query": [1, 2, 3], "score_threshold": True}),
+    (SINGLE, {"query": ["a", 2, 3], "limit": 0}),
+    (SINGLE, {"query": [], "limit": 3}),
+    (SINGLE, {"query": [[1, 2, 3]]}),
+    (SINGLE, {"query": [None, 1, 2]}),
+    (SINGLE, {"query": [1, 2, 3], "using": 7}),
+    (NAMED, {"query": [1, 2]}),
+    (NAMED, {"query": [1, 2], "using": "nope"}),
+]
+
+
+@pytest.mark.parametrize(("cfg", "body"), _PLAIN_BODIES)
+def test_a_plain_query_parses_as_the_general_parser_does(cfg: Any, body: dict[str, Any]
+                                                         ) -> None:
+    """query_request's fast path for a vector-only body (reads._plain_query) gives _node's
+    QueryRequest, or its error."""
+    def outcome(fn: Any) -> Any:
+        try:
+            node = fn()
+        except EngineError as exc:
+            return type(exc), exc.detail
+        spec = node.nearest
+        return (node.pred, node.limit, node.offset, node.with_payload, node.with_vector,
+                node.prefetch, node.score_threshold, node.filter_key, node.fusion, node.mmr,
+                repr(spec.vector.tolist()), spec.vector.dtype, spec.using, spec.pred, spec.limit,
+                spec.offset, spec.score_threshold, spec.with_payload, spec.with_vector,
+                spec.exclude_ids, spec.filter_key, spec.hnsw_ef, spec.exact, spec.quantization)
+
+    assert reads._PLAIN_KEYS.issuperset(body) and type(body["query"]) is list
+    fast = outcome(lambda: reads.query_request(_coll(cfg), body))
+    general = outcome(lambda: reads._node(_coll(cfg), body, None, 0, None, True))
+    assert fast == general
