@@ -259,9 +259,10 @@ class Collection(CollectionState):
     def search(self, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
         """Searches of one request: on a device-resident collection concurrent requests are
         coalesced into batches (engine/coalesce.py); on the CPU each runs as it comes."""
-        if any(seg.on_device for seg in self.segments):
-            return self.coalescer.search(specs, self._search_now)
-        return self._search_now(specs)
+        for seg in self.segments:  # no generator: this runs on every search
+            if seg.on_device:
+                return self.coalescer.search(specs, self._search_now)
+        return search_batch(self.view(), specs)
 
     def _search_now(self, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
         return search_batch(self.view(), specs)

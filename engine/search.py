@@ -30,6 +30,12 @@ from gpu import flat
 from gpu.device import DeviceFailure
 from gpu.topk import merge
 
+# engine/_records.c (built by setup.py where a C compiler is found): `ranked` in C
+try:
+    from engine import _records
+except ImportError:  # pragma: no cover - installed without a C compiler
+    _records = None  # type: ignore[assignment]
+
 
 def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
     """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
@@ -238,9 +244,9 @@ def _prepared_one(v: np.ndarray, dim: int, dist: Any) -> np.ndarray:
         raise BadInput("Query vector must not contain NaN or infinite values")
     if not dist.normalise:
         return q
-    # a Python float divisor is cast to float32 (NEP 50) as np.float32(...) would be, and
-    # skips the numpy-scalar dispatch; inf (overflow) gives zeros, as the batch path
-    norm = float(np.float32(math.sqrt(sq)))
+    # a float32 divisor: what a Python float is cast to (NEP 50), without the weak-scalar
+    # promotion; inf (overflow) gives zeros, as the batch path
+    norm = np.float32(math.sqrt(sq))
     return q / norm if norm else q.copy()
 
 
@@ -344,6 +350,13 @@ def _direct_one(view: View, s: SearchSpec, v: np.ndarray,
                 return None
         chosen.append((seg, n, rows))
     q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever is stored
+    if len(chosen) == 1 and chosen[0][2] is None and chosen[0][1] <= min(k, RANKED_MAX) \
+            and not s.offset and s.score_threshold is None and dist.metric != "l1" \
+            and (s.with_payload is None or s.with_payload is False) \
+            and (s.with_vector is None or s.with_vector is False):
+        ranked = _ranked_one(chosen[0][0], name, chosen[0][1], q, k, dist)
+        if ranked is not None:
+            return ranked
     found: list[tuple[Segment, np.ndarray, np.ndarray]] = []
     for seg, n, rows in chosen:
         one = _scored_one(seg, name, n, q, k, dist.metric, rows)
@@ -351,6 +364,26 @@ def _direct_one(view: View, s: SearchSpec, v: np.ndarray,
             return None
         found.append(one)
     return _rendered_one(view, s, dist, found)
+
+
+# a small segment's plain records in one C call (engine/_records.c `ranked`)
+RANKED_MAX = 256
+
+
+def _ranked_one(seg: Segment, name: str, n: int, q: np.ndarray, k: int, dist: Any
+                ) -> list[dict[str, Any]] | None:
+    """All n (<= k) rows of one segment scored and ranked, as plain records: what
+    `_scored_one` and `_rendered_one` give for them (the stable order of gpu.topk.topk_one
+    when k >= n, the same float64 scores), with the selection and the records in one C
+    call. None: the steps decide (no C module, a score not finite, rows on the device)."""
+    if _records is None or type(seg.ids) is not list or seg.versions.dtype != np.uint64:
+        return None
+    host = seg.matrices[name].host_resident(n)
+    if host is None:
+        return None
+    seg.touch()
+    sims = flat.scores_one(host[0], q, dist.metric, host[1])
+    return _records.ranked(seg.ids, seg.versions, sims, not dist.higher_is_better, k)
 
 
 def _scored_one(seg: Segment, name: str, n: int, q: np.ndarray, k: int, metric: Any,
@@ -379,6 +412,17 @@ def _rendered_one(view: View, s: SearchSpec, dist: Any,
     which: list[int] | None = None
     if len(found) == 1:
         seg, sims, hits = found[0]
+        if s.score_threshold is None and not s.offset \
+                and (s.with_payload is None or s.with_payload is False) \
+                and (s.with_vector is None or s.with_vector is False):
+            # the plain unpaged result: the records the steps below give, from the float64
+            # scores at once (float32 -> float64 is exact, as via tolist()); a non-finite
+            # score makes the sum non-finite and takes the steps below
+            sims64 = sims[:k].astype(np.float64)
+            if math.isfinite(float(sims64.sum())):
+                if not dist.higher_is_better:
+                    sims64 = -sims64
+                return plain_records(seg, hits[None, :k], sims64[None, :])[0]
     else:
         # non-finite scores rank last, as gpu.flat._finish leaves them, then are dropped
         parts = [np.where(np.isfinite(f[1]), f[1], flat.NEG_INF) for f in found]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from starlette.requests import Request
 
-from api.parse import common, reads, writes
+from api.parse import common, reads, vectors, writes
 from engine.config import parse_create
 from engine.errors import BadInput, BadRequest, EngineError
 from engine.operations import (
@@ -377,3 +377,36 @@ def test_a_plain_query_parses_as_the_general_parser_does(cfg: Any, body: dict[st
     fast = outcome(lambda: reads.query_request(_coll(cfg), body))
     general = outcome(lambda: reads._node(_coll(cfg), body, None, 0, None, True))
     assert fast == general
+
+
+@pytest.mark.parametrize("raw", [
+    [0.1, -2.5, 3e-39, 1e-46],  # float32 subnormal and underflow to zero
+    [1.0, 3.4028235e38, 3.4028236e38, -1e300],  # the largest float32, overflow to inf
+    [1.0, 2, -7, 2**64],  # ints after a float
+    [1.0, True, False],  # numpy's asarray reads these as 1.0 / 0.0 too
+    [1.0, float("nan"), float("inf")],
+    [1.0, None],  # refused by array(): numpy's path (NaN, refused later as such)
+    [1.0, "2"],  # strings: not numbers
+    [1.0, [2.0]],  # ragged
+    [1.0, 10**400],  # beyond a double
+    [2.0, 1e-7, 0.333333333333],
+])
+def test_a_flat_float_vector_converts_as_numpy_does(raw: list[Any]) -> None:
+    """numeric_array's array('f') fast path gives numpy's float32 values, bit for bit, and
+    leaves what it refuses to numpy's path."""
+    import warnings as _warnings  # noqa: PLC0415
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # numpy warns on overflowing casts
+        got = vectors.numeric_array(raw)
+        try:
+            arr = np.asarray(raw)
+            want = None if arr.dtype.kind not in "iufO" else np.asarray(raw, dtype=np.float32) \
+                if arr.dtype.kind == "O" else arr.astype(np.float32)
+        except (ValueError, TypeError, OverflowError):
+            want = None
+    if want is None:
+        assert got is None
+        return
+    assert got is not None and got.dtype == np.float32 and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()

@@ -159,3 +159,47 @@ def test_rows_moved_to_the_device_meanwhile_leave_it_to_the_general_path(
     monkeypatch.undo()
     assert [r["id"] for r in query.search_batch(coll, [_spec(v)])[0]] == \
         [r["id"] for r in search_mod._search_group(view, [_spec(v)])[0]]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflowing row (inf - inf)
+@pytest.mark.parametrize("distance", ["Cosine", "Dot", "Euclid"])
+def test_a_small_segment_ranked_in_c_matches_the_general_path(
+        tmp_path: Path, distance: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All rows of one small segment within the limit: `_ranked_one` (engine/_records.c
+    `ranked`: the stable order, the float64 scores) gives the general path's records, ties
+    included; an overflowing score leaves it to the numpy steps, same records again."""
+    from engine import _records  # noqa: PLC0415 - the C module the test is about
+
+    rng = np.random.default_rng(11)
+    coll = Collection.create("r", str(tmp_path / distance), {
+        "vectors": {"size": 8, "distance": distance}})
+    x = rng.integers(-2, 3, (40, 8)).astype(np.float32)  # a coarse grid: many ties
+    apply_body(coll, "upsert", {"batch": {"ids": list(range(100, 140)), "vectors": x}})
+    calls: list[bool] = []
+    real_ranked = _records.ranked
+
+    def spy(*a: Any) -> Any:
+        out = real_ranked(*a)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_records, "ranked", spy)
+    for limit in (40, 41, 500):
+        for grid in (True, False):
+            v = (rng.integers(-2, 3, 8) if grid else rng.standard_normal(8)).astype(np.float32)
+            monkeypatch.setattr(search_mod, "_exact_one", _REAL)
+            one = query.search_batch(coll, [_spec(v, limit=limit)])[0]
+            monkeypatch.setattr(search_mod, "_exact_one", lambda *a: None)
+            general = query.search_batch(coll, [_spec(v, limit=limit)])[0]
+            assert one == general and len(one) == 40, (limit, v)
+    assert calls == [True] * 6
+    # an overflowing row (Dot, Euclid: an infinite score): the numpy steps answer
+    apply_body(coll, "upsert", {"batch": {"ids": [7], "vectors": np.full((1, 8), 1e38,
+                                                                          np.float32)}})
+    v = np.ones(8, np.float32)
+    monkeypatch.setattr(search_mod, "_exact_one", _REAL)
+    one = query.search_batch(coll, [_spec(v, limit=100)])[0]
+    monkeypatch.setattr(search_mod, "_exact_one", lambda *a: None)
+    assert one == query.search_batch(coll, [_spec(v, limit=100)])[0]
+    assert calls[-1] is (distance == "Cosine")  # Cosine normalises the row: finite
+    coll.close()
