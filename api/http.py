@@ -18,6 +18,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge, from_exception, ok
+from api.parse.common import state_dict
 from engine import QUIVER_VERSION
 from engine.errors import BadRequest, EngineError, ServiceError
 from engine.view import INLINE, WouldBlock
@@ -105,11 +106,11 @@ class InlineGate:
         cost = self.cost.get(key)
         if cost is None or cost > INLINE_BUDGET_S or _pool_busy:
             return None
-        state = scope["app"].state
-        if getattr(state, "cluster", None) is not None:
+        state = state_dict(scope["app"])
+        if state.get("cluster") is not None:
             return None  # cluster mode: the handler may call other nodes
         try:
-            coll = state.catalog.get(key)
+            coll = state["catalog"].get(key)
         except Exception:  # noqa: BLE001 - missing or broken: the pool run reports it
             return None
         lock = coll.write_lock

@@ -462,7 +462,7 @@ def _access_line(rid: str, method: str, route: str, path: str, status: int, elap
 # connection waited for it (bench/overhead.py, py-spy). A batch is formatted back to back
 # (hot caches) in slices of ACCESS_SLICE lines, so a burst never holds the loop for long.
 ACCESS_FLUSH_S = 0.05
-ACCESS_SLICE = 16
+ACCESS_SLICE = 4
 _Entry = tuple[float, str, str, str, str, int, float, str]
 
 

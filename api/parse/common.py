@@ -18,9 +18,19 @@ if TYPE_CHECKING:
     from engine.collection import Collection
 
 
+def state_dict(app: Any) -> dict[str, Any]:
+    """An app's `state` attributes as a dict: Starlette's State keeps them in `_state` and
+    reaches each through a Python-level __getattr__ (two of them were a tenth of a cheap
+    read's gate, py-spy); anything else (a test's namespace): its __dict__."""
+    state = app.state
+    attrs = getattr(state, "_state", None)
+    return attrs if isinstance(attrs, dict) else vars(state)
+
+
 def collection(request: Request) -> Collection:
     """The collection named in the path (an alias resolves; a missing one is a 404)."""
-    return request.app.state.catalog.get(request.path_params["collection_name"])
+    scope = request.scope
+    return state_dict(scope["app"])["catalog"].get(scope["path_params"]["collection_name"])
 
 
 def lookup(request: Request) -> Callable[[str], Collection]:
