@@ -29,8 +29,8 @@ def state_dict(app: Any) -> dict[str, Any]:
 
 def collection(request: Request) -> Collection:
     """The collection named in the path (an alias resolves; a missing one is a 404)."""
-    scope = request.scope
-    return state_dict(scope["app"])["catalog"].get(scope["path_params"]["collection_name"])
+    # the attributes, not the scope: gRPC and cluster handlers pass request-like objects
+    return state_dict(request.app)["catalog"].get(request.path_params["collection_name"])
 
 
 def lookup(request: Request) -> Callable[[str], Collection]:
