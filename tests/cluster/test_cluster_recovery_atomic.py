@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -121,6 +122,21 @@ def _actors(namespace: str) -> set[str]:
             if a["namespace"] == namespace}
 
 
+def _wait_dead(actor: Any, timeout: float = 30.0) -> None:
+    """Until calls to the actor fail (on a busy machine a killed actor may still answer a
+    call or two: this page would then land, and the next one fail)."""
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed replica kept answering")
+
+
 def _persisted(rt: ClusterRouter) -> dict[str, Any]:
     return ray.get(rt.meta.get.remote())
 
@@ -146,7 +162,9 @@ def test_failure_mid_reshard_leaves_the_target_as_it_was(
             assert all(c["name"] == TARGET for c in
                        operations.list_collections(rt, None, "", None)["collections"])
             if len(calls) == 3:  # mid-reshard: a replica of the new collection is lost
-                ray.kill(rt.actor_of(entry["shards"]["1"][0]), no_restart=True)
+                victim = rt.actor_of(entry["shards"]["1"][0])
+                ray.kill(victim, no_restart=True)
+                _wait_dead(victim)  # ray.kill returns before the actor is gone
         real_apply(rt_, name, entry, bodies, method, template, *rest)
 
     monkeypatch.setattr(cs, "_apply", failing)
