@@ -383,9 +383,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        if "//" in path or (path[-1:] == "/" and len(path) > 1):
-            scope = normalize_path(scope)
+        scope = normalize_path(scope)
         rid = None
         for k, v in scope.get("headers", ()):
             if k == HEADER:

@@ -262,7 +262,7 @@ class Collection(CollectionState):
         for seg in self.segments:  # no generator: this runs on every search
             if seg.on_device:
                 return self.coalescer.search(specs, self._search_now)
-        return search_batch(self.view(), specs)
+        return self._search_now(specs)
 
     def _search_now(self, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
         return search_batch(self.view(), specs)

@@ -44,12 +44,17 @@ def _with_vector_names(view: View, selector: Any) -> list[str] | None:
     raise BadRequest(f"invalid with_vector selector: {selector!r}")
 
 
+def plain_selectors(with_payload: Any, with_vector: Any) -> bool:
+    """Neither payload nor vector asked for: the plain scored record {id, version, score}."""
+    return (with_payload is None or with_payload is False) \
+        and (with_vector is None or with_vector is False)
+
+
 def render(view: View, seg: Segment, rows: list[int] | np.ndarray, with_payload: Any,
            with_vector: Any, scores: list[float] | None = None) -> list[dict[str, Any]]:
     """Records of `rows` (a list, or an int64 array: converted once, here)."""
     if type(rows) is np.ndarray:
-        if scores is not None and (with_payload is None or with_payload is False) \
-                and (with_vector is None or with_vector is False):
+        if scores is not None and plain_selectors(with_payload, with_vector):
             # the plain scored record: the common search result, no selector work
             return plain_records(seg, rows[None, :], np.array(scores, np.float64)[None, :])[0]
         rows = rows.tolist()

@@ -20,7 +20,7 @@ from engine.multi_search import search_multi
 from engine.multivector import MultiVector
 from engine.plan import SearchSpec
 from engine.recommend import ExampleQuery, search_examples
-from engine.render import plain_records, render, render_handles
+from engine.render import plain_records, plain_selectors, render, render_handles
 from engine.segment import Segment
 from engine.sparse import SparseVector
 from engine.sparse_search import search_sparse
@@ -146,8 +146,7 @@ def _one_segment_batch(view: View, keys: np.ndarray, ok: np.ndarray, scores: np.
         return None
     seg = view.by_id[first]
     rows = keys & ROW_MASK
-    plain = all((s.with_payload is None or s.with_payload is False)
-                and (s.with_vector is None or s.with_vector is False) for s in specs)
+    plain = all(plain_selectors(s.with_payload, s.with_vector) for s in specs)
     if plain and all(s.offset == 0 and s.limit >= keys.shape[1] for s in specs):
         return plain_records(seg, rows, scores)  # no paging: the whole matrix at once
     rows_all, scores_all = rows.tolist(), scores.tolist()
@@ -209,8 +208,7 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
         sims, rows = sims[ok], rows[ok]
     if s.offset:
         sims, rows = sims[s.offset :], rows[s.offset :]
-    if (s.with_payload is None or s.with_payload is False) \
-            and (s.with_vector is None or s.with_vector is False):
+    if plain_selectors(s.with_payload, s.with_vector):
         # float32 -> float64 is exact: the floats tolist() would give; copied out of the
         # thread's walk buffers before the next search reuses them
         scores64 = sims.astype(np.float64) if dist.higher_is_better else -sims.astype(np.float64)
@@ -351,9 +349,7 @@ def _direct_one(view: View, s: SearchSpec, v: np.ndarray,
         chosen.append((seg, n, rows))
     q = _prepared_one(v, vspec.size, dist)  # bad input is refused whatever is stored
     if len(chosen) == 1 and chosen[0][2] is None and chosen[0][1] <= min(k, RANKED_MAX) \
-            and not s.offset and s.score_threshold is None and dist.metric != "l1" \
-            and (s.with_payload is None or s.with_payload is False) \
-            and (s.with_vector is None or s.with_vector is False):
+            and dist.metric != "l1" and _plain_unpaged(s):
         ranked = _ranked_one(chosen[0][0], name, chosen[0][1], q, k, dist)
         if ranked is not None:
             return ranked
@@ -368,6 +364,12 @@ def _direct_one(view: View, s: SearchSpec, v: np.ndarray,
 
 # a small segment's plain records in one C call (engine/_records.c `ranked`)
 RANKED_MAX = 256
+
+
+def _plain_unpaged(s: SearchSpec) -> bool:
+    """Plain records of the first `limit` hits: no selectors, no offset, no threshold."""
+    return not s.offset and s.score_threshold is None \
+        and plain_selectors(s.with_payload, s.with_vector)
 
 
 def _ranked_one(seg: Segment, name: str, n: int, q: np.ndarray, k: int, dist: Any
@@ -412,9 +414,7 @@ def _rendered_one(view: View, s: SearchSpec, dist: Any,
     which: list[int] | None = None
     if len(found) == 1:
         seg, sims, hits = found[0]
-        if s.score_threshold is None and not s.offset \
-                and (s.with_payload is None or s.with_payload is False) \
-                and (s.with_vector is None or s.with_vector is False):
+        if _plain_unpaged(s):
             # the plain unpaged result: the records the steps below give, from the float64
             # scores at once (float32 -> float64 is exact, as via tolist()); a non-finite
             # score makes the sum non-finite and takes the steps below
