@@ -128,6 +128,59 @@ done:
  * the engine's per-call costs (the server, cold caches), not in the scan. n <= RANKED_MAX:
  * an insertion sort. */
 #define RANKED_MAX 256
+/* The first min(k, n) records of rows 0..n-1 ranked by `sims` (see ranked), a new list; or
+ * a new reference to None when a score is not finite. */
+static PyObject *rank(PyObject *ids, const Py_buffer *vb, const float *sims, Py_ssize_t n,
+                      int negate, Py_ssize_t k) {
+    int64_t order[RANKED_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float v = sims[i];
+        if (!isfinite(v))
+            Py_RETURN_NONE;
+        Py_ssize_t j = i; /* stable: a row moves only past strictly lower scores */
+        while (j > 0 && sims[order[j - 1]] < v) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+    Py_ssize_t m = k < n ? (k > 0 ? k : 0) : n;
+    PyObject *out = PyList_New(m);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        double sc = (double)sims[order[j]];
+        PyObject *rec = one(ids, PyList_GET_SIZE(ids), vb->buf, vb->len / 8, order[j],
+                            negate ? -sc : sc);
+        if (!rec) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, j, rec);
+    }
+    return out;
+}
+
+/* ranked with the sims' buffer checked: versions uint64, sims (n <= RANKED_MAX,) float32 */
+static PyObject *rank_buffers(PyObject *ids, PyObject *versions, PyObject *sims, int negate,
+                              Py_ssize_t k) {
+    Py_buffer vb, sb;
+    if (get(versions, &vb, 8, "versions") < 0)
+        return NULL;
+    if (get(sims, &sb, 4, "sims") < 0) {
+        PyBuffer_Release(&vb);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (sb.ndim != 1 || !kind_in(&vb, "QL") || !kind_in(&sb, "f") || sb.shape[0] > RANKED_MAX)
+        PyErr_SetString(PyExc_ValueError, "ranked: versions uint64, sims (n <= 256,) float32");
+    else
+        out = rank(ids, &vb, sb.buf, sb.shape[0], negate, k);
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&sb);
+    return out;
+}
+
 static PyObject *ranked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "ranked(ids: list, versions, sims, negate, k)");
@@ -137,53 +190,75 @@ static PyObject *ranked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t k = PyLong_AsSsize_t(args[4]);
     if (negate < 0 || (k == -1 && PyErr_Occurred()))
         return NULL;
-    PyObject *ids = args[0];
-    Py_buffer vb, sb;
-    if (get(args[1], &vb, 8, "versions") < 0)
+    return rank_buffers(args[0], args[1], args[2], negate, k);
+}
+
+static PyObject *str_dot, *str_copy;
+
+/* ranked_query(ids, versions, matrix, query, normalise, negate, k) -> ranked(ids, versions,
+ * matrix.dot(q), negate, k), q being the query prepared as engine/search.py _prepared_one
+ * prepares it (normalise: divided by its float32 norm), or None when the query's squared
+ * norm or a score is not finite (the caller's Python steps decide, and refuse NaN).
+ * matrix: (n, d) float32 numpy rows, n <= RANKED_MAX; query: (d,) float32 numpy array.
+ * The same numpy calls make the same bits: q.dot(q) (BLAS sdot) for the norm, its square
+ * root rounded to float32, an IEEE float32 division per element (numpy's true_divide), and
+ * matrix.dot(q) (BLAS sgemv). Why: on a small collection the query's preparation, scoring
+ * and ranking were ~20 of its ~26 us in the engine, nearly all of it the Python and numpy
+ * calls around ~1 us of arithmetic (the server, cold caches, bench/overhead.py). */
+static PyObject *ranked_query(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ranked_query(ids: list, versions, matrix, query, normalise, negate, k)");
         return NULL;
-    if (get(args[2], &sb, 4, "sims") < 0) {
-        PyBuffer_Release(&vb);
+    }
+    int normalise = PyObject_IsTrue(args[4]);
+    int negate = PyObject_IsTrue(args[5]);
+    Py_ssize_t k = PyLong_AsSsize_t(args[6]);
+    if (normalise < 0 || negate < 0 || (k == -1 && PyErr_Occurred()))
         return NULL;
-    }
-    PyObject *out = NULL;
-    if (sb.ndim != 1 || !kind_in(&vb, "QL") || !kind_in(&sb, "f") || sb.shape[0] > RANKED_MAX) {
-        PyErr_SetString(PyExc_ValueError, "ranked: versions uint64, sims (n <= 256,) float32");
-        goto done;
-    }
-    const float *sims = sb.buf;
-    Py_ssize_t n = sb.shape[0];
-    int64_t order[RANKED_MAX];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        float v = sims[i];
-        if (!isfinite(v)) {
-            out = Py_None;
-            Py_INCREF(out);
-            goto done;
+    PyObject *q = args[3];
+    PyObject *sq_obj = PyObject_CallMethodOneArg(q, str_dot, q);
+    if (!sq_obj)
+        return NULL;
+    double sq = PyFloat_AsDouble(sq_obj);
+    Py_DECREF(sq_obj);
+    if (sq == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!isfinite(sq))
+        Py_RETURN_NONE;
+    PyObject *prepared;
+    if (normalise) {
+        prepared = PyObject_CallMethodNoArgs(q, str_copy);
+        if (!prepared)
+            return NULL;
+        float norm = (float)sqrt(sq); /* np.float32(math.sqrt(sq)) */
+        if (norm != 0.0f) {           /* zero: the copy, as _prepared_one */
+            Py_buffer qb;
+            if (PyObject_GetBuffer(prepared, &qb,
+                                   PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+                Py_DECREF(prepared);
+                return NULL;
+            }
+            if (qb.itemsize != 4 || !kind_in(&qb, "f")) {
+                PyBuffer_Release(&qb);
+                Py_DECREF(prepared);
+                PyErr_SetString(PyExc_ValueError, "ranked_query: query (d,) float32");
+                return NULL;
+            }
+            float *p = qb.buf;
+            for (Py_ssize_t i = 0, d = qb.len / 4; i < d; i++)
+                p[i] = p[i] / norm;
+            PyBuffer_Release(&qb);
         }
-        Py_ssize_t j = i; /* stable: a row moves only past strictly lower scores */
-        while (j > 0 && sims[order[j - 1]] < v) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = i;
+    } else {
+        prepared = Py_NewRef(q);
     }
-    Py_ssize_t m = k < n ? (k > 0 ? k : 0) : n;
-    out = PyList_New(m);
-    if (!out)
-        goto done;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        double sc = (double)sims[order[j]];
-        PyObject *rec = one(ids, PyList_GET_SIZE(ids), vb.buf, vb.len / 8, order[j],
-                            negate ? -sc : sc);
-        if (!rec) {
-            Py_CLEAR(out);
-            goto done;
-        }
-        PyList_SET_ITEM(out, j, rec);
-    }
-done:
-    PyBuffer_Release(&vb);
-    PyBuffer_Release(&sb);
+    PyObject *sims = PyObject_CallMethodOneArg(args[2], str_dot, prepared);
+    Py_DECREF(prepared);
+    if (!sims)
+        return NULL;
+    PyObject *out = rank_buffers(args[0], args[1], sims, negate, k);
+    Py_DECREF(sims);
     return out;
 }
 
@@ -192,6 +267,9 @@ static PyMethodDef methods[] = {
      "records(ids, versions, rows, scores): [[{'id', 'version', 'score'}, ...], ...]"},
     {"ranked", (PyCFunction)(void (*)(void))ranked, METH_FASTCALL,
      "ranked(ids, versions, sims, negate, k): [{'id', 'version', 'score'}, ...] or None"},
+    {"ranked_query", (PyCFunction)(void (*)(void))ranked_query, METH_FASTCALL,
+     "ranked_query(ids, versions, matrix, query, normalise, negate, k): ranked(...) of "
+     "matrix.dot(prepared query), or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -204,7 +282,9 @@ PyMODINIT_FUNC PyInit__records(void) {
     key_id = PyUnicode_InternFromString("id");
     key_version = PyUnicode_InternFromString("version");
     key_score = PyUnicode_InternFromString("score");
-    if (!key_id || !key_version || !key_score)
+    str_dot = PyUnicode_InternFromString("dot");
+    str_copy = PyUnicode_InternFromString("copy");
+    if (!key_id || !key_version || !key_score || !str_dot || !str_copy)
         return NULL;
     return PyModule_Create(&module);
 }

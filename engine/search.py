@@ -40,7 +40,9 @@ except ImportError:  # pragma: no cover - installed without a C compiler
 def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
     """Run many searches; those sharing vector name and filter go through one GEMM per segment."""
     if len(specs) == 1:
-        one = _search_one(view, specs[0])
+        one = _tiny_one(view, specs[0])
+        if one is None:
+            one = _search_one(view, specs[0])
         if one is None:
             one = _exact_one(view, specs[0])
         if one is not None:
@@ -370,6 +372,48 @@ def _plain_unpaged(s: SearchSpec) -> bool:
     """Plain records of the first `limit` hits: no selectors, no offset, no threshold."""
     return not s.offset and s.score_threshold is None \
         and plain_selectors(s.with_payload, s.with_vector)
+
+
+_F32 = np.dtype(np.float32)
+_U64 = np.dtype(np.uint64)
+
+
+def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
+    """A plain Cosine or Dot query over one small segment (every row fits the limit) that no
+    index or quantization serves: a fresh or test-sized collection. The query's preparation,
+    its products with the rows and the ranked records in one C call (engine/_records.c
+    `ranked_query`): the records `_exact_one` gives, bit for bit, without the dozen Python and
+    numpy calls around them (those, not the arithmetic, were most of a 10-point query's
+    engine time: bench/overhead.py, timed in the server). None: the other paths decide
+    (including every refusal: a wrong dimension, NaN)."""
+    v = s.vector
+    if _records is None or type(v) is not np.ndarray or v.dtype is not _F32 or v.ndim != 1 \
+            or not v.flags.c_contiguous or s.pred is not None or s.exclude_ids \
+            or not _plain_unpaged(s):
+        return None
+    seg: Segment | None = None
+    n = 0
+    for sg, m in view.segments:
+        if m:
+            if seg is not None:
+                return None
+            seg, n = sg, m
+    k = s.limit
+    if seg is None or n > k or n > RANKED_MAX or seg.on_device:
+        return None
+    vspec = view.config.vector(s.using)
+    name, dist = vspec.name, vspec.distance
+    if dist.metric != "ip" or len(v) != vspec.size or name in seg.ann \
+            or type(seg.ids) is not list or seg.versions.dtype is not _U64 \
+            or quantized_search.applies(seg, name, [s]) is not None \
+            or seg.live_mask(n, name)[1] != n:
+        return None
+    host = seg.matrices[name].host_resident(n)
+    if host is None or host[0].dtype is not _F32:
+        return None
+    seg.touch()
+    return _records.ranked_query(seg.ids, seg.versions, host[0], v, dist.normalise,
+                                 not dist.higher_is_better, k)
 
 
 def _ranked_one(seg: Segment, name: str, n: int, q: np.ndarray, k: int, dist: Any

@@ -16,6 +16,7 @@ from api.parse.writes import apply_body
 from engine import query
 from engine import search as search_mod
 from engine.collection import Collection
+from engine.errors import BadInput
 from engine.filters import parse_filter
 
 KWS: list[dict[str, Any]] = [{}, {"limit": 1}, {"limit": 3}, {"offset": 2, "limit": 5},
@@ -25,6 +26,14 @@ KWS: list[dict[str, Any]] = [{}, {"limit": 1}, {"limit": 3}, {"offset": 2, "limi
 
 
 _REAL = search_mod._exact_one  # the tests below patch the module's name
+_TINY = search_mod._tiny_one
+
+
+@pytest.fixture(autouse=True)
+def _without_the_tiny_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_tiny_one` answers first for a small segment; these tests are about `_exact_one`
+    (the one test about `_tiny_one` puts it back)."""
+    monkeypatch.setattr(search_mod, "_tiny_one", lambda *a: None)
 
 
 def _spec(v: np.ndarray, **kw: Any) -> query.SearchSpec:
@@ -165,9 +174,11 @@ def test_rows_moved_to_the_device_meanwhile_leave_it_to_the_general_path(
 @pytest.mark.parametrize("distance", ["Cosine", "Dot", "Euclid"])
 def test_a_small_segment_ranked_in_c_matches_the_general_path(
         tmp_path: Path, distance: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """All rows of one small segment within the limit: `_ranked_one` (engine/_records.c
-    `ranked`: the stable order, the float64 scores) gives the general path's records, ties
-    included; an overflowing score leaves it to the numpy steps, same records again."""
+    """All rows of one small segment within the limit: `_tiny_one` (engine/_records.c
+    `ranked_query`: the query prepared, scored and ranked in one call; Cosine and Dot) and
+    `_ranked_one` (`ranked`: the stable order, the float64 scores) give the general path's
+    records, bit for bit, ties included; an overflowing score or query norm leaves it to the
+    numpy steps, same records again; a bad query is refused as before."""
     from engine import _records  # noqa: PLC0415 - the C module the test is about
 
     rng = np.random.default_rng(11)
@@ -175,31 +186,54 @@ def test_a_small_segment_ranked_in_c_matches_the_general_path(
         "vectors": {"size": 8, "distance": distance}})
     x = rng.integers(-2, 3, (40, 8)).astype(np.float32)  # a coarse grid: many ties
     apply_body(coll, "upsert", {"batch": {"ids": list(range(100, 140)), "vectors": x}})
-    calls: list[bool] = []
-    real_ranked = _records.ranked
+    calls: dict[str, list[bool]] = {"ranked": [], "ranked_query": []}
 
-    def spy(*a: Any) -> Any:
-        out = real_ranked(*a)
-        calls.append(out is not None)
-        return out
+    def spy(name: str) -> Any:
+        real = getattr(_records, name)
 
-    monkeypatch.setattr(_records, "ranked", spy)
+        def call(*a: Any) -> Any:
+            out = real(*a)
+            calls[name].append(out is not None)
+            return out
+        return call
+
+    for name in calls:
+        monkeypatch.setattr(_records, name, spy(name))
+
+    def run(v: np.ndarray, limit: int, path: str) -> list[dict[str, Any]]:
+        monkeypatch.setattr(search_mod, "_tiny_one",
+                            _TINY if path == "tiny" else lambda *a: None)
+        monkeypatch.setattr(search_mod, "_exact_one",
+                            lambda *a: None if path == "general" else _REAL(*a))
+        return query.search_batch(coll, [_spec(v, limit=limit)])[0]
+
+    tiny = distance != "Euclid"  # ranked_query serves inner products only
     for limit in (40, 41, 500):
         for grid in (True, False):
             v = (rng.integers(-2, 3, 8) if grid else rng.standard_normal(8)).astype(np.float32)
-            monkeypatch.setattr(search_mod, "_exact_one", _REAL)
-            one = query.search_batch(coll, [_spec(v, limit=limit)])[0]
-            monkeypatch.setattr(search_mod, "_exact_one", lambda *a: None)
-            general = query.search_batch(coll, [_spec(v, limit=limit)])[0]
-            assert one == general and len(one) == 40, (limit, v)
-    assert calls == [True] * 6
+            general = run(v, limit, "general")
+            assert run(v, limit, "tiny") == general and len(general) == 40, (limit, v)
+            assert run(v, limit, "ranked") == general, (limit, v)
+    # Euclid: the tiny path steps aside and _ranked_one answers both runs
+    assert calls["ranked_query"] == [True] * 6 * tiny
+    assert calls["ranked"] == [True] * 6 * (1 + (not tiny))
+    # a query whose squared norm overflows: the numpy steps (Cosine: zero scores)
+    big = np.full(8, 1e20, np.float32)
+    assert run(big, 100, "tiny") == run(big, 100, "general")
+    assert calls["ranked_query"][6:] == [False] * tiny  # declined, then the steps
+    # bad queries are refused as before: a wrong dimension, NaN
+    for bad, message in ((np.ones(7, np.float32), "Vector dimension error"),
+                         (np.array([np.nan] * 8, np.float32), "NaN")):
+        with pytest.raises(BadInput, match=message):
+            run(bad, 10, "tiny")
     # an overflowing row (Dot, Euclid: an infinite score): the numpy steps answer
     apply_body(coll, "upsert", {"batch": {"ids": [7], "vectors": np.full((1, 8), 1e38,
                                                                           np.float32)}})
     v = np.ones(8, np.float32)
-    monkeypatch.setattr(search_mod, "_exact_one", _REAL)
-    one = query.search_batch(coll, [_spec(v, limit=100)])[0]
-    monkeypatch.setattr(search_mod, "_exact_one", lambda *a: None)
-    assert one == query.search_batch(coll, [_spec(v, limit=100)])[0]
-    assert calls[-1] is (distance == "Cosine")  # Cosine normalises the row: finite
+    general = run(v, 100, "general")
+    assert run(v, 100, "tiny") == general
+    # Cosine: unit rows, finite; Dot: an infinite score; Euclid: never called
+    assert calls["ranked_query"][7:] == [distance == "Cosine"] * tiny
+    assert run(v, 100, "ranked") == general
+    assert calls["ranked"][-1] is (distance == "Cosine")
     coll.close()
