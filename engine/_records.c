@@ -193,68 +193,86 @@ static PyObject *ranked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return rank_buffers(args[0], args[1], args[2], negate, k);
 }
 
-static PyObject *str_dot, *str_copy;
-
-/* ranked_query(ids, versions, matrix, query, normalise, negate, k) -> ranked(ids, versions,
- * matrix.dot(q), negate, k), q being the query prepared as engine/search.py _prepared_one
- * prepares it (normalise: divided by its float32 norm), or None when the query's squared
- * norm or a score is not finite (the caller's Python steps decide, and refuse NaN).
- * matrix: (n, d) float32 numpy rows, n <= RANKED_MAX; query: (d,) float32 numpy array.
- * The same numpy calls make the same bits: q.dot(q) (BLAS sdot) for the norm, its square
- * root rounded to float32, an IEEE float32 division per element (numpy's true_divide), and
- * matrix.dot(q) (BLAS sgemv). Why: on a small collection the query's preparation, scoring
- * and ranking were ~20 of its ~26 us in the engine, nearly all of it the Python and numpy
- * calls around ~1 us of arithmetic (the server, cold caches, bench/overhead.py). */
-static PyObject *ranked_query(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "ranked_query(ids: list, versions, matrix, query, normalise, negate, k)");
+/* hits(ids, versions, rows, sims, negate, offset) -> the records of one query's graph walk,
+ * from the `offset`-th on: (k,) int64 rows (none < 0) and float32 similarities, best first;
+ * score = sims (Qdrant's -sims for Euclid) as a double. What engine/search.py _search_one's
+ * numpy steps give (a slice, astype, plain_records), in one call: after the walk has filled
+ * the caches with vectors, each of those steps ran cold (~8 us of a ~45 us query at ef 16:
+ * bench.ann, timed in place). */
+static PyObject *hits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "hits(ids: list, versions, rows, sims, negate, offset)");
         return NULL;
     }
-    int normalise = PyObject_IsTrue(args[4]);
-    int negate = PyObject_IsTrue(args[5]);
-    Py_ssize_t k = PyLong_AsSsize_t(args[6]);
-    if (normalise < 0 || negate < 0 || (k == -1 && PyErr_Occurred()))
+    int negate = PyObject_IsTrue(args[4]);
+    Py_ssize_t offset = PyLong_AsSsize_t(args[5]);
+    if (negate < 0 || (offset == -1 && PyErr_Occurred()))
         return NULL;
-    PyObject *q = args[3];
-    PyObject *sq_obj = PyObject_CallMethodOneArg(q, str_dot, q);
-    if (!sq_obj)
+    PyObject *ids = args[0];
+    Py_buffer vb, rb, sb;
+    if (get(args[1], &vb, 8, "versions") < 0)
         return NULL;
-    double sq = PyFloat_AsDouble(sq_obj);
-    Py_DECREF(sq_obj);
-    if (sq == -1.0 && PyErr_Occurred())
+    if (get(args[2], &rb, 8, "rows") < 0) {
+        PyBuffer_Release(&vb);
         return NULL;
-    if (!isfinite(sq))
-        Py_RETURN_NONE;
-    PyObject *prepared;
-    if (normalise) {
-        prepared = PyObject_CallMethodNoArgs(q, str_copy);
-        if (!prepared)
-            return NULL;
-        float norm = (float)sqrt(sq); /* np.float32(math.sqrt(sq)) */
-        if (norm != 0.0f) {           /* zero: the copy, as _prepared_one */
-            Py_buffer qb;
-            if (PyObject_GetBuffer(prepared, &qb,
-                                   PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-                Py_DECREF(prepared);
-                return NULL;
-            }
-            if (qb.itemsize != 4 || !kind_in(&qb, "f")) {
-                PyBuffer_Release(&qb);
-                Py_DECREF(prepared);
-                PyErr_SetString(PyExc_ValueError, "ranked_query: query (d,) float32");
-                return NULL;
-            }
-            float *p = qb.buf;
-            for (Py_ssize_t i = 0, d = qb.len / 4; i < d; i++)
-                p[i] = p[i] / norm;
-            PyBuffer_Release(&qb);
+    }
+    if (get(args[3], &sb, 4, "sims") < 0) {
+        PyBuffer_Release(&vb);
+        PyBuffer_Release(&rb);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (rb.ndim != 1 || sb.ndim != 1 || rb.shape[0] != sb.shape[0] || !kind_in(&vb, "QL") ||
+        !kind_in(&rb, "ql") || !kind_in(&sb, "f")) {
+        PyErr_SetString(PyExc_ValueError,
+                        "hits: versions uint64, rows (k,) int64, sims (k,) float32");
+        goto done;
+    }
+    const int64_t *rows = rb.buf;
+    const float *sims = sb.buf;
+    out = PyList_New(0);
+    if (!out)
+        goto done;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < rb.shape[0]; i++) {
+        if (kept++ < offset)
+            continue;
+        double sc = (double)sims[i];
+        PyObject *rec = one(ids, PyList_GET_SIZE(ids), vb.buf, vb.len / 8, rows[i],
+                            negate ? -sc : sc);
+        if (!rec || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            Py_CLEAR(out);
+            goto done;
         }
-    } else {
-        prepared = Py_NewRef(q);
+        Py_DECREF(rec);
     }
-    PyObject *sims = PyObject_CallMethodOneArg(args[2], str_dot, prepared);
-    Py_DECREF(prepared);
+done:
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&sb);
+    return out;
+}
+
+static PyObject *str_dot;
+
+/* ranked_query(ids, versions, matrix, query, negate, k) -> ranked(ids, versions,
+ * matrix.dot(query), negate, k). matrix: (n, d) float32 numpy rows, n <= RANKED_MAX; query:
+ * (d,) float32, prepared (engine/search.py _prepared_one). The product is numpy's (BLAS
+ * sgemv): the bits `_exact_one` gets. Why: on a small collection the scoring and ranking
+ * around ~1 us of arithmetic were most of the engine's time (the server, cold caches,
+ * bench/overhead.py); this is one call where the Python steps made a dozen. */
+static PyObject *ranked_query(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ranked_query(ids: list, versions, matrix, query, negate, k)");
+        return NULL;
+    }
+    int negate = PyObject_IsTrue(args[4]);
+    Py_ssize_t k = PyLong_AsSsize_t(args[5]);
+    if (negate < 0 || (k == -1 && PyErr_Occurred()))
+        return NULL;
+    PyObject *sims = PyObject_CallMethodOneArg(args[2], str_dot, args[3]);
     if (!sims)
         return NULL;
     PyObject *out = rank_buffers(args[0], args[1], sims, negate, k);
@@ -267,9 +285,10 @@ static PyMethodDef methods[] = {
      "records(ids, versions, rows, scores): [[{'id', 'version', 'score'}, ...], ...]"},
     {"ranked", (PyCFunction)(void (*)(void))ranked, METH_FASTCALL,
      "ranked(ids, versions, sims, negate, k): [{'id', 'version', 'score'}, ...] or None"},
+    {"hits", (PyCFunction)(void (*)(void))hits, METH_FASTCALL,
+     "hits(ids, versions, rows, sims, negate, offset): one walk's records"},
     {"ranked_query", (PyCFunction)(void (*)(void))ranked_query, METH_FASTCALL,
-     "ranked_query(ids, versions, matrix, query, normalise, negate, k): ranked(...) of "
-     "matrix.dot(prepared query), or None"},
+     "ranked_query(ids, versions, matrix, query, negate, k): ranked(...) of matrix.dot(query)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -283,8 +302,7 @@ PyMODINIT_FUNC PyInit__records(void) {
     key_version = PyUnicode_InternFromString("version");
     key_score = PyUnicode_InternFromString("score");
     str_dot = PyUnicode_InternFromString("dot");
-    str_copy = PyUnicode_InternFromString("copy");
-    if (!key_id || !key_version || !key_score || !str_dot || !str_copy)
+    if (!key_id || !key_version || !key_score || !str_dot)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -30,11 +30,16 @@ from gpu import flat
 from gpu.device import DeviceFailure
 from gpu.topk import merge
 
-# engine/_records.c (built by setup.py where a C compiler is found): `ranked` in C
+# engine/_records.c and gpu/_rows.c (built by setup.py where a C compiler is found): the
+# records, ranking and query preparation of the single-query paths in C
 try:
     from engine import _records
 except ImportError:  # pragma: no cover - installed without a C compiler
     _records = None  # type: ignore[assignment]
+try:
+    from gpu import _rows
+except ImportError:  # pragma: no cover - installed without a C compiler
+    _rows = None  # type: ignore[assignment]
 
 
 def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any]]]:
@@ -202,6 +207,12 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     q = _prepared_one(v, vspec.size, dist)
     sims, rows = index.search_one(q, k, s.hnsw_ef or view.hnsw_ef_construct())
     seg.touch()
+    plain = plain_selectors(s.with_payload, s.with_vector)
+    if plain and rows[-1] >= 0 and s.score_threshold is None and _records is not None \
+            and type(seg.ids) is list and seg.versions.dtype is _U64:
+        # the steps below for this common case in one C call (they ran cold after the walk)
+        return _records.hits(seg.ids, seg.versions, rows, sims, not dist.higher_is_better,
+                             s.offset)
     if rows[-1] < 0 or s.score_threshold is not None:
         sims64 = sims.astype(np.float64)
         ok = np.isfinite(sims64) & (rows >= 0)
@@ -210,7 +221,7 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
         sims, rows = sims[ok], rows[ok]
     if s.offset:
         sims, rows = sims[s.offset :], rows[s.offset :]
-    if plain_selectors(s.with_payload, s.with_vector):
+    if plain:
         # float32 -> float64 is exact: the floats tolist() would give; copied out of the
         # thread's walk buffers before the next search reuses them
         scores64 = sims.astype(np.float64) if dist.higher_is_better else -sims.astype(np.float64)
@@ -234,19 +245,28 @@ def _listed_one(view: View, s: SearchSpec, v: np.ndarray) -> list[dict[str, Any]
 
 
 def _prepared_one(v: np.ndarray, dim: int, dist: Any) -> np.ndarray:
-    """One (d,) query as `_prepared_queries` prepares a batch: checked, Cosine: unit."""
-    q = v if v.dtype == np.float32 and v.flags.c_contiguous else \
+    """One (d,) query as searched: checked (dimension, finite) and, for Cosine, a unit copy
+    (gpu/_rows.c `unit`: the norm from a double sum of squares, rounded to float32; every
+    single-query path prepares its query here, so they all score the same bits)."""
+    q = v if v.dtype is _F32 and v.flags.c_contiguous else \
         np.ascontiguousarray(v, dtype=np.float32)
     if len(q) != dim:
         raise BadInput(f"Vector dimension error: expected dim: {dim}, got {len(q)}")
-    sq = float(q.dot(q))  # BLAS sdot as `q @ q`, without the gufunc and dispatch set-up
-    if not math.isfinite(sq) and not np.isfinite(q).all():
+    if _rows is not None:
+        out = _rows.unit(q, dist.normalise)
+        if out is None:
+            raise BadInput("Query vector must not contain NaN or infinite values")
+        return out
+    # without the C module: the same steps in numpy (a double sum of squares, a float32
+    # norm, a float32 division; inf: zeros)
+    q64 = q.astype(np.float64)
+    sq = float(q64 @ q64)
+    if not math.isfinite(sq):
         raise BadInput("Query vector must not contain NaN or infinite values")
     if not dist.normalise:
         return q
-    # a float32 divisor: what a Python float is cast to (NEP 50), without the weak-scalar
-    # promotion; inf (overflow) gives zeros, as the batch path
-    norm = np.float32(math.sqrt(sq))
+    with np.errstate(over="ignore"):  # a norm beyond float32: inf, and zeros below
+        norm = np.float32(math.sqrt(sq))
     return q / norm if norm else q.copy()
 
 
@@ -261,10 +281,17 @@ def _prepared_queries(specs: list[SearchSpec], dim: int, dist: Any) -> np.ndarra
         queries = np.stack([s.vector for s in specs]).astype(np.float32, copy=False)
     if queries.shape[1] != dim:
         raise BadInput(f"Vector dimension error: expected dim: {dim}, got {queries.shape[1]}")
-    sq = np.einsum("ij,ij->i", queries, queries)  # also the norms Cosine needs
-    if not np.isfinite(sq).all() and not np.isfinite(queries).all():
+    # double sums of squares (never overflowing): the float32 norms `_prepared_one` takes, so
+    # a query is prepared to the same bits alone or in a batch
+    sq = np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
+    if not np.isfinite(sq).all():
         raise BadInput("Query vector must not contain NaN or infinite values")
-    return dist.prepare(queries, sq)
+    if not dist.normalise:
+        return queries
+    with np.errstate(over="ignore"):  # a norm beyond float32: inf, and zeros below
+        norms = np.sqrt(sq).astype(np.float32)
+    norms[norms == 0] = 1.0  # a zero vector stays zero
+    return queries / norms[:, None]
 
 
 def _segment_search(seg: Segment, start: int, n: int, name: str, queries: np.ndarray, k: int,
@@ -380,17 +407,12 @@ _U64 = np.dtype(np.uint64)
 
 def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     """A plain Cosine or Dot query over one small segment (every row fits the limit) that no
-    index or quantization serves: a fresh or test-sized collection. The query's preparation,
-    its products with the rows and the ranked records in one C call (engine/_records.c
-    `ranked_query`): the records `_exact_one` gives, bit for bit, without the dozen Python and
-    numpy calls around them (those, not the arithmetic, were most of a 10-point query's
-    engine time: bench/overhead.py, timed in the server). None: the other paths decide
-    (including every refusal: a wrong dimension, NaN)."""
-    v = s.vector
-    if _records is None or type(v) is not np.ndarray or v.dtype is not _F32 or v.ndim != 1 \
-            or not v.flags.c_contiguous or s.pred is not None or s.exclude_ids \
-            or not _plain_unpaged(s):
-        return None
+    index or quantization serves: a fresh or test-sized collection. Its products with the
+    rows and the ranked records in one C call (engine/_records.c `ranked_query`): the records
+    `_exact_one` gives, bit for bit, without the dozen Python and numpy calls around them
+    (those, not the arithmetic, were most of a 10-point query's engine time: bench/overhead.py,
+    timed in the server). None: the other paths decide (the size test comes first: a large
+    collection's query pays ~0.3 us here)."""
     seg: Segment | None = None
     n = 0
     for sg, m in view.segments:
@@ -399,7 +421,11 @@ def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
                 return None
             seg, n = sg, m
     k = s.limit
-    if seg is None or n > k or n > RANKED_MAX or seg.on_device:
+    if seg is None or n > k or n > RANKED_MAX or _records is None:
+        return None
+    v = s.vector
+    if type(v) is not np.ndarray or v.ndim != 1 or s.pred is not None or s.exclude_ids \
+            or not _plain_unpaged(s) or seg.on_device:
         return None
     vspec = view.config.vector(s.using)
     name, dist = vspec.name, vspec.distance
@@ -411,9 +437,10 @@ def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     host = seg.matrices[name].host_resident(n)
     if host is None or host[0].dtype is not _F32:
         return None
+    q = _prepared_one(v, vspec.size, dist)  # refuses NaN
     seg.touch()
-    return _records.ranked_query(seg.ids, seg.versions, host[0], v, dist.normalise,
-                                 not dist.higher_is_better, k)
+    return _records.ranked_query(seg.ids, seg.versions, host[0], q, not dist.higher_is_better,
+                                 k)
 
 
 def _ranked_one(seg: Segment, name: str, n: int, q: np.ndarray, k: int, dist: Any

@@ -217,10 +217,10 @@ def test_a_small_segment_ranked_in_c_matches_the_general_path(
     # Euclid: the tiny path steps aside and _ranked_one answers both runs
     assert calls["ranked_query"] == [True] * 6 * tiny
     assert calls["ranked"] == [True] * 6 * (1 + (not tiny))
-    # a query whose squared norm overflows: the numpy steps (Cosine: zero scores)
+    # a query whose float32 sum of squares would overflow (a double one does not)
     big = np.full(8, 1e20, np.float32)
     assert run(big, 100, "tiny") == run(big, 100, "general")
-    assert calls["ranked_query"][6:] == [False] * tiny  # declined, then the steps
+    assert calls["ranked_query"][6:] == [True] * tiny
     # bad queries are refused as before: a wrong dimension, NaN
     for bad, message in ((np.ones(7, np.float32), "Vector dimension error"),
                          (np.array([np.nan] * 8, np.float32), "NaN")):
@@ -237,3 +237,61 @@ def test_a_small_segment_ranked_in_c_matches_the_general_path(
     assert run(v, 100, "ranked") == general
     assert calls["ranked"][-1] is (distance == "Cosine")
     coll.close()
+
+
+def test_a_single_query_is_prepared_in_c_as_in_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_prepared_one` (gpu/_rows.c `unit`): the float32 norm of a double sum of squares and
+    a float32 division, the same bits as its numpy steps (used without the C module); Dot
+    keeps the query itself; a zero vector stays zero; NaN and infinities are refused; a norm
+    beyond float32 gives zeros, as numpy's division by inf."""
+    from engine.distance import DISTANCES  # noqa: PLC0415
+
+    assert search_mod._rows is not None
+    rng = np.random.default_rng(5)
+    cosine, dot = DISTANCES["Cosine"], DISTANCES["Dot"]
+    cases = [rng.standard_normal(d).astype(np.float32) * scale
+             for d in (1, 3, 8, 128, 769) for scale in (1e-30, 1e-3, 1.0, 1e3, 1e30)]
+    cases += [np.zeros(16, np.float32), np.full(4, 3e38, np.float32)]
+    for q in cases:
+        c_unit = search_mod._prepared_one(q, len(q), cosine)
+        assert c_unit is not q and c_unit.dtype == np.float32
+        assert search_mod._prepared_one(q, len(q), dot) is q
+        with monkeypatch.context() as m:
+            m.setattr(search_mod, "_rows", None)
+            numpy_unit = search_mod._prepared_one(q, len(q), cosine)
+        assert c_unit.tobytes() == numpy_unit.tobytes()
+        with np.errstate(over="ignore"):
+            norm = np.float32(np.sqrt(np.sum(q.astype(np.float64) ** 2)))
+            assert c_unit.tobytes() == (q / norm if norm else q).tobytes()
+    assert not search_mod._prepared_one(np.full(4, 3e38, np.float32), 4, cosine).any()
+    for bad in (np.array([1, np.nan], np.float32), np.array([np.inf, 1], np.float32)):
+        for dist in (cosine, dot):
+            with pytest.raises(BadInput, match="NaN or infinite"):
+                search_mod._prepared_one(bad, 2, dist)
+            with monkeypatch.context() as m, pytest.raises(BadInput, match="NaN or infinite"):
+                m.setattr(search_mod, "_rows", None)
+                search_mod._prepared_one(bad, 2, dist)
+    with pytest.raises(BadInput, match="Vector dimension error"):
+        search_mod._prepared_one(np.ones(3, np.float32), 4, cosine)
+
+
+def test_a_query_is_prepared_to_the_same_bits_alone_or_in_a_batch() -> None:
+    """`_prepared_queries` (a batch: float64 einsum) and `_prepared_one` (one query: C) give
+    the same float32 unit vectors, zero and huge vectors included."""
+    from engine.distance import DISTANCES  # noqa: PLC0415
+
+    rng = np.random.default_rng(9)
+    for dim in (3, 128, 768):
+        q = rng.standard_normal((64, dim)).astype(np.float32)
+        q[:16] *= np.float32(1e-20)
+        q[16:32] *= np.float32(1e19)
+        q[32] = 0.0
+        q[33] = 3e38
+        specs = [_spec(v) for v in q]
+        for name in ("Cosine", "Dot", "Euclid"):
+            dist = DISTANCES[name]
+            with np.errstate(over="ignore"):
+                batch = search_mod._prepared_queries(specs, dim, dist)
+            for i, v in enumerate(q):
+                assert batch[i].tobytes() == search_mod._prepared_one(v, dim, dist).tobytes(), \
+                    (dim, name, i)
