@@ -52,6 +52,12 @@ def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any
             one = _exact_one(view, specs[0])
         if one is not None:
             return [one]
+    s0 = specs[0]
+    key0 = (s0.using, s0.filter_key, s0.hnsw_ef, s0.exact)
+    if type(s0.vector) is np.ndarray and all(
+            type(s.vector) is np.ndarray and (s.using, s.filter_key, s.hnsw_ef, s.exact) == key0
+            for s in specs):
+        return _search_group(view, specs)  # one dense group, the common batch, in one pass
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)
     sparse = [i for i, s in enumerate(specs) if isinstance(s.vector, SparseVector)]
     if sparse:  # sparse vectors: posting lists on the host (engine/sparse_search.py)
