@@ -192,13 +192,7 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
         return _listed_one(view, s, v)
     if s.exact:
         return None
-    seg: Segment | None = None
-    n = 0
-    for sg, m in view.segments:
-        if m:
-            if seg is not None:
-                return None
-            seg, n = sg, m
+    seg, n = _sole_segment(view)
     k = s.limit + s.offset
     if seg is None or k <= 0 or seg.on_device:
         return None
@@ -423,6 +417,19 @@ _F32 = np.dtype(np.float32)
 _U64 = np.dtype(np.uint64)
 
 
+def _sole_segment(view: View) -> tuple[Segment | None, int]:
+    """The view's one non-empty segment and its rows; (None, 0) when there are none or
+    several (the single-segment direct paths then step aside)."""
+    seg: Segment | None = None
+    n = 0
+    for sg, m in view.segments:
+        if m:
+            if seg is not None:
+                return None, 0
+            seg, n = sg, m
+    return seg, n
+
+
 def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     """A plain Cosine or Dot query over one small segment (every row fits the limit) that no
     index or quantization serves: a fresh or test-sized collection. Its products with the
@@ -431,13 +438,7 @@ def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     (those, not the arithmetic, were most of a 10-point query's engine time: bench/overhead.py,
     timed in the server). None: the other paths decide (the size test comes first: a large
     collection's query pays ~0.3 us here)."""
-    seg: Segment | None = None
-    n = 0
-    for sg, m in view.segments:
-        if m:
-            if seg is not None:
-                return None
-            seg, n = sg, m
+    seg, n = _sole_segment(view)
     k = s.limit
     if seg is None or n > k or n > RANKED_MAX or _records is None:
         return None
