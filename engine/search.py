@@ -52,6 +52,8 @@ def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any
             one = _exact_one(view, specs[0])
         if one is not None:
             return [one]
+    if not specs:
+        return []
     s0 = specs[0]
     key0 = (s0.using, s0.filter_key, s0.hnsw_ef, s0.exact)
     if type(s0.vector) is np.ndarray and all(
