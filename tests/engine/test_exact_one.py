@@ -295,3 +295,10 @@ def test_a_query_is_prepared_to_the_same_bits_alone_or_in_a_batch() -> None:
             for i, v in enumerate(q):
                 assert batch[i].tobytes() == search_mod._prepared_one(v, dim, dist).tobytes(), \
                     (dim, name, i)
+
+
+def test_an_empty_batch_answers_nothing(tmp_path: Path) -> None:
+    coll = Collection.create("e", str(tmp_path / "e"), {"vectors": {"size": 4,
+                                                                     "distance": "Cosine"}})
+    assert query.search_batch(coll, []) == []
+    coll.close()
