@@ -230,22 +230,19 @@ static PyObject *hits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     const int64_t *rows = rb.buf;
     const float *sims = sb.buf;
-    out = PyList_New(0);
+    Py_ssize_t first = offset < 0 ? 0 : offset, n = rb.shape[0];
+    out = PyList_New(first < n ? n - first : 0);
     if (!out)
         goto done;
-    Py_ssize_t kept = 0;
-    for (Py_ssize_t i = 0; i < rb.shape[0]; i++) {
-        if (kept++ < offset)
-            continue;
+    for (Py_ssize_t i = first; i < n; i++) {
         double sc = (double)sims[i];
         PyObject *rec = one(ids, PyList_GET_SIZE(ids), vb.buf, vb.len / 8, rows[i],
                             negate ? -sc : sc);
-        if (!rec || PyList_Append(out, rec) < 0) {
-            Py_XDECREF(rec);
+        if (!rec) {
             Py_CLEAR(out);
             goto done;
         }
-        Py_DECREF(rec);
+        PyList_SET_ITEM(out, i - first, rec);
     }
 done:
     PyBuffer_Release(&vb);

@@ -56,9 +56,8 @@ def search_batch(view: View, specs: list[SearchSpec]) -> list[list[dict[str, Any
         return []
     s0 = specs[0]
     key0 = (s0.using, s0.filter_key, s0.hnsw_ef, s0.exact)
-    if type(s0.vector) is np.ndarray and all(
-            type(s.vector) is np.ndarray and (s.using, s.filter_key, s.hnsw_ef, s.exact) == key0
-            for s in specs):
+    if all(type(s.vector) is np.ndarray and (s.using, s.filter_key, s.hnsw_ef, s.exact) == key0
+           for s in specs):
         return _search_group(view, specs)  # one dense group, the common batch, in one pass
     results: list[list[dict[str, Any]] | None] = [None] * len(specs)
     sparse = [i for i, s in enumerate(specs) if isinstance(s.vector, SparseVector)]
@@ -277,23 +276,21 @@ def _prepared_queries(specs: list[SearchSpec], dim: int, dist: Any) -> np.ndarra
     v = specs[0].vector
     if len(specs) == 1 and type(v) is np.ndarray and v.ndim == 1:
         return _prepared_one(v, dim, dist)[None, :]
+    vectors = [s.vector for s in specs]
     if len(specs) == 1:
-        queries = np.asarray(specs[0].vector, dtype=np.float32).reshape(1, -1)
+        queries = np.asarray(vectors[0], dtype=np.float32).reshape(1, -1)
     else:
         # np.array rather than np.stack: the same (b, d) rows in a third of the time (np.stack
         # reshapes each row first: 0.14 ms for 500); rows of mixed sizes: a ValueError
-        vectors = [s.vector for s in specs]
         try:
             queries = np.array(vectors).astype(np.float32, copy=False)
         except ValueError:
             queries = np.empty((0, 0), np.float32)
         if queries.ndim != 2:
             queries = np.empty((0, 0), np.float32)
-        if queries.shape[1] != dim:  # the first vector of another size, as Qdrant names it
-            got = next((len(v) for v in vectors if len(v) != dim), queries.shape[1])
-            raise BadInput(f"Vector dimension error: expected dim: {dim}, got {got}")
-    if queries.shape[1] != dim:
-        raise BadInput(f"Vector dimension error: expected dim: {dim}, got {queries.shape[1]}")
+    if queries.shape[1] != dim:  # the first vector of another size, as Qdrant names it
+        got = next((np.size(v) for v in vectors if np.size(v) != dim), queries.shape[1])
+        raise BadInput(f"Vector dimension error: expected dim: {dim}, got {got}")
     # double sums of squares (never overflowing): the float32 norms `_prepared_one` takes, so
     # a query is prepared to the same bits alone or in a batch
     q64 = queries.astype(np.float64)
@@ -450,7 +447,7 @@ def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
         return None
     vspec = view.config.vector(s.using)
     name, dist = vspec.name, vspec.distance
-    if dist.metric != "ip" or len(v) != vspec.size or name in seg.ann \
+    if dist.metric != "ip" or name in seg.ann \
             or type(seg.ids) is not list or seg.versions.dtype is not _U64 \
             or quantized_search.applies(seg, name, [s]) is not None \
             or seg.live_mask(n, name)[1] != n:
@@ -458,7 +455,7 @@ def _tiny_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     host = seg.matrices[name].host_resident(n)
     if host is None or host[0].dtype is not _F32:
         return None
-    q = _prepared_one(v, vspec.size, dist)  # refuses NaN
+    q = _prepared_one(v, vspec.size, dist)  # refuses a wrong dimension and NaN
     seg.touch()
     return _records.ranked_query(seg.ids, seg.versions, host[0], q, not dist.higher_is_better,
                                  k)
