@@ -474,9 +474,123 @@ static PyObject *Walker_search(Walker *self, PyObject *const *args, Py_ssize_t n
     return PyLong_FromLong(first);
 }
 
+/* run(queries, k, ef, out_d, out_i, bounds, state, most) -> chunks walked.
+ * A batch split into c chunks, query rows bounds[j]..bounds[j+1] (int64, c + 1 entries),
+ * walked by several threads: each call takes chunks from the counter state[0] (int64,
+ * atomically) until none is left or it has walked `most`, and sets state[1 + j] to 1 once
+ * chunk j's results are written. The GIL is released throughout: a pool thread walks its
+ * share in one call, and the calling thread may use the results of finished chunks between
+ * its own (engine/ann.py `_walk`; Python-level scheduling made every chunk wait for the GIL
+ * while the caller built records). */
+static PyObject *Walker_run(Walker *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "run(queries, k, ef, out_d, out_i, bounds, state, most)");
+        return NULL;
+    }
+    long k = PyLong_AsLong(args[1]), ef = PyLong_AsLong(args[2]);
+    Py_ssize_t most = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (k <= 0 || ef < k || ef > 1 << 20 || most < 0) {
+        PyErr_SetString(PyExc_ValueError, "run: need 0 < k <= ef and most >= 0");
+        return NULL;
+    }
+    Py_buffer qb, db, ib, bb, sb;
+    if (get_buf(args[0], &qb, 0, self->d, 4, "f", "queries") < 0)
+        return NULL;
+    Py_ssize_t m = qb.len / (4 * (Py_ssize_t)self->d);
+    int have = 1;
+    PyObject *result = NULL;
+    if (qb.len != m * 4 * self->d) {
+        PyErr_SetString(PyExc_ValueError, "queries: a whole number of d-float rows");
+        goto done;
+    }
+    if (get_buf(args[3], &db, 1, m * k, 4, "f", "out_d") < 0)
+        goto done;
+    have = 2;
+    if (get_buf(args[4], &ib, 1, m * k, 8, "ql", "out_i") < 0)
+        goto done;
+    have = 3;
+    if (get_buf(args[5], &bb, 0, 1, 8, "ql", "bounds") < 0)
+        goto done;
+    have = 4;
+    Py_ssize_t c = bb.len / 8 - 1;
+    if (get_buf(args[6], &sb, 1, 1 + c, 8, "ql", "state") < 0)
+        goto done;
+    have = 5;
+    const int64_t *bounds = bb.buf;
+    for (Py_ssize_t j = 0; j < c; j++)
+        if (bounds[j] < 0 || bounds[j] > bounds[j + 1] || bounds[j + 1] > m) {
+            PyErr_SetString(PyExc_ValueError, "run: bounds ascending within the queries");
+            goto done;
+        }
+    int64_t *state = sb.buf;
+    Py_ssize_t walked = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (walked < most && !bad) {
+        int64_t j = __atomic_fetch_add(&state[0], 1, __ATOMIC_RELAXED);
+        if (j >= c)
+            break;
+        for (int64_t i = bounds[j]; i < bounds[j + 1] && !bad; i++)
+            bad = walk_one(self, (const float *)qb.buf + i * self->d, (int)k, (int)ef,
+                           (float *)db.buf + i * k, (int64_t *)ib.buf + i * k) < 0;
+        /* release: the chunk's results are visible to whoever reads this flag */
+        __atomic_store_n(&state[1 + j], bad ? -1 : 1, __ATOMIC_RELEASE);
+        walked++;
+    }
+    Py_END_ALLOW_THREADS
+    result = bad ? PyErr_NoMemory() : PyLong_FromSsize_t(walked);
+done:
+    if (have >= 5)
+        PyBuffer_Release(&sb);
+    if (have >= 4)
+        PyBuffer_Release(&bb);
+    if (have >= 3)
+        PyBuffer_Release(&ib);
+    if (have >= 2)
+        PyBuffer_Release(&db);
+    PyBuffer_Release(&qb);
+    return result;
+}
+
+/* ready(state, start) -> how many chunks from `start` on are finished, in a row (the state
+ * that `run` keeps; acquire loads, so their results are visible to the caller). Negative
+ * when one of them failed. */
+static PyObject *Walker_ready(Walker *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ready(state, start)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer sb;
+    if (get_buf(args[0], &sb, 0, 1, 8, "ql", "state") < 0)
+        return NULL;
+    Py_ssize_t c = sb.len / 8 - 1, n = 0;
+    int64_t *flags = (int64_t *)sb.buf + 1;
+    for (Py_ssize_t j = start < 0 ? c : start; j < c; j++) {
+        int64_t f = __atomic_load_n(&flags[j], __ATOMIC_ACQUIRE);
+        if (f < 0) {
+            n = -1;
+            break;
+        }
+        if (f == 0)
+            break;
+        n++;
+    }
+    PyBuffer_Release(&sb);
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef Walker_methods[] = {
     {"search", (PyCFunction)(void (*)(void))Walker_search, METH_FASTCALL,
      "search(queries, k, ef, out_d, out_i) -> results found for the first query"},
+    {"run", (PyCFunction)(void (*)(void))Walker_run, METH_FASTCALL,
+     "run(queries, k, ef, out_d, out_i, bounds, state, most) -> chunks of a batch walked"},
+    {"ready", (PyCFunction)(void (*)(void))Walker_ready, METH_FASTCALL,
+     "ready(state, start) -> chunks finished in a row from start (negative: one failed)"},
     {NULL, NULL, 0, NULL},
 };
 

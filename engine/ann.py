@@ -16,6 +16,7 @@ excluded nodes loses recall.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -47,6 +48,8 @@ try:
 except ImportError:  # pragma: no cover - installed without a C compiler
     _hnsw_walk = None  # type: ignore[assignment]
 WALK_METRICS = {"ip": 0, "l2": 1}  # L1 stays on faiss
+# on_chunk(a, b, sims, rows): a batch's final results for query rows a..b (HnswIndex.search)
+OnChunk = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 log = logging.getLogger(__name__)
 FAISS_METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2", "l1": "METRIC_L1"}
@@ -126,14 +129,16 @@ class HnswIndex:
             _build_count += 1
         return cls(index, len(x), metric, m, ef_construct)
 
-    def search(self, queries: np.ndarray, k: int, ef: int, mask: np.ndarray | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, ef: int, mask: np.ndarray | None,
+               on_chunk: OnChunk | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over the indexed rows as (similarity, rows), higher first; -inf/-1 padded.
-        `mask` (bool, >= rows long) keeps only allowed rows."""
+        `mask` (bool, >= rows long) keeps only allowed rows. `on_chunk(a, b, sims, rows)`
+        (no mask) is called in this thread with the results of query rows a..b as soon as
+        they are final, every row once: a batch's callers build records meanwhile."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         ef = int(min(max(ef, k), MAX_EF))
         if mask is None and self.walker is not None and k > 0:
-            return self._walk(q, min(k, self.rows), ef)
+            return self._walk(q, min(k, self.rows), ef, on_chunk)
         if mask is None:
             params = _shared_params(ef)
         else:
@@ -147,6 +152,8 @@ class HnswIndex:
         if idx.min() < 0:  # fewer than k reachable: pad as the exact path does
             missing = idx < 0
             sim = np.where(missing, -np.inf, sim).astype(np.float32)
+        if on_chunk is not None and len(q):
+            on_chunk(0, len(q), sim, idx)
         return sim, idx  # faiss returns float32 / int64 already
 
     def search_one(self, query: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,31 +176,50 @@ class HnswIndex:
             sim = np.where(idx < 0, -np.inf, sim).astype(np.float32)
         return sim, idx
 
-    def _walk(self, q: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+    def _walk(self, q: np.ndarray, k: int, ef: int, on_chunk: OnChunk | None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """`search` without a mask through the walker. A batch of 8 or more runs on all
-        cores (the walker releases the GIL): the calling thread and the pool's take chunks
-        from one counter, so a core slowed by other work takes fewer of them."""
+        cores: the pool's threads and this one take chunks from one counter in C, with the
+        GIL released (a core slowed by other work takes fewer of them). Between its own
+        chunks this thread hands finished ones to `on_chunk`, so building a batch's records
+        overlaps the other threads' walks instead of following them on one core."""
         m = len(q)
         dist, idx = np.empty((m, k), np.float32), np.empty((m, k), np.int64)
-        walker = self.walker
-        if m == 0:
-            pass
-        elif m < 8 or _CORES == 1:
-            walker.search(q, k, ef, dist, idx)
-        else:
-            chunks = iter(_guided(m, _CORES))  # next() on a list iterator is atomic (GIL)
+        walker, metric = self.walker, self.metric
+        if m < 8 or _CORES == 1:
+            if m:
+                walker.search(q, k, ef, dist, idx)
+            sims = _similarity(dist, metric)  # a missing result is already -inf
+            if on_chunk is not None and m:
+                on_chunk(0, m, sims, idx)
+            return sims, idx
+        chunks, bounds = _schedule(m, _CORES)
+        state = np.zeros(1 + len(chunks), np.int64)  # the next chunk, then one flag each
+        fed = 0
 
-            def drain() -> None:
-                for a, b in chunks:
-                    walker.search(q[a:b], k, ef, dist[a:b], idx[a:b])
-            helpers = [_pool().submit(drain) for _ in range(min(_CORES, m // 4) - 1)]
-            try:
-                drain()
-            finally:
-                for f in helpers:
-                    if not f.cancel():  # one that never started has nothing left to do
-                        f.result()
-        return _similarity(dist, self.metric), idx  # a missing result is already -inf
+        def feed() -> None:
+            nonlocal fed
+            ready = walker.ready(state, fed)
+            if ready < 0:  # another thread failed: its run() raises below
+                return
+            for a, b in chunks[fed : fed + ready]:
+                on_chunk(a, b, _similarity(dist[a:b], metric), idx[a:b])  # type: ignore[misc]
+            fed += ready
+        helpers = [_pool().submit(walker.run, q, k, ef, dist, idx, bounds, state, len(chunks))
+                   for _ in range(min(_CORES, m // 4) - 1)]
+        try:
+            if on_chunk is None:
+                walker.run(q, k, ef, dist, idx, bounds, state, len(chunks))
+            else:
+                while walker.run(q, k, ef, dist, idx, bounds, state, 1):
+                    feed()
+        finally:
+            for f in helpers:
+                if not f.cancel():  # one that never started has nothing left to do
+                    f.result()
+        if on_chunk is not None:
+            feed()
+        return _similarity(dist, metric), idx  # a missing result is already -inf
 
     def vectors_view(self) -> np.ndarray:
         """The index's own float32 copy of its rows, as a read-only array that keeps the
@@ -261,6 +287,16 @@ def _guided(m: int, cores: int) -> list[tuple[int, int]]:
         out.append((a, b))
         a = b
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _schedule(m: int, cores: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """A batch size's chunks on `cores` threads, and their starts (plus m) as the read-only
+    int64 bounds the walker takes (kept: a server sees few batch sizes)."""
+    chunks = _guided(m, cores)
+    bounds = np.array([a for a, _ in chunks] + [m], np.int64)
+    bounds.flags.writeable = False
+    return chunks, bounds
 
 
 def _similarity(dist: np.ndarray, metric: str) -> np.ndarray:

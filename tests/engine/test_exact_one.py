@@ -275,11 +275,14 @@ def test_a_single_query_is_prepared_in_c_as_in_numpy(monkeypatch: pytest.MonkeyP
         search_mod._prepared_one(np.ones(3, np.float32), 4, cosine)
 
 
-def test_a_query_is_prepared_to_the_same_bits_alone_or_in_a_batch() -> None:
-    """`_prepared_queries` (a batch: float64 einsum) and `_prepared_one` (one query: C) give
-    the same float32 unit vectors, zero and huge vectors included."""
+def test_a_query_is_prepared_to_the_same_bits_alone_or_in_a_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_prepared_queries` (a batch: gpu/_rows.c `units`, or a float64 einsum without the C
+    module) and `_prepared_one` (one query: `unit`) give the same float32 rows, zero and
+    huge vectors included; a batch with a NaN or an infinity anywhere is refused either way."""
     from engine.distance import DISTANCES  # noqa: PLC0415
 
+    assert search_mod._rows is not None
     rng = np.random.default_rng(9)
     for dim in (3, 128, 768):
         q = rng.standard_normal((64, dim)).astype(np.float32)
@@ -292,9 +295,44 @@ def test_a_query_is_prepared_to_the_same_bits_alone_or_in_a_batch() -> None:
             dist = DISTANCES[name]
             with np.errstate(over="ignore"):
                 batch = search_mod._prepared_queries(specs, dim, dist)
+                with monkeypatch.context() as m:
+                    m.setattr(search_mod, "_rows", None)
+                    numpy_batch = search_mod._prepared_queries(specs, dim, dist)
+            assert batch.dtype == np.float32 and batch.flags.c_contiguous
+            assert batch.tobytes() == numpy_batch.tobytes(), (dim, name)
             for i, v in enumerate(q):
                 assert batch[i].tobytes() == search_mod._prepared_one(v, dim, dist).tobytes(), \
                     (dim, name, i)
+            bad = q.copy()
+            bad[40, dim - 1] = np.nan if dim % 2 else np.inf
+            for c_module in (True, False):
+                with monkeypatch.context() as m, \
+                        pytest.raises(BadInput, match="NaN or infinite"):
+                    if not c_module:
+                        m.setattr(search_mod, "_rows", None)
+                    search_mod._prepared_queries([_spec(v) for v in bad], dim, dist)
+
+
+def test_a_batch_of_other_arrays_takes_numpys_path_to_the_same_rows() -> None:
+    """gpu/_rows.c `gather_units` takes float32 (d,) C-order arrays; float64 rows, strided
+    views and lists leave the batch to numpy's path (`units`), which prepares them to the
+    same float32 rows; a wrong size anywhere is named as before."""
+    from engine.distance import DISTANCES  # noqa: PLC0415
+
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((9, 32)).astype(np.float32)
+    cosine = DISTANCES["Cosine"]
+    want = search_mod._prepared_queries([_spec(v) for v in q], 32, cosine)
+    wide = np.repeat(q, 2, axis=1)
+    for other in (q[4].astype(np.float64), wide[4, ::2], q[4].tolist()):
+        vectors: list[Any] = list(q)
+        vectors[4] = other
+        got = search_mod._prepared_queries([_spec(v) for v in vectors], 32, cosine)
+        assert got.tobytes() == want.tobytes(), type(other)
+    bad = list(q)
+    bad[6] = q[6][:31]
+    with pytest.raises(BadInput, match="expected dim: 32, got 31"):
+        search_mod._prepared_queries([_spec(v) for v in bad], 32, cosine)
 
 
 def test_an_empty_batch_answers_nothing(tmp_path: Path) -> None:

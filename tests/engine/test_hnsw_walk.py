@@ -198,3 +198,100 @@ def test_a_batch_is_split_into_shrinking_chunks(m: int, cores: int) -> None:
     assert sizes == sorted(sizes, reverse=True) or sizes[:-1] == sorted(sizes[:-1],
                                                                         reverse=True)
     assert sizes[0] == max(4, m // (2 * cores))
+
+
+@needs_walk
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("cores", [2, 4])
+def test_a_batch_hands_every_chunk_over_once_in_order(metric: str, cores: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`on_chunk` sees rows 0..m in order, each once, with the final results, from the
+    calling thread; the batch equals single walks, with or without `on_chunk`."""
+    monkeypatch.setattr(ann, "_CORES", cores)
+    x = data(3000, 16, 21)
+    q = data(300, 16, 22)
+    index = ann.HnswIndex.build(x, metric, 16, 64)
+    seen: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+    caller = threading.get_ident()
+
+    def on_chunk(a: int, b: int, sims: np.ndarray, rows: np.ndarray) -> None:
+        assert threading.get_ident() == caller
+        seen.append((a, b, sims.copy(), rows.copy()))
+    sims, rows = index.search(q, 10, 40, None, on_chunk)
+    assert [a for a, _, _, _ in seen] == [0] + [b for _, b, _, _ in seen[:-1]]
+    assert seen[-1][1] == len(q) and len(seen) == len(ann._guided(len(q), cores))
+    np.testing.assert_array_equal(np.concatenate([s for _, _, s, _ in seen]), sims)
+    np.testing.assert_array_equal(np.concatenate([r for _, _, _, r in seen]), rows)
+    plain_sims, plain_rows = index.search(q, 10, 40, None)
+    np.testing.assert_array_equal(plain_rows, rows)
+    np.testing.assert_array_equal(plain_sims, sims)
+    for i in (0, 7, 299):
+        one_sims, one_rows = index.search_one(np.ascontiguousarray(q[i]), 10, 40)
+        np.testing.assert_array_equal(one_rows, rows[i])
+        np.testing.assert_array_equal(one_sims, sims[i])
+
+
+@needs_walk
+def test_a_failing_consumer_leaves_the_index_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ann, "_CORES", 2)
+    x = data(2000, 8, 23)
+    q = data(200, 8, 24)
+    index = ann.HnswIndex.build(x, "ip", 8, 32)
+
+    def on_chunk(a: int, b: int, sims: np.ndarray, rows: np.ndarray) -> None:
+        raise RuntimeError("consumer failed")
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        index.search(q, 10, 32, None, on_chunk)
+    np.testing.assert_array_equal(index.search(q, 10, 32, None)[1],
+                                  index.search(q, 10, 32, None, lambda *a: None)[1])
+
+
+@needs_walk
+def test_small_batches_and_faiss_walks_hand_over_one_chunk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    x = data(500, 8, 25)
+    q = data(20, 8, 26)
+    for metric, switch in (("ip", "1"), ("l1", "1"), ("ip", "0")):
+        monkeypatch.setenv("QUIVER_HNSW_WALK", switch)
+        index = ann.HnswIndex.build(x, metric, 8, 32)
+        for m in (1, 7, 20):
+            seen: list[tuple[int, int]] = []
+
+            def on_chunk(a: int, b: int, s: np.ndarray, r: np.ndarray,
+                         seen: list[tuple[int, int]] = seen) -> None:
+                seen.append((a, b))
+            index.search(q[:m], 5, 32, None, on_chunk)
+            if index.walker is None or m < 8:
+                assert seen == [(0, m)]
+            assert seen[0][0] == 0 and seen[-1][1] == m
+
+
+@needs_walk
+def test_run_and_ready_refuse_bad_schedules() -> None:
+    x = data(300, 8, 27)
+    walker = ann.HnswIndex.build(x, "ip", 8, 32).walker
+    q = data(12, 8, 28)
+    d, i = np.empty((12, 5), np.float32), np.empty((12, 5), np.int64)
+    good = np.array([0, 4, 8, 12], np.int64)
+    state = np.zeros(4, np.int64)
+    assert walker.run(q, 5, 16, d, i, good, state, 2) == 2
+    assert walker.ready(state, 0) == 2 and walker.ready(state, 2) == 0
+    assert walker.run(q, 5, 16, d, i, good, state, 5) == 1  # the one chunk left
+    assert walker.run(q, 5, 16, d, i, good, state, 5) == 0
+    assert walker.ready(state, 0) == 3 and walker.ready(state, 1) == 2
+    state[2] = -1
+    assert walker.ready(state, 0) == -1  # a failed chunk is reported, not skipped
+    for bounds in (np.array([0, 8, 4, 12], np.int64), np.array([0, 4, 13], np.int64),
+                   np.array([-1, 4], np.int64)):
+        with pytest.raises(ValueError, match="bounds"):
+            walker.run(q, 5, 16, d, i, bounds, np.zeros(len(bounds), np.int64), 1)
+    with pytest.raises(ValueError, match="state"):
+        walker.run(q, 5, 16, d, i, good, np.zeros(2, np.int64), 1)  # no flag for each chunk
+    with pytest.raises(ValueError):
+        walker.run(q, 5, 16, d, i, good.astype(np.float64), state, 1)
+    with pytest.raises(ValueError):
+        walker.run(q, 5, 16, d, i, good, state, -1)
+    with pytest.raises(TypeError):
+        walker.run(q, 5, 16, d, i, good, state)
+    with pytest.raises(TypeError):
+        walker.ready(state)
