@@ -193,12 +193,13 @@ static PyObject *ranked(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return rank_buffers(args[0], args[1], args[2], negate, k);
 }
 
-/* hits(ids, versions, rows, sims, negate, offset) -> the records of one query's graph walk,
- * from the `offset`-th on: (k,) int64 rows (none < 0) and float32 similarities, best first;
- * score = sims (Qdrant's -sims for Euclid) as a double. What engine/search.py _search_one's
- * numpy steps give (a slice, astype, plain_records), in one call: after the walk has filled
- * the caches with vectors, each of those steps ran cold (~8 us of a ~45 us query at ef 16:
- * bench.ann, timed in place). */
+/* hits(ids, versions, rows, sims, negate, offset) -> the records of one query's index search,
+ * from the `offset`-th kept one on: (k,) int64 rows and float32 similarities, best first;
+ * a missing hit (row < 0) or a score that is not finite (an overflowed product) is not kept,
+ * as the batch path drops them; score = sims (Qdrant's -sims for Euclid) as a double. What
+ * engine/search.py _search_one's numpy steps give (a mask, a slice, astype, plain_records),
+ * in one call: after the walk has filled the caches with vectors, each of those steps ran
+ * cold (~8 us of a ~45 us query at ef 16: bench.ann, timed in place). */
 static PyObject *hits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "hits(ids: list, versions, rows, sims, negate, offset)");
@@ -230,11 +231,15 @@ static PyObject *hits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     const int64_t *rows = rb.buf;
     const float *sims = sb.buf;
-    Py_ssize_t first = offset < 0 ? 0 : offset, n = rb.shape[0];
-    out = PyList_New(first < n ? n - first : 0);
+    Py_ssize_t n = rb.shape[0], kept = 0, skip = offset < 0 ? 0 : offset, at = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        kept += rows[i] >= 0 && isfinite(sims[i]);
+    out = PyList_New(skip < kept ? kept - skip : 0);
     if (!out)
         goto done;
-    for (Py_ssize_t i = first; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rows[i] < 0 || !isfinite(sims[i]) || skip-- > 0)
+            continue;
         double sc = (double)sims[i];
         PyObject *rec = one(ids, PyList_GET_SIZE(ids), vb.buf, vb.len / 8, rows[i],
                             negate ? -sc : sc);
@@ -242,7 +247,7 @@ static PyObject *hits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             Py_CLEAR(out);
             goto done;
         }
-        PyList_SET_ITEM(out, i - first, rec);
+        PyList_SET_ITEM(out, at++, rec);
     }
 done:
     PyBuffer_Release(&vb);

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.ann import GraphError, _check_graph
+from engine.ann import GraphError, _check_graph, _swig_ptr
 from gpu.device import default_device
 
 try:
@@ -215,13 +215,21 @@ class IvfIndex:
                 dist, idx = _cpu_search(self._host_index(), q, fetch,
                                         self._cpu_params(ef, frac), allowed)
         else:
-            dist, idx = _cpu_search(self.index, q, fetch, self._cpu_params(ef, frac), allowed)
+            params = self._cpu_params(ef, frac, shared=allowed is None)
+            dist, idx = _cpu_search(self.index, q, fetch, params, allowed)
         if self.kind == "ivf_pq" and self.source is not None:
             sim = self._exact(q, idx)
         elif self.metric == "ip":
             sim = dist.astype(np.float32, copy=False)
         else:
             sim = -np.sqrt(np.maximum(dist, 0.0)).astype(np.float32, copy=False)
+        if sim.shape[1] == want and allowed is None and self.kind != "ivf_pq" \
+                and math.isfinite(float(sim.sum())) and idx[:, -1].min() >= 0:
+            # every result finite (a finite sum: no NaN or infinity) and found (faiss puts
+            # the missing last: sorted, at -FLT_MAX / +FLT_MAX), the common unfiltered
+            # query: the passes below would change nothing (~11 us of a ~75 us single
+            # query, cold; isfinite().all() and min() took ~6 of it)
+            return sim, idx
         sim = np.where(idx >= 0, sim, -np.inf).astype(np.float32, copy=False)
         if sim.shape[1] > want or allowed is not None or self.kind == "ivf_pq":
             order = np.argsort(-sim, axis=1, kind="stable")[:, :want]
@@ -229,6 +237,12 @@ class IvfIndex:
             idx = np.take_along_axis(idx, order, 1)
         idx = np.where(np.isfinite(sim), idx, -1).astype(np.int64, copy=False)
         return sim, idx
+
+    def search_one(self, query: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """One unfiltered query ((d,) float32): `search(query[None], k, ef, None)` as 1-D
+        arrays (engine/search.py `_search_one` takes HNSW and IVF indexes alike)."""
+        sims, rows = self.search(query[None, :], k, ef, None)
+        return sims[0], rows[0]
 
     def _gpu_search(self, q: np.ndarray, fetch: int, ef: int, allowed: np.ndarray | None,
                     frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -249,13 +263,21 @@ class IvfIndex:
                 object.__setattr__(self, "_host", host)
             return host
 
-    def _cpu_params(self, ef: int, frac: float) -> Any:
-        if self.kind == "cagra":  # a recovered CAGRA graph without a GPU: an HNSW walk
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = int(min(MAX_CAGRA_ITOPK, max(ef, 16) / max(frac, 0.1)))
+    def _cpu_params(self, ef: int, frac: float, shared: bool = False) -> Any:
+        """Host search parameters; `shared` (no selector will be set on them): cached."""
+        cagra = self.kind == "cagra"  # a recovered CAGRA graph without a GPU: an HNSW walk
+        value = int(min(MAX_CAGRA_ITOPK, max(ef, 16) / max(frac, 0.1))) if cagra else \
+            min(self.nlist, math.ceil(self.nprobe / max(frac, 0.05)))
+        if shared and (params := _SHARED.get((cagra, value))) is not None:
             return params
-        params = faiss.SearchParametersIVF()
-        params.nprobe = min(self.nlist, math.ceil(self.nprobe / max(frac, 0.05)))
+        if cagra:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = value
+        else:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = value
+        if shared:
+            _SHARED[(cagra, value)] = params
         return params
 
     def _gpu_params(self, ef: int, k: int) -> Any:
@@ -414,6 +436,11 @@ def _checked(arr: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     return arr
 
 
+# Unfiltered host search parameters, one per (CAGRA?, beam or nprobe), shared: faiss only
+# reads them, and building one through SWIG took ~8 us of a ~90 us single query (cold)
+_SHARED: dict[tuple[bool, int], Any] = {}
+
+
 def _short(idx: np.ndarray, need: int) -> bool:
     """Whether some query got fewer than `need` results."""
     return bool(((idx >= 0).sum(axis=1) < need).any())
@@ -426,8 +453,14 @@ def _cpu_search(index: Any, q: np.ndarray, fetch: int, params: Any,
     if allowed is not None:
         bits = np.packbits(allowed, bitorder="little")
         params.sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # n is in bytes
-    dist, idx = index.search(q, fetch, params=params)  # `bits` alive here
-    return dist, idx
+    n = len(q)
+    if q.ndim != 2 or q.shape[1] != index.d or not q.flags.c_contiguous or fetch <= 0:
+        raise ValueError(f"IVF search: ({n}, {index.d}) float32 rows and k > 0 needed")
+    # search_c, not faiss's Python wrapper around it (its checks and allocations were ~5 us
+    # of a ~75 us single query); the rows are ours: checked above, float32 (search())
+    dist, idx = np.empty((n, fetch), np.float32), np.empty((n, fetch), np.int64)
+    index.search_c(n, _swig_ptr(q), fetch, _swig_ptr(dist), _swig_ptr(idx), params)
+    return dist, idx  # `bits` alive until here
 
 
 def _kind_of(cpu: Any) -> str:

@@ -246,11 +246,16 @@ def _as_mask(mask: np.ndarray | None, listed: np.ndarray | None, n: int) -> np.n
     return rows_mask(listed, n) if mask is None else mask  # type: ignore[arg-type]
 
 
+# the indexes `_search_one` takes: their search_one gives one query's (k,) sims and rows
+_ONE_QUERY_INDEXES = (ann.HnswIndex, ivf.IvfIndex)
+
+
 def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
-    """The common single query, straight from the spec to the graph walk: a dense vector, no
+    """The common single query, straight from the spec to the index: a dense vector, no
     filter (a filtered one: `_listed_one`) or exclusions, one non-empty host segment wholly
-    covered by its HNSW index and without deleted rows. None: the general path decides (same results, more Python: view
-    scans, masks, merge and per-query lists cost as much as a small graph walk, py-spy)."""
+    covered by its HNSW or IVF index and without deleted rows. None: the general path
+    decides (same results, more Python: view scans, masks, merge and per-query lists cost
+    as much as a small graph walk, py-spy)."""
     v = s.vector
     if type(v) is not np.ndarray or v.ndim != 1 or s.exclude_ids:
         return None
@@ -264,7 +269,7 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
         return None
     vspec = view.config.vector(s.using)
     index = seg.ann.get(vspec.name)
-    if type(index) is not ann.HnswIndex or index.rows != n \
+    if index is None or type(index) not in _ONE_QUERY_INDEXES or index.rows != n \
             or quantized_search.applies(seg, vspec.name, [s]) is not None:
         return None
     if seg.live_mask(n, vspec.name)[1] != n:
@@ -274,12 +279,13 @@ def _search_one(view: View, s: SearchSpec) -> list[dict[str, Any]] | None:
     sims, rows = index.search_one(q, k, s.hnsw_ef or view.hnsw_ef_construct())
     seg.touch()
     plain = plain_selectors(s.with_payload, s.with_vector)
-    if plain and rows[-1] >= 0 and s.score_threshold is None and _records is not None \
+    if plain and s.score_threshold is None and _records is not None \
             and type(seg.ids) is list and seg.versions.dtype is _U64:
-        # the steps below for this common case in one C call (they ran cold after the walk)
+        # the steps below for this common case in one C call (they ran cold after the walk);
+        # it drops missing hits and scores that are not finite, as the batch path does
         return _records.hits(seg.ids, seg.versions, rows, sims, not dist.higher_is_better,
                              s.offset)
-    if rows[-1] < 0 or s.score_threshold is not None:
+    if rows.min() < 0 or s.score_threshold is not None or not np.isfinite(sims).all():
         sims64 = sims.astype(np.float64)
         ok = np.isfinite(sims64) & (rows >= 0)
         if s.score_threshold is not None:

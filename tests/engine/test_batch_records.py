@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(not ann.available(), reason="faiss-cpu not insta
 
 def _indexed(tmp_path: Path, distance: str, n: int, *, overflow: bool = False,
              segment_kb: int = 1 << 20) -> Collection:
+    """n random 16-d points in one HNSW-indexed segment (several with a small segment_kb)."""
     rng = np.random.default_rng(11)
     coll = Collection.create("b", str(tmp_path / f"{distance}{n}{overflow}{segment_kb}"), {
         "vectors": {"size": 16, "distance": distance},
@@ -151,4 +152,54 @@ def test_several_segments_leave_it_to_the_general_path(
     assert sum(1 for s in coll.segments if s.n) > 1
     answer, general, streamed = _both(coll, [_spec(v) for v in _queries(16, 8)], monkeypatch)
     assert not streamed and answer == general
+    coll.close()
+
+
+def _single_and_general(coll: Collection, spec: query.SearchSpec,
+                        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    assert search_mod._search_one(coll.view(), spec) is not None  # the direct path answers
+    one = query.search_batch(coll, [spec])[0]
+    with monkeypatch.context() as m:
+        m.setattr(search_mod, "_search_one", lambda *a: None)
+        m.setattr(search_mod, "_tiny_one", lambda *a: None)
+        general = query.search_batch(coll, [spec])[0]
+    return one, general
+
+
+def test_a_single_query_drops_overflowing_scores_as_a_batch_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_search_one` (engine/_records.c `hits`) keeps neither a missing hit nor a score that
+    overflowed: the general path's records, offsets counted past the dropped ones. (Dot:
+    its huge rows score +inf, first; Euclid's would be last, never among the hits.)"""
+    coll = _indexed(tmp_path, "Dot", 600, overflow=True)
+    index = next(s for s in coll.segments if s.n).ann[""]
+    q = np.abs(_queries(30, 9))
+    overflowed = 0
+    for v in q:
+        raw = index.search_one(search_mod._prepared_one(v, 16, coll.config.vector("")
+                                                        .distance), 30, 40)[0]
+        overflowed += not np.isfinite(raw).all()
+        for kw in ({"limit": 30}, {"limit": 5, "offset": 3}):
+            one, general = _single_and_general(coll, _spec(v, **kw), monkeypatch)
+            assert one == general
+    assert overflowed  # the walk met the huge rows: the drop was exercised
+    coll.close()
+
+
+def test_an_ivf_segment_answers_a_single_query_directly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host segment served by a faiss IVF index (gpu.faiss_index) takes `_search_one`, with
+    the general path's records."""
+    from engine import ivf  # noqa: PLC0415
+
+    coll = _indexed(tmp_path, "Cosine", 1200)
+    seg = next(s for s in coll.segments if s.n)
+    x = np.array(seg.host_rows("", seg.n), np.float32)  # the stored (unit) rows
+    index = ivf.IvfIndex.build(x, "ip", ivf.IvfSpec("ivf_flat", nlist=16, nprobe=4))
+    monkeypatch.setitem(seg.ann, "", index)
+    for v in _queries(20, 10):
+        for kw in ({}, {"offset": 2}, {"with_payload": True}, {"score_threshold": 0.2}):
+            one, general = _single_and_general(coll, _spec(v, **kw), monkeypatch)
+            assert one == general
+            assert len(one) > 0
     coll.close()
