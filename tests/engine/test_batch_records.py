@@ -203,3 +203,28 @@ def test_an_ivf_segment_answers_a_single_query_directly(
             assert one == general
             assert len(one) > 0
     coll.close()
+
+
+def test_concurrent_batches_share_the_pool(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches from several request threads at once (one walker pool between them): each
+    gets its own records, the same as alone."""
+    import threading  # noqa: PLC0415
+
+    monkeypatch.setattr(ann, "_CORES", 2)
+    coll = _indexed(tmp_path, "Cosine", 1500)
+    batches = [[_spec(v) for v in _queries(40 + 7 * i, 20 + i)] for i in range(6)]
+    alone = [query.search_batch(coll, specs) for specs in batches]
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        for _ in range(5):
+            if query.search_batch(coll, batches[i]) != alone[i]:
+                errors.append(f"batch {i} differs under threads")
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    coll.close()
