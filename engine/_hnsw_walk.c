@@ -430,7 +430,8 @@ static PyObject *Walker_search(Walker *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "search(queries, k, ef, out_d, out_i)");
         return NULL;
     }
-    long k = PyLong_AsLong(args[1]), ef = PyLong_AsLong(args[2]);
+    long k = PyLong_AsLong(args[1]);
+    long ef = PyErr_Occurred() ? 0 : PyLong_AsLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
     if (k <= 0 || ef < k || ef > 1 << 20) {
@@ -487,8 +488,9 @@ static PyObject *Walker_run(Walker *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "run(queries, k, ef, out_d, out_i, bounds, state, most)");
         return NULL;
     }
-    long k = PyLong_AsLong(args[1]), ef = PyLong_AsLong(args[2]);
-    Py_ssize_t most = PyLong_AsSsize_t(args[7]);
+    long k = PyLong_AsLong(args[1]);
+    long ef = PyErr_Occurred() ? 0 : PyLong_AsLong(args[2]);
+    Py_ssize_t most = PyErr_Occurred() ? 0 : PyLong_AsSsize_t(args[7]);
     if (PyErr_Occurred())
         return NULL;
     if (k <= 0 || ef < k || ef > 1 << 20 || most < 0) {
@@ -530,7 +532,7 @@ static PyObject *Walker_run(Walker *self, PyObject *const *args, Py_ssize_t narg
     Py_BEGIN_ALLOW_THREADS
     while (walked < most && !bad) {
         int64_t j = __atomic_fetch_add(&state[0], 1, __ATOMIC_RELAXED);
-        if (j >= c)
+        if (j < 0 || j >= c) /* a counter set past the end stops the walk; below 0: refused */
             break;
         for (int64_t i = bounds[j]; i < bounds[j + 1] && !bad; i++)
             bad = walk_one(self, (const float *)qb.buf + i * self->d, (int)k, (int)ef,

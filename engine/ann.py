@@ -152,7 +152,7 @@ class HnswIndex:
         if idx.min() < 0:  # fewer than k reachable: pad as the exact path does
             missing = idx < 0
             sim = np.where(missing, -np.inf, sim).astype(np.float32)
-        if on_chunk is not None and len(q):
+        if on_chunk is not None and mask is None and len(q):
             on_chunk(0, len(q), sim, idx)
         return sim, idx  # faiss returns float32 / int64 already
 
@@ -207,16 +207,23 @@ class HnswIndex:
             fed += ready
         helpers = [_pool().submit(walker.run, q, k, ef, dist, idx, bounds, state, len(chunks))
                    for _ in range(min(_CORES, m // 4) - 1)]
+        done = False
         try:
             if on_chunk is None:
                 walker.run(q, k, ef, dist, idx, bounds, state, len(chunks))
             else:
                 while walker.run(q, k, ef, dist, idx, bounds, state, 1):
                     feed()
+            done = True
         finally:
-            for f in helpers:
+            if not done:  # this thread failed: the counter past the end stops the helpers
+                state[0] = len(chunks)  # after their current chunk (an aligned 8-byte store)
+            failure = None
+            for f in helpers:  # wait for every one: they write into dist and idx
                 if not f.cancel():  # one that never started has nothing left to do
-                    f.result()
+                    failure = failure or f.exception()
+        if failure is not None:  # a helper failed (MemoryError): the batch has holes
+            raise failure
         if on_chunk is not None:
             feed()
         return _similarity(dist, metric), idx  # a missing result is already -inf

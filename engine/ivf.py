@@ -223,7 +223,7 @@ class IvfIndex:
             sim = dist.astype(np.float32, copy=False)
         else:
             sim = -np.sqrt(np.maximum(dist, 0.0)).astype(np.float32, copy=False)
-        if sim.shape[1] == want and allowed is None and self.kind != "ivf_pq" \
+        if sim.size and sim.shape[1] == want and allowed is None and self.kind != "ivf_pq" \
                 and math.isfinite(float(sim.sum())) and idx[:, -1].min() >= 0:
             # every result finite (a finite sum: no NaN or infinity) and found (faiss puts
             # the missing last: sorted, at -FLT_MAX / +FLT_MAX), the common unfiltered

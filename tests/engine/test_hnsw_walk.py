@@ -264,6 +264,9 @@ def test_small_batches_and_faiss_walks_hand_over_one_chunk(
             if index.walker is None or m < 8:
                 assert seen == [(0, m)]
             assert seen[0][0] == 0 and seen[-1][1] == m
+            seen.clear()
+            index.search(q[:m], 5, 32, np.ones(500, bool), on_chunk)
+            assert seen == []  # a masked search is not the segment's answer: never handed over
 
 
 @needs_walk
@@ -281,6 +284,12 @@ def test_run_and_ready_refuse_bad_schedules() -> None:
     assert walker.ready(state, 0) == 3 and walker.ready(state, 1) == 2
     state[2] = -1
     assert walker.ready(state, 0) == -1  # a failed chunk is reported, not skipped
+    before = d.copy()
+    for counter in (-1, -(1 << 40)):  # a counter below 0 walks nothing, writes nothing
+        below = np.array([counter, 0, 0, 0], np.int64)
+        assert walker.run(q, 5, 16, d, i, good, below, 3) == 0
+        assert (below[1:] == 0).all()
+    np.testing.assert_array_equal(d, before)
     for bounds in (np.array([0, 8, 4, 12], np.int64), np.array([0, 4, 13], np.int64),
                    np.array([-1, 4], np.int64)):
         with pytest.raises(ValueError, match="bounds"):
