@@ -43,6 +43,10 @@ def read_status(pid: int) -> dict[str, int]:
     return out
 
 
+class PortTaken(RuntimeError):
+    """The server exited because another process had bound its port."""
+
+
 class Server:
     """A `quiver serve` subprocess. With no `storage`, a temp dir is made and removed on close;
     with one (tests), the storage outlives the process so it can be restarted or killed."""
@@ -55,6 +59,7 @@ class Server:
             else storage.parent
         self.storage = storage if storage is not None else self.tmp / "storage"
         self.port = port or free_port()
+        self.own_port = port is None  # picked here: another may be picked if it is taken
         # gRPC only where asked (it costs ~1.5 s of imports per start); never Qdrant's 6334:
         # servers run side by side. 0 turns it off.
         self.grpc_port = free_port() if grpc else 0
@@ -77,6 +82,22 @@ class Server:
         return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> Server:
+        """Start and wait for /readyz. A port picked by free_port() is free only when picked:
+        a process started meanwhile (Ray's, in cluster mode, binds many ephemeral ports
+        before the server binds its own) may take it, so a start that fails on a taken
+        port picks new ones, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not self.own_port or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.grpc_port = free_port() if self.grpc_port else 0
+                self.log_path = self.tmp / f"server-{self.port}.log"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> Server:
         cmd = quiver_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                                   "--grpc-port", str(self.grpc_port),
                                   "--storage-path", str(self.storage)]
@@ -88,8 +109,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                rc = self.proc.returncode
-                raise RuntimeError(f"server exited early (rc={rc}):\n{self.log()}")
+                rc, log_text = self.proc.returncode, self.log()
+                kind = PortTaken if "address already in use" in log_text.lower() else RuntimeError
+                raise kind(f"server exited early (rc={rc}):\n{log_text}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
