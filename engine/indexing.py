@@ -22,7 +22,6 @@ import os
 import sys
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,7 +166,7 @@ def _attach_ivf(coll: CollectionState, seg: Segment, name: str, metric: str,
                                        keep_source=not seg.on_device)
         if not np.array_equal(rec["ids_sha"], ids_fingerprint(seg.id_recs[: index.rows])):
             raise ValueError("it describes other rows")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         log.warning("collection %s: ignoring IVF index in %s (%s); it will be rebuilt",
                     coll.name, seg_dir, exc)
         return False

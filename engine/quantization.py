@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.durable import write_atomic
 from engine.errors import BadRequest
+from engine.npyio import load_npz
 from gpu import quantized as qk
 from gpu.xp import to_host, xp_of
 
@@ -613,8 +614,7 @@ def load(coll_path: str, name: str, config: QuantConfig, dim: int, metric: str
     if not os.path.exists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = load_npz(path)
         if str(arrays.pop("key")) != repr(config.train_key()):
             return None
         return from_arrays(config, dim, metric, arrays)

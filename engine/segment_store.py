@@ -36,15 +36,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
 
 from engine import jsonio
-from engine.durable import append_durable, atomic_writer, fsync_dir, io_error
+from engine.durable import append_durable, atomic_writer, being_written, fsync_dir, io_error
 from engine.ids import ID_DTYPE
 from engine.multivector import MultiBatch, empty_batch
+from engine.npyio import load_npz
 from engine.segment import STORAGE_DTYPES, FrozenSegment
 from engine.sparse import SparseBatch
 
@@ -216,8 +216,7 @@ def read_segment(seg_dir: str, meta: dict[str, Any], specs: dict[str, Any],
         for hx, offset in blob["present"].items():
             masks[f"present-{hx}"] = np.fromfile(blob_path, np.bool_, n, offset=offset)
     else:
-        with np.load(os.path.join(seg_dir, f"masks.{meta['gen']}.npz")) as z:
-            masks = {k: z[k] for k in z.files}
+        masks = load_npz(os.path.join(seg_dir, f"masks.{meta['gen']}.npz"))
     if meta["payload_gen"] is None:  # never changed since recovery: the archive's member
         assert blob is not None  # as gen: None only for archive-backed segments
         offset, size = blob["payloads"]
@@ -296,8 +295,8 @@ def read_graph(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
     path = os.path.join(seg_dir, graph_file(name))
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in (*GRAPH_KEYS, "ids_sha")}
+    z = load_npz(path)
+    return {k: z[k] for k in (*GRAPH_KEYS, "ids_sha")}
 
 
 def ivf_file(name: str) -> str:
@@ -315,11 +314,8 @@ def read_ivf(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
     path = os.path.join(seg_dir, ivf_file(name))
     if not os.path.exists(path):
         return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("blob", "ids_sha")}
-    except (EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"unreadable IVF file ({exc})") from exc
+    z = load_npz(path, "IVF file")
+    return {k: z[k] for k in ("blob", "ids_sha")}
 
 
 def codes_file(name: str) -> str:
@@ -341,15 +337,12 @@ def read_codes(seg_dir: str, name: str) -> dict[str, np.ndarray] | None:
     path = os.path.join(seg_dir, codes_file(name))
     if not os.path.exists(path):
         return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"unreadable codes file ({exc})") from exc
+    return load_npz(path, "codes file")
 
 
 def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) -> None:
-    """Remove mask/payload files of older generations and stray temp files."""
+    """Remove mask/payload files of older generations and temp files left by interrupted
+    writes (not one being written now: the indexer writes its files next to these)."""
     if not os.path.isdir(seg_dir):
         return  # a recovered segment still entirely in its archive
     keep = {f"masks.{gen}.npz", f"payloads.{payload_gen}.json", "ids.bin"}
@@ -357,7 +350,8 @@ def prune_generations(seg_dir: str, gen: int | None, payload_gen: int | None) ->
         if name in keep or name.startswith(("vec-", "hnsw-", "ivf-", "sparse-", "multi-",
                                             "quant-")):
             continue
-        if name.startswith(("masks.", "payloads.", ".tmp-")):
+        if name.startswith(("masks.", "payloads.")) or (
+                name.startswith(".tmp-") and not being_written(name)):
             try:
                 os.unlink(os.path.join(seg_dir, name))
             except OSError:

@@ -31,6 +31,7 @@ import numpy as np
 
 from engine import jsonio
 from engine.errors import BadInput
+from engine.npyio import read_header
 from engine.tasks import Cancelled
 from snapshots.archive import (
     FORMAT,
@@ -46,8 +47,6 @@ HASH_THREADS = max(2, min(4, os.cpu_count() or 2))
 PIECE = 64 << 20  # bytes hashed between two progress reports
 Progress = Callable[[int], None]
 _VECTORS = re.compile(r"^segments/\d+/vectors-[0-9a-f]*\.npy$")
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class ChecksumMismatch(BadInput):
@@ -95,18 +94,14 @@ class Scanned:
             f.seek(ext.offset)
             head = io.BytesIO(f.read(min(ext.size, 64 << 10)))
         try:
-            reader = _NPY_HEADERS.get(np.lib.format.read_magic(head))
-            if reader is None:
-                raise ValueError("unsupported .npy version")
-            shape, fortran, dtype = reader(head, max_header_size=1 << 16)
-        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            header = read_header(head)  # not numpy's parser: see engine/npyio.py
+        except ValueError as exc:
             raise SnapshotFormatError(f"Invalid snapshot: unreadable array {name!r} ({exc})"
                                       ) from None
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         start = ext.offset + head.tell()
-        if fortran or dtype.hasobject or count * dtype.itemsize != ext.offset + ext.size - start:
+        if header.fortran or header.nbytes != ext.offset + ext.size - start:
             raise SnapshotFormatError(f"Invalid snapshot: unreadable array {name!r}")
-        return NpyLayout(dtype, tuple(shape), start)
+        return NpyLayout(header.dtype, header.shape, start)
 
     def array(self, name: str, mmap: bool = False) -> np.ndarray:
         """A member's array: read into memory, or mapped read-only from the archive."""
@@ -386,10 +381,7 @@ def _float_layout(head: bytes) -> tuple[np.dtype | None, int]:
     """(float dtype, data offset) from an .npy header; (None, 0) if not a float array."""
     bio = io.BytesIO(head)
     try:
-        reader = _NPY_HEADERS.get(np.lib.format.read_magic(bio))
-        if reader is None:
-            return None, 0
-        _, _, dtype = reader(bio, max_header_size=1 << 16)
-    except (ValueError, OSError, EOFError, SyntaxError):
+        dtype = read_header(bio).dtype  # called from the hashing threads: no ast here
+    except ValueError:
         return None, 0
-    return (dtype, bio.tell()) if dtype.kind == "f" and not dtype.hasobject else (None, 0)
+    return (dtype, bio.tell()) if dtype.kind == "f" else (None, 0)

@@ -5,6 +5,7 @@ restarts, payload edits, deletes, vacuum and new snapshots. Plus the scan's own 
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import json
@@ -176,6 +177,29 @@ def test_failed_recovery_keeps_old_collection_and_leaves_no_link(
     assert _answers(cat, "src") == before
     assert os.stat(bad).st_nlink == 1  # the staged link went with the staging directory
     assert [p for p in Path(cat.root).iterdir() if p.name.startswith(".tmp-")] == []
+    cat.close()
+
+
+def test_recovery_and_restart_parse_no_header_with_ast(tmp_path: Path, sealed_often: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's .npy header reader runs ast.literal_eval, which CPython 3.11 breaks when
+    threads parse at once (a recovery's hashing threads with its request thread: a 500 in
+    CI); recovery, its hashing and a restart's loading read headers with engine/npyio.py."""
+    cat = _catalog(tmp_path)
+    _fill(cat, "src")
+    apply_body(cat.get("src"), "delete", {"points": [1, 2, 3]})
+    before = _answers(cat, "src")
+    _, path, _ = _snapshot(cat, tmp_path, "src")
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("ast used")
+    monkeypatch.setattr(ast, "literal_eval", refuse)
+    Recovery(cat, str(tmp_path / "snaps")).recover_file("copy", path, None)  # member hashes
+    assert _answers(cat, "copy") == before
+    apply_body(cat.get("copy"), "delete", {"points": [4]})  # masks written as an .npz
+    cat.close()
+    cat = _catalog(tmp_path)
+    assert len(_answers(cat, "copy")[0]) == 10 and _answers(cat, "src") == before
     cat.close()
 
 
