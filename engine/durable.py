@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +28,28 @@ def io_error(exc: OSError, what: str) -> Exception:
     return StorageError(f"{what}: {exc}")
 
 
+# temp files being written now: a sweep of leftovers (segment_store.prune_generations, run
+# by the flusher) must not take the one the indexer is writing next to it (it did: the
+# rename failed and the index was rebuilt after a restart)
+_writing: set[str] = set()  # their names (unique: a uuid each)
+_writing_lock = threading.Lock()
+
+
+def being_written(name: str) -> bool:
+    """Whether the temp file called `name` is one an atomic write of this process has open
+    (else a leftover of an interrupted one). Registered before the file exists, so a sweep
+    that lists the file and then asks gets the true answer."""
+    with _writing_lock:
+        return name in _writing
+
+
 @contextmanager
 def atomic_writer(path: str) -> Iterator[BinaryIO]:
     """Write `path` atomically: readers see the old file or the complete new one."""
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}"[:255])
+    with _writing_lock:
+        _writing.add(os.path.basename(tmp))
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -45,6 +63,9 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
     except BaseException:
         _silent_unlink(tmp)
         raise
+    finally:
+        with _writing_lock:
+            _writing.discard(os.path.basename(tmp))
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -135,6 +135,30 @@ def test_uncommitted_flush_debris_is_ignored(tmp_path: Path) -> None:
     cat2.close()
 
 
+def test_the_flushers_sweep_leaves_a_write_in_progress(tmp_path: Path) -> None:
+    """prune_generations (the flusher) removes temp files left by interrupted writes, not
+    the one the indexer is writing into the same segment directory at that moment (it did:
+    the rename failed, 'building an index failed', and a restart rebuilt the index)."""
+    from engine.durable import atomic_writer
+    from engine.segment_store import prune_generations
+
+    seg_dir = tmp_path / "segments" / "0"
+    seg_dir.mkdir(parents=True)
+    stale = seg_dir / ".tmp-0123456789abcdef0123456789abcdef-ivf-.npz"
+    stale.write_bytes(b"left by a crash")
+    with atomic_writer(str(seg_dir / "ivf-.npz")) as f:
+        f.write(b"first half ")
+        prune_generations(str(seg_dir), None, None)
+        f.write(b"second half")
+    assert (seg_dir / "ivf-.npz").read_bytes() == b"first half second half"
+    assert not stale.exists()
+    assert sorted(p.name for p in seg_dir.iterdir()) == ["ivf-.npz"]
+    prune_generations(str(seg_dir), None, None)  # a finished write is no longer protected
+    (seg_dir / stale.name).write_bytes(b"another leftover")
+    prune_generations(str(seg_dir), None, None)
+    assert sorted(p.name for p in seg_dir.iterdir()) == ["ivf-.npz"]
+
+
 def test_restart_restores_deletes_payload_updates_and_indexes(tmp_path: Path) -> None:
     cat = _make(tmp_path)
     c = cat.create("c", {"vectors": {"size": 2, "distance": "Cosine"}})
