@@ -15,7 +15,7 @@ from starlette.routing import Route
 from api.errors import JSONResponse
 from api.http import QDRANT_API_VERSION, QUIVER_VERSION, direct, endpoint
 from api.routes.tasks import telemetry_tasks
-from engine import ann, indexing, quantization
+from engine import ann, indexing, ivf, quantization
 from gpu.device import default_device
 
 
@@ -81,6 +81,7 @@ def telemetry(request: Request, body: Any) -> dict[str, Any]:
                    "uptime_s": time.time() - started, "device": default_device().name,
                    "index_builds": ann.builds(),
                    "quantizer_trainings": quantization.trainings(),
+                   "ivf_trainings": ivf.trainings(),  # counted before the index is adopted
                    "collections": collections,
                    "tasks": telemetry_tasks()},
     }
