@@ -30,7 +30,7 @@ import numpy as np
 
 from engine.durable import write_atomic
 from engine.errors import BadRequest
-from engine.npyio import load_npz
+from engine.npy import load_npz
 from gpu import quantized as qk
 from gpu.xp import to_host, xp_of
 

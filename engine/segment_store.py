@@ -44,7 +44,7 @@ from engine import jsonio
 from engine.durable import append_durable, atomic_writer, being_written, fsync_dir, io_error
 from engine.ids import ID_DTYPE
 from engine.multivector import MultiBatch, empty_batch
-from engine.npyio import load_npz
+from engine.npy import load_npz
 from engine.segment import STORAGE_DTYPES, FrozenSegment
 from engine.sparse import SparseBatch
 

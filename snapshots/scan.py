@@ -31,7 +31,7 @@ import numpy as np
 
 from engine import jsonio
 from engine.errors import BadInput
-from engine.npyio import read_header
+from engine.npy import read_header
 from engine.tasks import Cancelled
 from snapshots.archive import (
     FORMAT,
@@ -94,7 +94,7 @@ class Scanned:
             f.seek(ext.offset)
             head = io.BytesIO(f.read(min(ext.size, 64 << 10)))
         try:
-            header = read_header(head)  # not numpy's parser: see engine/npyio.py
+            header = read_header(head)  # not numpy's parser: see engine/npy.py
         except ValueError as exc:
             raise SnapshotFormatError(f"Invalid snapshot: unreadable array {name!r} ({exc})"
                                       ) from None

@@ -184,7 +184,7 @@ def test_recovery_and_restart_parse_no_header_with_ast(tmp_path: Path, sealed_of
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """numpy's .npy header reader runs ast.literal_eval, which CPython 3.11 breaks when
     threads parse at once (a recovery's hashing threads with its request thread: a 500 in
-    CI); recovery, its hashing and a restart's loading read headers with engine/npyio.py."""
+    CI); recovery, its hashing and a restart's loading read headers with engine/npy.py."""
     cat = _catalog(tmp_path)
     _fill(cat, "src")
     apply_body(cat.get("src"), "delete", {"points": [1, 2, 3]})

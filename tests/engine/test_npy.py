@@ -1,4 +1,4 @@
-"""engine/npyio.py: .npy headers and .npz files read as numpy reads them, without `ast`
+"""engine/npy.py: .npy headers and .npz files read as numpy reads them, without `ast`
 (CPython 3.11's AST constructor fails when threads parse at once: a recovery answered 500)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import npyio
+from engine import npy
 from engine.ids import ID_DTYPE
 
 ARRAYS = [
@@ -57,11 +57,11 @@ def test_headers_and_arrays_read_as_numpy_reads_them(i: int, version: tuple[int,
     raw = _npy(arr, version)
     want = np.load(io.BytesIO(raw), allow_pickle=False)  # numpy's own reading, before no_ast
     f = io.BytesIO(raw)
-    head = npyio.read_header(f)
+    head = npy.read_header(f)
     assert head.shape == arr.shape and head.dtype == arr.dtype
     assert head.fortran == (arr.flags.f_contiguous and not arr.flags.c_contiguous)
     assert f.tell() + head.nbytes == len(raw)  # left at the first byte of the data
-    got = npyio.read_array(io.BytesIO(raw))
+    got = npy.read_array(io.BytesIO(raw))
     assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
     assert got.flags.writeable
 
@@ -69,7 +69,7 @@ def test_headers_and_arrays_read_as_numpy_reads_them(i: int, version: tuple[int,
 def test_npz_files_load_as_np_load_gives_them(tmp_path: Path, no_ast: None) -> None:
     path = tmp_path / "x.npz"
     np.savez(path, **{f"a{i}": a for i, a in enumerate(ARRAYS)}, **{"present-6162": ARRAYS[5]})
-    got = npyio.load_npz(str(path))
+    got = npy.load_npz(str(path))
     assert sorted(got) == sorted([f"a{i}" for i in range(len(ARRAYS))] + ["present-6162"])
     for i, a in enumerate(ARRAYS):
         assert got[f"a{i}"].dtype == a.dtype and np.array_equal(got[f"a{i}"], a)
@@ -103,17 +103,17 @@ def _header(text: str, version: int = 1) -> bytes:
 ])
 def test_anything_else_is_refused_with_value_error(raw: bytes, no_ast: None) -> None:
     with pytest.raises(ValueError):
-        npyio.read_header(io.BytesIO(raw))
+        npy.read_header(io.BytesIO(raw))
 
 
 def test_a_header_claiming_more_than_its_file_allocates_nothing(tmp_path: Path) -> None:
     raw = _header("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }\n")
     with pytest.raises(ValueError, match="bytes in"):
-        npyio.read_array(io.BytesIO(raw + b"\0" * 64), limit=64)
+        npy.read_array(io.BytesIO(raw + b"\0" * 64), limit=64)
     path = tmp_path / "bad.npz"
     path.write_bytes(b"PK not a zip")
     with pytest.raises(ValueError, match="unreadable"):
-        npyio.load_npz(str(path))
+        npy.load_npz(str(path))
 
 
 def test_threads_read_headers_at_once(no_ast: None) -> None:
@@ -125,7 +125,7 @@ def test_threads_read_headers_at_once(no_ast: None) -> None:
         try:
             for _ in range(300):
                 for raw in raws:
-                    npyio.read_header(io.BytesIO(raw))
+                    npy.read_header(io.BytesIO(raw))
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
